@@ -31,7 +31,9 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: str = "digits"  # digits | synthetic | "package.module:loader" | path to a .safetensors file
+    source: str = (
+        "digits"  # digits | synthetic | "package.module:loader" | path to a .safetensors file
+    )
     partition: str = "dirichlet"  # iid | dirichlet
     alpha: float = 0.5
     test_fraction: float = 0.2
@@ -98,7 +100,9 @@ def _check_fields(kind: type, raw: dict[str, Any], where: str) -> dict[str, Any]
             if not isinstance(value, list | tuple) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
             ):
-                raise SpecError(f"{where}.{name}: expected a list of positive integers, got {value!r}")
+                raise SpecError(
+                    f"{where}.{name}: expected a list of positive integers, got {value!r}"
+                )
             out[name] = tuple(value)
             continue
         expected = _SCALARS.get(str(kind.__dataclass_fields__[name].type))

@@ -79,7 +79,9 @@ class RoundView:
     ended: float | None = None
     outcome: RoundOutcome = RoundOutcome.OPEN
     commits: dict[str, ResultRef] = field(default_factory=dict)  # trainer -> what it committed
-    attestations: dict[str, dict[str, str]] = field(default_factory=dict)  # witness -> trainer -> hash
+    attestations: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # witness -> trainer -> hash
     accepted: dict[str, ResultRef] = field(default_factory=dict)  # trainer -> accepted result
     aggregates: dict[str, str] = field(default_factory=dict)  # node -> hash of its aggregate
 
@@ -109,7 +111,9 @@ class RunSnapshot:
     pending_pause: bool
     clients: tuple[ClientView, ...]  # sorted by id
     current: RoundView | None = None  # the round in progress, or the last one
-    previous: RoundView | None = None  # the round before it (its accepted set may still be aggregating)
+    previous: RoundView | None = (
+        None  # the round before it (its accepted set may still be aggregating)
+    )
     checkpoint: CheckpointRef | None = None
     checkpoint_uploader: str | None = None  # in Cooldown: the node asked to upload the aggregate
 
