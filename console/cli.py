@@ -1,0 +1,179 @@
+"""``fl-console``: the operator's command.
+
+``fl-console data.toml --check`` validates the config and prints what the run will be. Every
+mode starts by loading the config; :func:`main` picks the mode from the parsed arguments
+(:func:`choose_mode`) and calls its handler from :data:`MODES`. To add a mode, add its
+arguments in :func:`build_parser`, a handler ``(args, config) -> int``, and a line in
+:func:`choose_mode`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from console.config import ConfigError, format_issues, load_config
+from console.config_schema import is_loopback
+from console.settings import Config
+
+EXIT_OK = 0
+EXIT_FAILED = 2  # bad config, bad arguments, or a mode that cannot run
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fl-console",
+        description="Run and watch a federated learning run described by a data.toml file.",
+    )
+    parser.add_argument("config", type=Path, help="the run's config file (data.toml)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, print a summary of the run and exit (0 valid, 2 not)",
+    )
+    return parser
+
+
+def choose_mode(args: argparse.Namespace) -> str:
+    if args.check:
+        return "check"
+    return "interactive"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or bad arguments (argparse has printed why)
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_FAILED
+    return MODES[choose_mode(args)](args, config)
+
+
+def load_or_report(path: Path) -> Config | None:
+    """The config, or None after printing every problem with it to stderr."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        errors = _stderr()
+        errors.print(format_issues(exc.issues, path), markup=False, highlight=False)
+        count = len(exc.issues)
+        errors.print(
+            Text(f"{path}: {count} error{'s' if count != 1 else ''}; nothing was started.")
+        )
+        return None
+
+
+def run_check(args: argparse.Namespace, config: Config) -> int:
+    out = Console(soft_wrap=True, highlight=False)
+    out.print(Text.assemble((f"{args.config}", "bold"), " is valid", style="green"))
+    for label, value in summary(config):
+        out.print(Text.assemble((f"  {label:<13}", "bold"), value))
+    return EXIT_OK
+
+
+def run_interactive(args: argparse.Namespace, config: Config) -> int:
+    _stderr().print("interactive console not built yet", markup=False)
+    return EXIT_FAILED
+
+
+MODES: dict[str, Handler] = {"check": run_check, "interactive": run_interactive}
+
+
+def summary(config: Config) -> list[tuple[str, str]]:
+    """What the run will be, as (label, text) rows."""
+    return [
+        ("run", f"{config.run_id} (seed {config.seed})"),
+        ("server", _server(config)),
+        ("clients", _clients(config)),
+        ("rounds", _rounds(config)),
+        ("model", _model(config)),
+        ("data", _data(config)),
+        ("learning", _learning(config)),
+        ("nodes", _nodes(config)),
+        ("checkpoints", str(config.checkpoint.dir)),
+    ]
+
+
+def _server(config: Config) -> str:
+    server = config.server
+    reach = "loopback only" if is_loopback(server.host) else "reachable from other machines"
+    text = (
+        f"state {server.endpoint(server.state_port)}, "
+        f"control {server.endpoint(server.control_port)}"
+    )
+    if config.data.serve:
+        text += f", data {server.endpoint(server.data_port)}"
+    return f"{text} ({reach})"
+
+
+def _clients(config: Config) -> str:
+    c = config.coordinator
+    return (
+        f"starts with {c.init_min_clients}, continues while >= {c.min_clients}; "
+        f"{config.learning.train_set_size} trainers and {c.witness_nodes} witnesses per round"
+    )
+
+
+def _rounds(config: Config) -> str:
+    c = config.coordinator
+    epochs = -(-c.total_rounds // c.rounds_per_epoch)
+    return (
+        f"{c.total_rounds} in epochs of up to {c.rounds_per_epoch} "
+        f"(at least {epochs} epoch{'s' if epochs != 1 else ''})"
+    )
+
+
+def _model(config: Config) -> str:
+    model = config.model
+    if model.name == "mlp":
+        return f"mlp, hidden {list(model.hidden)}"
+    if model.name == "cnn":
+        return f"cnn, channels {list(model.channels)}"
+    return model.name
+
+
+def _data(config: Config) -> str:
+    data = config.data
+    source = data.source
+    if source == "synthetic":
+        source = f"synthetic ({data.samples} x {data.features}, {data.classes} classes)"
+    split = "iid" if data.partition == "iid" else f"{data.partition} (alpha {data.alpha:g})"
+    served = ", served by the console" if data.serve else ""
+    return f"{source}, {split}, {data.test_fraction:g} held out{served}"
+
+
+def _learning(config: Config) -> str:
+    learning = config.learning
+    aggregator = learning.aggregator
+    if aggregator == "trimmed_mean":
+        aggregator += f" (trim {learning.trim_fraction:g})"
+    elif aggregator == "krum":
+        aggregator += f" (byzantine_f {learning.byzantine_f})"
+    epochs = f"{learning.local_epochs} local epoch{'s' if learning.local_epochs != 1 else ''}"
+    return (
+        f"{learning.optimizer} lr {learning.learning_rate:g}, {epochs}, "
+        f"batch {learning.batch_size}, aggregator {aggregator}"
+    )
+
+
+def _nodes(config: Config) -> str:
+    spawn = config.local.spawn
+    if spawn == 0:
+        return "none spawned: start fl-node processes yourself"
+    return f"spawns {spawn} local fl-node process{'es' if spawn != 1 else ''}"
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
