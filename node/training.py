@@ -1,0 +1,131 @@
+"""Local training and evaluation on one node (plain PyTorch, CPU).
+
+``train_local`` runs ``local_epochs`` over seeded shuffled mini-batches of the node's shard with
+a fresh optimiser, under ``torch.random.fork_rng`` seeded from ``(seed, round)``: a round is
+reproducible (dropout included) and the caller's global RNG is untouched. Setting
+``torch.set_num_threads(spec.torch_threads)`` is the caller's job, once per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from node.data import Shard
+from transport.spec import OPTIMIZERS, LearningSpec
+
+logger = logging.getLogger(__name__)
+
+EVAL_BATCH = 1024
+
+
+class TrainingError(RuntimeError):
+    """Local training or evaluation cannot proceed (bad spec, empty data, diverged loss)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    samples: int  # rows in the shard (the FedAvg weight)
+    train_loss: float  # mean cross-entropy over the last local epoch
+    train_time: float  # seconds of wall time spent in train_local
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean cross-entropy
+    accuracy: float  # fraction in [0, 1]
+    samples: int
+
+
+def make_optimizer(model: nn.Module, spec: LearningSpec) -> torch.optim.Optimizer:
+    """A fresh optimiser over the model's parameters (``sgd`` or ``adam``, ``learning_rate``)."""
+    if not spec.learning_rate > 0:
+        raise TrainingError(f"learning.learning_rate must be > 0, got {spec.learning_rate}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.learning_rate)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.learning_rate)
+    raise TrainingError(f"unknown optimizer {spec.optimizer!r}; allowed: {list(OPTIMIZERS)}")
+
+
+def train_local(
+    model: nn.Module, shard: Shard, spec: LearningSpec, *, seed: int, round: int
+) -> TrainResult:
+    """Train ``model`` in place on ``shard`` for one round; returns samples, loss and time."""
+    if spec.local_epochs < 1 or spec.batch_size < 1:
+        raise TrainingError(
+            "learning.local_epochs and learning.batch_size must be >= 1, got "
+            f"{spec.local_epochs} and {spec.batch_size}"
+        )
+    n = shard.samples
+    if n == 0:
+        raise TrainingError("this node's shard is empty: nothing to train on")
+    started = time.perf_counter()
+    optimizer = make_optimizer(model, spec)
+    was_training = model.training
+    model.train()
+    epoch_loss = math.nan
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_round_seed(seed, round))
+            for _ in range(spec.local_epochs):
+                order = torch.randperm(n)
+                x, y = shard.x[order], shard.y[order]
+                total = 0.0
+                for start in range(0, n, spec.batch_size):
+                    xb = x[start : start + spec.batch_size]
+                    yb = y[start : start + spec.batch_size]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(xb), yb)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * yb.shape[0]
+                epoch_loss = total / n
+                if not math.isfinite(epoch_loss):
+                    raise TrainingError(
+                        f"round {round}: training diverged (loss {epoch_loss}); "
+                        "lower learning.learning_rate"
+                    )
+    finally:
+        model.train(was_training)
+    elapsed = time.perf_counter() - started
+    logger.debug("round %d: trained on %d samples, loss %.4f, %.3fs", round, n, epoch_loss, elapsed)
+    return TrainResult(samples=n, train_loss=epoch_loss, train_time=elapsed)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = EVAL_BATCH
+) -> EvalResult:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in eval mode, no grad."""
+    n = int(y.shape[0])
+    if n == 0 or x.shape[0] != n:
+        raise TrainingError(f"cannot evaluate on {x.shape[0]} inputs and {n} labels")
+    was_training = model.training
+    model.eval()
+    loss_sum = 0.0
+    correct = 0
+    try:
+        for start in range(0, n, batch_size):
+            logits = model(x[start : start + batch_size])
+            yb = y[start : start + batch_size]
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return EvalResult(loss=loss_sum / n, accuracy=correct / n, samples=n)
+
+
+def _round_seed(seed: int, round: int) -> int:
+    digest = hashlib.sha256(f"{seed}:train:{round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
