@@ -31,18 +31,53 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fl-console",
         description="Run and watch a federated learning run described by a data.toml file.",
     )
-    parser.add_argument("config", type=Path, help="the run's config file (data.toml)")
+    parser.add_argument("config", type=Path, nargs="?", help="the run's config file (data.toml)")
     parser.add_argument(
         "--check",
         action="store_true",
         help="validate the config, print a summary of the run and exit (0 valid, 2 not)",
     )
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="run with no screen: log to stderr, show a progress bar, exit 0 when Finished",
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        metavar="PATH",
+        help="write a JSON summary of the run here at the end",
+    )
+    parser.add_argument(
+        "--spawn",
+        type=int,
+        metavar="N",
+        help="start N local fl-node processes (overrides [local] spawn)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run from its last checkpoint"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the event log and node logs go (default: runs/RUN_ID)",
+    )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        metavar="EVENTS",
+        help="replay a recorded events.jsonl in the console",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
 def choose_mode(args: argparse.Namespace) -> str:
     if args.check:
         return "check"
+    if args.headless:
+        return "headless"
     return "interactive"
 
 
@@ -51,6 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or bad arguments (argparse has printed why)
         return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+    if args.replay is not None:
+        return run_replay_mode(args)
+    if args.config is None:
+        _stderr().print(
+            "fl-console: give a config file (data.toml), or --replay EVENTS", markup=False
+        )
+        return EXIT_FAILED
+    if args.spawn is not None and args.spawn < 0:
+        _stderr().print("fl-console: --spawn must be >= 0", markup=False)
+        return EXIT_FAILED
     config = load_or_report(args.config)
     if config is None:
         return EXIT_FAILED
@@ -79,12 +124,68 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _run_dir(args: argparse.Namespace, config: Config) -> Path:
+    return args.run_dir if args.run_dir is not None else Path("runs") / config.run_id
+
+
+def _spawn(args: argparse.Namespace, config: Config) -> int:
+    return config.local.spawn if args.spawn is None else args.spawn
+
+
+def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+    import logging
+
+    from rich.logging import RichHandler
+
+    from console.checkpoint import CheckpointError
+    from console.headless import run_headless
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=_stderr(), show_path=False)],
+    )
+    try:
+        return asyncio.run(
+            run_headless(
+                config,
+                spawn=_spawn(args, config),
+                run_dir=_run_dir(args, config),
+                summary_path=args.summary,
+                resume=args.resume,
+            )
+        )
+    except CheckpointError as exc:
+        _stderr().print(f"fl-console: {exc}", markup=False)
+        return EXIT_FAILED
+    except OSError as exc:  # most often: a port already in use
+        _stderr().print(f"fl-console: {exc}", markup=False)
+        return EXIT_FAILED
+
+
 def run_interactive(args: argparse.Namespace, config: Config) -> int:
-    _stderr().print("interactive console not built yet", markup=False)
-    return EXIT_FAILED
+    from console.app import run_app
+
+    return run_app(
+        config, spawn=_spawn(args, config), run_dir=_run_dir(args, config), resume=args.resume
+    )
 
 
-MODES: dict[str, Handler] = {"check": run_check, "interactive": run_interactive}
+def run_replay_mode(args: argparse.Namespace) -> int:
+    if not args.replay.exists():
+        _stderr().print(f"fl-console: {args.replay}: no such file", markup=False)
+        return EXIT_FAILED
+    from console.app import run_replay
+
+    return run_replay(args.replay)
+
+
+MODES: dict[str, Handler] = {
+    "check": run_check,
+    "headless": run_headless_mode,
+    "interactive": run_interactive,
+}
 
 
 def summary(config: Config) -> list[tuple[str, str]]:

@@ -1,0 +1,157 @@
+"""Checkpoints on disk: the accepted global model (safetensors) plus the coordinator state.
+
+Written atomically (write to a temp file, fsync, rename, fsync the directory), so a console
+killed in the middle of a write leaves the previous checkpoint intact. ``latest.json`` is the
+pointer a ``--resume`` reads; it is replaced last. numpy and safetensors only: no torch in the
+console, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from transport.tensors import TensorPayload, model_hash
+
+log = logging.getLogger(__name__)
+
+_NUMPY_DTYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "uint8": np.uint8,
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read back as it was written."""
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    epoch: int
+    round: int
+    hash: str
+    weights_path: Path
+    state: dict[str, Any]  # the coordinator's to_state()
+
+    def payloads(self) -> tuple[TensorPayload, ...]:
+        return read_weights(self.weights_path, expected_hash=self.hash)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync the file, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True)))
+
+
+def write_checkpoint(
+    directory: Path,
+    *,
+    epoch: int,
+    round: int,
+    tensors: tuple[TensorPayload, ...],
+    state: dict[str, Any],
+) -> StoredCheckpoint:
+    """Store the weights and the coordinator state of one epoch, then point latest.json at them."""
+    digest = model_hash(tensors)
+    arrays: dict[str, np.ndarray] = {}
+    for t in tensors:
+        if t.dtype not in _NUMPY_DTYPES:
+            raise CheckpointError(f"tensor {t.name}: dtype {t.dtype} cannot be checkpointed")
+        arrays[t.name] = np.frombuffer(t.data, dtype=_NUMPY_DTYPES[t.dtype]).reshape(t.shape)
+    metadata = {
+        "order": json.dumps([t.name for t in tensors]),
+        "hash": digest,
+        "epoch": str(epoch),
+        "round": str(round),
+    }
+    stem = f"epoch-{epoch:04d}"
+    weights = directory / f"{stem}.safetensors"
+    _atomic_write(weights, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
+    record = {
+        "epoch": epoch,
+        "round": round,
+        "hash": digest,
+        "weights": weights.name,
+        "state": state,
+    }
+    _write_json(directory / f"{stem}.json", record)
+    _write_json(directory / "latest.json", record)
+    log.info("checkpoint for epoch %d (round %d) written to %s", epoch, round, weights)
+    return StoredCheckpoint(epoch, round, digest, weights, state)
+
+
+def read_weights(path: Path, *, expected_hash: str | None = None) -> tuple[TensorPayload, ...]:
+    """Read a checkpoint's tensors back in their original order, checking the hash."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata() or {}
+    arrays = load_file(str(path))
+    order = json.loads(meta.get("order", "[]")) or sorted(arrays)
+    if set(order) != set(arrays):
+        raise CheckpointError(f"{path}: tensor order in metadata does not match its tensors")
+    payloads = []
+    for name in order:
+        arr = np.ascontiguousarray(arrays[name])
+        dtype = arr.dtype.name
+        if dtype not in _NUMPY_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        payloads.append(TensorPayload(name, dtype, tuple(arr.shape), memoryview(arr).cast("B")))
+    result = tuple(payloads)
+    if expected_hash is not None and model_hash(result) != expected_hash:
+        raise CheckpointError(f"{path}: weights do not match their recorded hash")
+    return result
+
+
+def load_latest(directory: Path) -> StoredCheckpoint | None:
+    """The last complete checkpoint in ``directory``, or None when there is none."""
+    pointer = directory / "latest.json"
+    if not pointer.exists():
+        return None
+    try:
+        record = json.loads(pointer.read_text())
+        stored = StoredCheckpoint(
+            epoch=int(record["epoch"]),
+            round=int(record["round"]),
+            hash=str(record["hash"]),
+            weights_path=directory / str(record["weights"]),
+            state=dict(record["state"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({exc})") from exc
+    stored.payloads()  # verify the weights are there and intact before anyone relies on them
+    return stored

@@ -1,0 +1,57 @@
+"""The run's event log: every state change and every request outcome, one JSON object a line.
+
+The log is the run's memory: ``--replay`` drives the console from it and a crashed run can be
+read back line by line. Lines are flushed as they are written; a bounded in-memory tail feeds
+the console's log pane.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger("fl.events")
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True)
+class LogLine:
+    t: float  # console clock
+    kind: str  # "state", "join", "drop", "reject", "operator", "round", ...
+    text: str
+    level: str = "info"  # info | warning | error
+
+
+class EventLog:
+    def __init__(self, path: Path | None, *, keep: int = 500) -> None:
+        self.path = path
+        self.tail: deque[LogLine] = deque(maxlen=keep)
+        self._fh: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(
+        self, t: float, kind: str, text: str, *, level: str = "info", **fields: Any
+    ) -> LogLine:
+        line = LogLine(t, kind, text, level)
+        self.tail.append(line)
+        log.log(_LEVELS.get(level, logging.INFO), text)
+        if self._fh is not None:
+            record = {"t": round(t, 6), "wall": time.time(), "kind": kind, "text": text}
+            if level != "info":
+                record["level"] = level
+            record.update(fields)
+            self._fh.write(json.dumps(record, default=str) + "\n")
+            self._fh.flush()
+        return line
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,157 @@
+"""``fl-console data.toml --headless``: the same run with no screen.
+
+Server and coordinator on ``asyncio.run``, the spawned local nodes as child processes,
+state changes logged through ``logging`` + Rich, a progress bar of accepted rounds, and a
+JSON summary at the end. Exit 0 when the run is Finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from console.server import ConsoleServer
+from console.settings import Config
+from console.spawn import LocalNodes
+from transport.state import RunState
+
+log = logging.getLogger(__name__)
+
+
+def connect_address(endpoint: str) -> str:
+    """An endpoint a local node can connect to (a wildcard bind becomes loopback)."""
+    for wildcard in ("0.0.0.0", "*", "[::]"):
+        endpoint = endpoint.replace(f"//{wildcard}:", "//127.0.0.1:")
+    return endpoint
+
+
+def build_summary(
+    server: ConsoleServer, wall_time: float, nodes: LocalNodes | None
+) -> dict[str, Any]:
+    coordinator = server.coordinator
+    snap = coordinator.snapshot(server.clock())
+    rounds = server.records.summary_rounds(coordinator.rounds)
+    accepted = [r for r in rounds if r["outcome"] == "accepted" and r["metrics"]]
+    final = accepted[-1]["metrics"] if accepted else {}
+    clients = []
+    for row in server.records.client_rows(snap):
+        record = server.records.clients.get(row.id)
+        clients.append(
+            {
+                "id": row.id,
+                "status": row.status,
+                "drop_reason": row.drop_reason,
+                "rounds_trained": row.rounds_trained,
+                "last_loss": row.last_loss,
+                "last_accuracy": row.last_accuracy,
+                "update_norm": row.update_norm,
+                "bytes_in": row.bytes_in,
+                "bytes_out": row.bytes_out,
+                "bytes_sent_p2p": record.node_bytes_sent if record else 0,
+                "bytes_received_p2p": record.node_bytes_received if record else 0,
+                "rejected_messages": row.rejected,
+            }
+        )
+    durations = [r["duration"] for r in rounds if r["duration"] is not None]
+    return {
+        "run_id": snap.run_id,
+        "final_state": snap.state.value,
+        "epoch": snap.epoch,
+        "accepted_rounds": snap.accepted_rounds,
+        "total_rounds": snap.total_rounds,
+        "wall_time": wall_time,
+        "mean_round_time": sum(durations) / len(durations) if durations else None,
+        "final_metrics": final,
+        "checkpoint": None if snap.checkpoint is None else vars(snap.checkpoint),
+        "rejected_messages": server.rejected_messages,
+        "rounds": rounds,
+        "clients": clients,
+        "spawned_pids": nodes.pids if nodes else [],
+    }
+
+
+async def run_headless(
+    config: Config,
+    *,
+    spawn: int,
+    run_dir: Path,
+    summary_path: Path | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+) -> int:
+    console = console or Console(stderr=True)
+    server = ConsoleServer(config, run_dir=run_dir, resume=resume)
+    started = time.monotonic()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    endpoints = server.start()
+    nodes = LocalNodes(
+        run_id=config.run_id,
+        control_endpoint=connect_address(endpoints.control),
+        log_dir=run_dir / "nodes",
+    )
+    try:
+        if spawn:
+            nodes.start(spawn)
+        with Progress(
+            TextColumn("[bold]{task.fields[state]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rounds"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        ) as progress:
+            task = progress.add_task(
+                "run", total=config.coordinator.total_rounds, state="", detail=""
+            )
+
+            def update() -> None:
+                snap = server.coordinator.snapshot(server.clock())
+                detail = (
+                    f"epoch {snap.epoch} · round {snap.round} · {len(snap.live_clients)} clients"
+                )
+                progress.update(
+                    task, completed=snap.accepted_rounds, state=snap.state.value, detail=detail
+                )
+
+            server.listeners.append(update)
+            finished = asyncio.create_task(server.serve())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({finished, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (finished, stopping):
+                t.cancel()
+            update()
+        final = server.coordinator.state
+        if stop.is_set():
+            console.print("[yellow]stopped on signal[/]")
+        wall = time.monotonic() - started
+        if summary_path is not None:
+            summary = build_summary(server, wall, nodes)
+            summary_path.parent.mkdir(parents=True, exist_ok=True)
+            summary_path.write_text(json.dumps(summary, indent=2, default=str))
+            console.print(f"summary written to {summary_path}")
+        acc = server.records.rounds
+        last = max((r for r in acc if acc[r].aggregates), default=None)
+        accuracy = acc[last].global_metrics().get("accuracy") if last is not None else None
+        console.print(
+            f"run {config.run_id}: {final.value}, {server.coordinator.snapshot(server.clock()).accepted_rounds}"
+            f" accepted rounds in {wall:.1f}s"
+            + (f", accuracy {accuracy:.4f}" if accuracy is not None else "")
+        )
+        return 0 if final is RunState.FINISHED else 1
+    finally:
+        nodes.stop()
+        await server.stop()

@@ -1,0 +1,219 @@
+"""What the console remembers about clients and rounds beyond the coordinator's state.
+
+The coordinator decides; these records keep the figures an operator and the summary want:
+bytes, stages, losses and accuracies, update norms, aggregate hashes. They are fed by the
+server and turned into the console's rows and the run summary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.view import ClientRow, RoundRow, WitnessRow
+from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot
+
+
+@dataclass
+class ClientRecord:
+    id: str
+    address: str = ""
+    pid: int = 0
+    host: str = ""
+    stage: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected: int = 0
+    rounds_trained: int = 0
+    last_loss: float | None = None
+    last_accuracy: float | None = None
+    update_norm: float | None = None
+    node_bytes_sent: int = 0  # what the node says it sent and received peer to peer
+    node_bytes_received: int = 0
+
+
+@dataclass
+class RoundRecord:
+    commits: dict[str, dict[str, float]] = field(default_factory=dict)  # trainer -> metrics
+    aggregates: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
+    node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def global_metrics(self) -> dict[str, float]:
+        """Mean over nodes of what they measured on their aggregate (all should agree)."""
+        out: dict[str, float] = {}
+        keys = {k for _, metrics in self.aggregates.values() for k in metrics}
+        for key in sorted(keys):
+            values = [mt[key] for _, mt in self.aggregates.values() if key in mt]
+            if values:
+                out[key] = sum(values) / len(values)
+        return out
+
+
+class RunRecords:
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientRecord] = {}
+        self.rounds: dict[int, RoundRecord] = defaultdict(RoundRecord)
+
+    def _client(self, client_id: str) -> ClientRecord:
+        record = self.clients.get(client_id)
+        if record is None:
+            record = self.clients[client_id] = ClientRecord(client_id)
+        return record
+
+    # fed by the server -------------------------------------------------------------
+
+    def joined(self, client_id: str, address: str, pid: int, host: str) -> None:
+        record = self._client(client_id)
+        record.address, record.pid, record.host = address, pid, host
+
+    def bytes_in(self, client_id: str, size: int) -> None:
+        if client_id in self.clients:
+            self.clients[client_id].bytes_in += size
+
+    def bytes_out(self, client_id: str, size: int) -> None:
+        if client_id in self.clients:
+            self.clients[client_id].bytes_out += size
+
+    def rejected(self, client_id: str) -> None:
+        if client_id in self.clients:
+            self.clients[client_id].rejected += 1
+
+    def stage(self, client_id: str, stage: str) -> None:
+        if stage and client_id in self.clients:
+            self.clients[client_id].stage = stage
+
+    def committed(self, client_id: str, round: int, metrics: dict[str, float]) -> None:
+        record = self._client(client_id)
+        record.rounds_trained += 1
+        record.last_loss = metrics.get("train_loss", record.last_loss)
+        self.rounds[round].commits[client_id] = dict(metrics)
+
+    def aggregated(
+        self, client_id: str, round: int, model_hash: str, metrics: dict[str, float]
+    ) -> None:
+        record = self._client(client_id)
+        record.last_accuracy = metrics.get("accuracy", record.last_accuracy)
+        if "test_loss" in metrics:
+            record.last_loss = metrics["test_loss"]
+        self.rounds[round].aggregates[client_id] = (model_hash, dict(metrics))
+
+    def metrics(self, client_id: str, round: int, metrics: dict[str, float]) -> None:
+        record = self._client(client_id)
+        self.rounds[round].node_metrics[client_id] = dict(metrics)
+        if "update_norm" in metrics:
+            record.update_norm = metrics["update_norm"]
+        record.node_bytes_sent = int(metrics.get("bytes_sent", record.node_bytes_sent))
+        record.node_bytes_received = int(metrics.get("bytes_received", record.node_bytes_received))
+
+    def on_event(self, event: object, now: float) -> None:
+        """Hook for coordinator events (nothing to keep yet beyond the event log)."""
+
+    def agreed_aggregate(self, round: int) -> str | None:
+        """The aggregate hash most nodes reported for ``round`` (None when none did)."""
+        hashes = Counter(h for h, _ in self.rounds[round].aggregates.values())
+        if not hashes:
+            return None
+        return hashes.most_common(1)[0][0]
+
+    # read by the console and the summary --------------------------------------------
+
+    def client_rows(self, snap: RunSnapshot) -> tuple[ClientRow, ...]:
+        current = snap.current
+        rows = []
+        for view in snap.clients:
+            record = self.clients.get(view.id) or ClientRecord(view.id)
+            role = ""
+            if current is not None and current.ended is None:
+                parts = []
+                if view.id in current.train_set:
+                    parts.append("trainer")
+                if view.id in current.witnesses:
+                    parts.append("witness")
+                role = "+".join(parts)
+            live = view.status in (ClientStatus.PENDING, ClientStatus.ACTIVE)
+            rows.append(
+                ClientRow(
+                    id=view.id,
+                    address=view.gossip_endpoint or record.address,
+                    status=view.status.value,
+                    stage=record.stage if live else view.status.value,
+                    role=role,
+                    heartbeat_age=max(0.0, snap.now - view.last_seen) if live else None,
+                    rounds_trained=record.rounds_trained,
+                    last_loss=record.last_loss,
+                    last_accuracy=record.last_accuracy,
+                    update_norm=record.update_norm,
+                    bytes_in=record.bytes_in,
+                    bytes_out=record.bytes_out,
+                    rejected=record.rejected,
+                    drop_reason=view.drop_reason,
+                )
+            )
+        return tuple(rows)
+
+    def round_row(self, view: RoundView) -> RoundRow:
+        record = self.rounds.get(view.round, RoundRecord())
+        metrics = record.global_metrics()
+        witness_rows = []
+        for witness in view.witnesses:
+            attested = view.attestations.get(witness, {})
+            agrees = all(
+                view.accepted.get(t) is None or view.accepted[t].hash == h
+                for t, h in attested.items()
+            )
+            witness_rows.append(
+                WitnessRow(witness, witness in view.attestations, dict(attested), agrees)
+            )
+        rejected = tuple(
+            t
+            for t in view.train_set
+            if t not in view.accepted and view.outcome != RoundOutcome.OPEN
+        )
+        hashes = set(view.aggregates.values()) or {h for h, _ in record.aggregates.values()}
+        return RoundRow(
+            round=view.round,
+            epoch=view.epoch,
+            train_set=view.train_set,
+            witnesses_elected=len(view.witnesses),
+            witnesses_reported=len(view.attestations),
+            quorum=view.quorum,
+            accepted=tuple(sorted(view.accepted)),
+            rejected=rejected,
+            outcome=view.outcome,
+            duration=None if view.ended is None else view.ended - view.started,
+            loss=metrics.get("test_loss"),
+            accuracy=metrics.get("accuracy"),
+            aggregate_hashes=len(hashes),
+            witness_rows=tuple(witness_rows),
+        )
+
+    def summary_rounds(self, views: tuple[RoundView, ...]) -> list[dict[str, Any]]:
+        out = []
+        for view in views:
+            row = self.round_row(view)
+            record = self.rounds.get(view.round, RoundRecord())
+            out.append(
+                {
+                    "round": view.round,
+                    "epoch": view.epoch,
+                    "outcome": view.outcome.value,
+                    "train_set": list(view.train_set),
+                    "witnesses": list(view.witnesses),
+                    "quorum": view.quorum,
+                    "accepted": {t: r.hash for t, r in sorted(view.accepted.items())},
+                    "duration": row.duration,
+                    "aggregate_hashes": sorted(set(view.aggregates.values())),
+                    "metrics": _finite(record.global_metrics()),
+                    "clients": {cid: _finite(mt) for cid, mt in sorted(record.commits.items())},
+                }
+            )
+        return out
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {
+        k: (v if isinstance(v, float | int) and math.isfinite(v) else None)
+        for k, v in metrics.items()
+    }

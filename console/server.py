@@ -1,0 +1,448 @@
+"""The console's server: the only place console-side sockets live.
+
+It binds the state PUB and the control ROUTER, feeds every request to the coordinator,
+answers every request (an ack, or an error naming what was wrong), ticks the coordinator
+for timeouts exactly when something can time out, broadcasts the state with a sequence
+number on every change and at every tick, writes the event log, and stores checkpoints.
+It runs on whatever asyncio loop it is started on: Textual's, or ``asyncio.run`` when
+headless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from console.checkpoint import CheckpointError, StoredCheckpoint, load_latest, write_checkpoint
+from console.coordinator import Coordinator, Outcome
+from console.eventlog import EventLog
+from console.records import RunRecords
+from console.replay import view_to_dict
+from console.settings import Config
+from console.view import ConsoleSnapshot
+from transport import messages as m
+from transport.codec import DecodeError, Limits, decode, encode
+from transport.sockets import SocketFactory
+from transport.state import CheckpointRef, ResultRef, RunState
+from transport.tensors import model_hash
+
+log = logging.getLogger(__name__)
+
+CONTROL_LIMITS = Limits(max_frames=512, max_header_bytes=1 << 20, max_total_bytes=1 << 30)
+VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    state: str
+    control: str
+
+
+class ConsoleServer:
+    """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        run_dir: Path,
+        resume: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        tick_interval: float | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.clock = clock
+        self.tick_interval = tick_interval or config.coordinator.heartbeat_interval
+        self.checkpoint_dir = config.checkpoint.dir / config.run_id
+        self.events = EventLog(run_dir / "events.jsonl")
+        self.records = RunRecords()
+        self.seq = 0
+        self.rejected_messages = 0
+        self._view_recorded = float("-inf")
+        self.listeners: list[Callable[[], None]] = []
+        self._stored: StoredCheckpoint | None = None
+        self._resume = resume
+        self._ctx: zmq.asyncio.Context | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._control: zmq.asyncio.Socket | None = None
+        self._wake = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.endpoints = Endpoints("", "")
+        self.coordinator = self._make_coordinator()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _make_coordinator(self) -> Coordinator:
+        cfg = self.config
+        restore = None
+        if self._resume:
+            self._stored = load_latest(self.checkpoint_dir)
+            if self._stored is None:
+                raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+            restore = self._stored.state
+        coordinator = Coordinator(
+            cfg.coordinator,
+            run_id=cfg.run_id,
+            seed=cfg.seed,
+            train_set_size=cfg.learning.train_set_size,
+            now=self.clock(),
+            restore=restore,
+        )
+        if self._stored is not None:
+            self.events.write(
+                self.clock(),
+                "resume",
+                f"resumed from epoch {self._stored.epoch} checkpoint (round {self._stored.round})",
+            )
+        return coordinator
+
+    def start(self) -> Endpoints:
+        """Bind the sockets (port 0 picks a free port) on the running loop."""
+        cfg = self.config.server
+        self._ctx = zmq.asyncio.Context()
+        factory = SocketFactory(self._ctx)
+        self._pub = factory.pub(cfg.endpoint(cfg.state_port))
+        self._control = factory.router(cfg.endpoint(cfg.control_port))
+        self.endpoints = Endpoints(
+            state=self._pub.getsockopt_string(zmq.LAST_ENDPOINT),
+            control=self._control.getsockopt_string(zmq.LAST_ENDPOINT),
+        )
+        self.events.write(
+            self.clock(),
+            "server",
+            f"serving run {self.config.run_id!r}: control {self.endpoints.control}, "
+            f"state {self.endpoints.state}",
+        )
+        self._tasks = [
+            asyncio.create_task(self._control_loop(), name="control"),
+            asyncio.create_task(self._tick_loop(), name="ticker"),
+        ]
+        self._broadcast()
+        return self.endpoints
+
+    async def serve(self, timeout: float | None = None) -> RunState:
+        """Wait until the run is Finished (or ``timeout`` passes); returns the final state."""
+        try:
+            await asyncio.wait_for(self._finished.wait(), timeout)
+        except TimeoutError:
+            pass
+        return self.coordinator.state
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks = []
+        for sock in (self._pub, self._control):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+        self.events.close()
+
+    # ----------------------------------------------------------------- what the console shows
+
+    def view(self) -> ConsoleSnapshot:
+        now = self.clock()
+        snap = self.coordinator.snapshot(now)
+        return ConsoleSnapshot(
+            run=snap,
+            address=self.endpoints.control,
+            seq=self.seq,
+            clients=self.records.client_rows(snap),
+            rounds=tuple(self.records.round_row(v) for v in self.coordinator.rounds),
+            log=tuple(self.events.tail),
+            rejected_messages=self.rejected_messages,
+            checkpoint_dir=str(self.checkpoint_dir),
+        )
+
+    # ----------------------------------------------------------------- operator API
+
+    def pause(self) -> Outcome:
+        return self._operator("pause", self.coordinator.pause)
+
+    def resume(self) -> Outcome:
+        return self._operator("resume", self.coordinator.resume)
+
+    def end_phase(self) -> Outcome:
+        return self._operator("end phase", self.coordinator.end_phase)
+
+    def kick(self, client_id: str) -> Outcome:
+        return self._operator(
+            f"kick {client_id}", lambda now: self.coordinator.kick(client_id, now)
+        )
+
+    def _operator(self, what: str, call: Callable[[float], Outcome]) -> Outcome:
+        now = self.clock()
+        outcome = call(now)
+        if outcome.rejection is None:
+            self.events.write(now, "operator", f"operator: {what}")
+        else:
+            self.events.write(
+                now,
+                "operator",
+                f"operator: {what} refused: {outcome.rejection.reason}",
+                level="warning",
+            )
+        self._after(outcome, now)
+        return outcome
+
+    # ----------------------------------------------------------------- control socket
+
+    async def _control_loop(self) -> None:
+        assert self._control is not None
+        sock = self._control
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            identity = frames[0].bytes
+            size = sum(len(f.buffer) for f in frames[1:])
+            replies = self.handle(identity, frames[1:], size)
+            for reply in replies:
+                try:
+                    await sock.send_multipart([identity, *encode(reply)], copy=False)
+                except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY): nothing to answer
+                    log.debug("reply to %r not delivered: %s", identity, exc)
+                    break
+            if replies:
+                self.records.bytes_out(identity.decode("utf-8", "replace"), 0)
+
+    def handle(self, identity: bytes, frames: list, size: int) -> list[m.Message]:
+        """Decode, validate and apply one request; return the reply (always exactly one)."""
+        now = self.clock()
+        sender = identity.decode("utf-8", "replace")
+        self.records.bytes_in(sender, size)
+        try:
+            msg = decode(frames, CONTROL_LIMITS)
+        except DecodeError as exc:
+            return [self._reject(now, sender, "?", exc.code, exc.reason)]
+        ref = msg.TYPE
+        node_id = getattr(msg, "node_id", None)
+        if node_id is None:
+            return [self._reject(now, sender, ref, "malformed", f"{ref} is not a request")]
+        if node_id != sender:
+            return [
+                self._reject(
+                    now, sender, ref, "malformed", f"node_id {node_id!r} differs from its socket id"
+                )
+            ]
+        handler = getattr(self, f"_on_{ref}", None)
+        if handler is None:
+            return [self._reject(now, sender, ref, "malformed", f"{ref} is not a control request")]
+        return [handler(msg, now)]
+
+    def _reject(self, now: float, sender: str, ref: str, code: str, reason: str) -> m.Error:
+        self.rejected_messages += 1
+        self.records.rejected(sender)
+        self.events.write(
+            now, "reject", f"rejected {ref} from {sender}: {reason}", level="warning", code=code
+        )
+        return m.Error(ref=ref, code=code, reason=reason)
+
+    def _answer(self, msg: m.Message, outcome: Outcome, now: float) -> m.Message:
+        node_id = getattr(msg, "node_id", "?")
+        if outcome.rejection is not None:
+            reply = self._reject(
+                now, node_id, msg.TYPE, outcome.rejection.code, outcome.rejection.reason
+            )
+        else:
+            reply = m.Ack(ref=msg.TYPE, seq=self.seq)
+        self._after(outcome, now)
+        return reply
+
+    def _on_join(self, msg: m.Join, now: float) -> m.Message:
+        outcome = self.coordinator.join(
+            msg.node_id, msg.run_id, now, gossip_endpoint=msg.gossip_endpoint
+        )
+        if outcome.rejection is not None:
+            return self._answer(msg, outcome, now)
+        self.records.joined(msg.node_id, msg.gossip_endpoint, msg.pid, msg.host)
+        self._after(outcome, now)
+        return m.JoinAck(
+            node_id=msg.node_id,
+            state_endpoint=self.endpoints.state,
+            seq=self.seq,
+            spec=self.config.run_spec().to_dict(),
+            snapshot=self.coordinator.snapshot(now).to_dict(),
+        )
+
+    def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:
+        self.records.stage(msg.node_id, msg.stage)
+        return self._answer(msg, self.coordinator.heartbeat(msg.node_id, now), now)
+
+    def _on_leave(self, msg: m.Leave, now: float) -> m.Message:
+        return self._answer(msg, self.coordinator.leave(msg.node_id, now), now)
+
+    def _on_warmed_up(self, msg: m.WarmedUp, now: float) -> m.Message:
+        expected = self.coordinator.snapshot(now).checkpoint
+        if expected is not None and msg.model_hash != expected.hash:
+            return self._reject(
+                now,
+                msg.node_id,
+                msg.TYPE,
+                "hash_mismatch",
+                f"warmed up with model {msg.model_hash[:12]}, the checkpoint is {expected.hash[:12]}",
+            )
+        outcome = self.coordinator.warmed_up(msg.node_id, now, model_hash=msg.model_hash)
+        return self._answer(msg, outcome, now)
+
+    def _on_vote(self, msg: m.Vote, now: float) -> m.Message:
+        outcome = self.coordinator.vote(msg.node_id, msg.round, list(msg.candidates), now)
+        return self._answer(msg, outcome, now)
+
+    def _on_commit(self, msg: m.Commit, now: float) -> m.Message:
+        outcome = self.coordinator.commit(
+            msg.node_id, msg.round, ResultRef(hash=msg.hash, samples=msg.samples), now
+        )
+        if outcome.rejection is None:
+            self.records.committed(msg.node_id, msg.round, msg.metrics)
+        return self._answer(msg, outcome, now)
+
+    def _on_witness(self, msg: m.Witness, now: float) -> m.Message:
+        outcome = self.coordinator.witness(msg.node_id, msg.round, dict(msg.attestations), now)
+        return self._answer(msg, outcome, now)
+
+    def _on_aggregate(self, msg: m.Aggregate, now: float) -> m.Message:
+        outcome = self.coordinator.report_aggregate(msg.node_id, msg.round, msg.hash, now)
+        if outcome.rejection is None:
+            self.records.aggregated(msg.node_id, msg.round, msg.hash, msg.metrics)
+        return self._answer(msg, outcome, now)
+
+    def _on_metrics(self, msg: m.Metrics, now: float) -> m.Message:
+        self.records.metrics(msg.node_id, msg.round, msg.metrics)
+        return self._answer(msg, self.coordinator.heartbeat(msg.node_id, now), now)
+
+    def _on_model_request(self, msg: m.ModelRequest, now: float) -> m.Message:
+        stored = self._stored
+        if stored is None:
+            return self._reject(
+                now,
+                msg.node_id,
+                msg.TYPE,
+                "unavailable",
+                "no checkpoint yet: build the initial model from the run seed",
+            )
+        try:
+            payloads = stored.payloads()
+        except CheckpointError as exc:
+            return self._reject(now, msg.node_id, msg.TYPE, "unavailable", str(exc))
+        self.coordinator.heartbeat(msg.node_id, now)
+        return m.ModelReply(round=stored.round, hash=stored.hash, tensors=payloads)
+
+    def _on_checkpoint_upload(self, msg: m.CheckpointUpload, now: float) -> m.Message:
+        snap = self.coordinator.snapshot(now)
+        if snap.checkpoint_uploader != msg.node_id:
+            return self._reject(
+                now, msg.node_id, msg.TYPE, "wrong_state", "no checkpoint upload was asked of you"
+            )
+        actual = model_hash(msg.tensors)
+        if actual != msg.hash:
+            return self._reject(
+                now,
+                msg.node_id,
+                msg.TYPE,
+                "hash_mismatch",
+                "uploaded weights do not match their hash",
+            )
+        agreed = self.records.agreed_aggregate(msg.round)
+        if agreed is not None and agreed != actual:
+            return self._reject(
+                now,
+                msg.node_id,
+                msg.TYPE,
+                "hash_mismatch",
+                f"uploaded model {actual[:12]} differs from the aggregate the nodes agree on "
+                f"({agreed[:12]})",
+            )
+        try:
+            self._stored = write_checkpoint(
+                self.checkpoint_dir,
+                epoch=msg.epoch,
+                round=msg.round,
+                tensors=msg.tensors,
+                state=self.coordinator.to_state(),
+            )
+        except (OSError, CheckpointError) as exc:
+            self.events.write(now, "checkpoint", f"checkpoint write failed: {exc}", level="error")
+            return self._reject(now, msg.node_id, msg.TYPE, "unavailable", f"write failed: {exc}")
+        self.events.write(
+            now,
+            "checkpoint",
+            f"checkpoint epoch {msg.epoch} round {msg.round} saved ({actual[:12]})",
+        )
+        outcome = self.coordinator.checkpoint_saved(
+            CheckpointRef(epoch=msg.epoch, round=msg.round, hash=actual), now
+        )
+        return self._answer(msg, outcome, now)
+
+    # ----------------------------------------------------------------- ticking and broadcast
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = self.clock()
+            wake = self.coordinator.next_wakeup(now)
+            delay = self.tick_interval if wake is None else min(self.tick_interval, wake - now)
+            self._wake.clear()
+            try:  # not wait_for: on 3.11 it swallows a cancel that races the wake-up (stop hangs)
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            now = self.clock()
+            outcome = self.coordinator.tick(now)
+            self._after(outcome, now, force_broadcast=True)
+
+    def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
+        """Log what happened, broadcast at once if anything did, wake the ticker."""
+        for event in outcome.events:
+            self.events.write(now, event.kind, event.describe(), **_fields(event))
+            self.records.on_event(event, now)
+        if outcome.events or force_broadcast:
+            self._broadcast()
+            self._wake.set()
+        if self.coordinator.state is RunState.FINISHED:
+            self._finished.set()
+        for listener in self.listeners:
+            listener()
+
+    def _broadcast(self) -> None:
+        if self._pub is None:
+            return
+        self.seq += 1
+        snap = self.coordinator.snapshot(self.clock())
+        frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap.to_dict()))
+        try:
+            self._pub.send_multipart(frames, copy=False)
+        except zmq.ZMQError as exc:  # PUB never blocks; this is a closed socket at shutdown
+            log.debug("broadcast failed: %s", exc)
+        self._record_view(self.clock())
+
+    def _record_view(self, now: float) -> None:
+        """Append the console's view to events.jsonl for ``--replay`` (throttled)."""
+        fh = self.events._fh  # the log's own file, so views and log lines stay in order
+        if fh is None or now - self._view_recorded < VIEW_RECORD_INTERVAL:
+            return
+        self._view_recorded = now
+        view = view_to_dict(self.view(), with_log=False)
+        fh.write(json.dumps({"kind": "view", "t": round(now, 6), "view": view}, default=str) + "\n")
+        fh.flush()
+
+
+def _fields(event: object) -> dict[str, object]:
+    """The event's own fields for the JSONL log (tuples become lists via json default)."""
+    data = getattr(event, "__dict__", {})
+    return {k: v for k, v in data.items() if not k.startswith("_")}

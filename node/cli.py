@@ -1,0 +1,158 @@
+"""fl-node: a headless participant of a federated run.
+
+    fl-node --connect tcp://HOST:PORT --run-id ID [--name NAME] [--data PATH]
+    fl-node data.toml [--name NAME]
+
+It joins the console, follows its broadcasts and runs the learning workflow until the run is
+Finished (exit 0). A refused join prints the reason and exits 3. Ctrl+C / SIGTERM leave the
+run cleanly (exit 0 after telling the console).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import zlib
+from pathlib import Path
+
+import tomlkit
+import zmq.asyncio
+
+from node.gossip import GossipService
+from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
+from node.stages import StartLearningStage, expects_push
+from node.workflow import LearningWorkflow, NodeContext
+
+log = logging.getLogger("fl-node")
+
+EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 2, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fl-node", description="Join a federated run as a node.")
+    p.add_argument(
+        "config", nargs="?", type=Path, help="data.toml: take the address and run_id from it"
+    )
+    p.add_argument("--connect", help="the console's control endpoint, e.g. tcp://10.0.0.5:5556")
+    p.add_argument("--run-id", help="the run to join (must match the console's)")
+    p.add_argument("--name", help="this node's id (default: HOSTNAME-PID)")
+    p.add_argument("--data", type=Path, help="train on this data file instead of the run's source")
+    p.add_argument(
+        "--gossip-host",
+        default="127.0.0.1",
+        help="address to bind the gossip socket on and announce to peers (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--join-timeout",
+        type=float,
+        default=None,
+        help="give up if the console is unreachable this long",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _from_config(path: Path) -> tuple[str, str]:
+    """Read just the run id and control endpoint from a data.toml (the console validates the rest)."""
+    doc = tomlkit.parse(path.read_text()).unwrap()
+    server = doc.get("server", {})
+    host = server.get("host", "127.0.0.1")
+    if host in ("0.0.0.0", "*", "::"):
+        host = "127.0.0.1"
+    return str(
+        doc.get("run_id", "digits-demo")
+    ), f"tcp://{host}:{int(server.get('control_port', 5556))}"
+
+
+async def run_node(args: argparse.Namespace, node_id: str, run_id: str, endpoint: str) -> int:
+    ctx = zmq.asyncio.Context()
+    gossip = GossipService(node_id=node_id, run_id=run_id, context=ctx, bind_host=args.gossip_host)
+    link: ConsoleLink | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        gossip.start()
+        link = ConsoleLink(
+            node_id=node_id,
+            run_id=run_id,
+            control_endpoint=endpoint,
+            gossip_endpoint=gossip.endpoint,
+            context=ctx,
+        )
+        joining = asyncio.create_task(link.start(max_wait=args.join_timeout))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({joining, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            joining.cancel()
+            return EXIT_OK
+        stopping.cancel()
+        spec = joining.result()
+        seed = zlib.crc32(f"{spec.seed}:{node_id}".encode())
+        nctx = NodeContext(
+            node_id=node_id,
+            spec=spec,
+            link=link,
+            gossip=gossip,
+            data_path=args.data,
+            rng=random.Random(seed),
+        )
+        gossip.expects = lambda r, t: expects_push(nctx, r, t)
+        import torch
+
+        torch.set_num_threads(spec.learning.torch_threads)
+        workflow = asyncio.create_task(LearningWorkflow(nctx, StartLearningStage()).run())
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({workflow, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if workflow in done:
+            workflow.result()  # re-raise a crash
+            log.info("run finished; stages: %s", " ".join(nctx.history[-8:]))
+            return EXIT_OK
+        workflow.cancel()
+        log.info("stopping on signal")
+        return EXIT_OK
+    except JoinRejected as exc:
+        print(f"fl-node: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except ConsoleUnreachable as exc:
+        print(f"fl-node: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        if link is not None:
+            finished = link.latest is not None and link.latest.snapshot.state.value == "Finished"
+            await link.close(leave=not finished)
+        await gossip.close()
+        ctx.destroy(linger=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if args.config is not None:
+        if not args.config.exists():
+            print(f"fl-node: {args.config}: no such file", file=sys.stderr)
+            return EXIT_USAGE
+        run_id, endpoint = _from_config(args.config)
+    else:
+        if not args.connect or not args.run_id:
+            print("fl-node: give a data.toml, or both --connect and --run-id", file=sys.stderr)
+            return EXIT_USAGE
+        run_id, endpoint = args.run_id, args.connect
+    run_id = args.run_id or run_id
+    endpoint = args.connect or endpoint
+    node_id = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    return asyncio.run(run_node(args, node_id, run_id, endpoint))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""Model gossip between nodes: a ROUTER that receives pushes, DEALERs that push.
+
+Each node binds a gossip ROUTER and announces it at join; peers' endpoints come in the
+broadcast. A trainer pushes its model directly to every live peer that lacks it, once per
+peer (a peer that acked a model is never sent it again). Every received push is decoded
+with its limits, checked (run, round, trainer, hash, shapes, dtypes, finite values) and
+answered: ``model_ack`` or an ``error`` that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import zmq
+import zmq.asyncio
+
+from node.weights import WeightsError, from_payloads
+from transport import messages as m
+from transport.codec import DecodeError, Limits, decode, encode
+from transport.sockets import SocketFactory
+from transport.tensors import TensorPayload, model_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReceivedModel:
+    trainer: str
+    hash: str
+    samples: int
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
+class GossipStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    pushes_sent: int = 0
+    pushes_received: int = 0
+    rejected: int = 0
+    rejections: list[str] = field(default_factory=list)
+
+
+class GossipService:
+    """Owns the node's gossip sockets and the per-round inbox of received models."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        run_id: str,
+        context: zmq.asyncio.Context,
+        bind_host: str = "127.0.0.1",
+        max_model_bytes: int = 1 << 30,
+    ) -> None:
+        self.node_id = node_id
+        self.run_id = run_id
+        self._factory = SocketFactory(context)
+        self._bind_host = bind_host
+        self._limits = Limits(
+            max_frames=1024, max_header_bytes=1 << 20, max_total_bytes=max_model_bytes
+        )
+        self._router: zmq.asyncio.Socket | None = None
+        self._dealers: dict[str, zmq.asyncio.Socket] = {}
+        self._dealer_locks: dict[str, asyncio.Lock] = {}
+        self.endpoint = ""
+        self.inbox: dict[int, dict[str, ReceivedModel]] = {}
+        self.acked: dict[tuple[int, str], set[str]] = {}  # (round, trainer) -> peers that hold it
+        self.stats = GossipStats()
+        self._arrival = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Set by the workflow: which (round, trainer) pushes are welcome, and the shape reference.
+        self.expects: Callable[[int, str], str | None] = lambda r, t: "not following a round yet"
+        self.reference: dict[str, torch.Tensor] | None = None
+
+    def start(self) -> str:
+        self._router = self._factory.model_router(f"tcp://{self._bind_host}:0")
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._task = asyncio.create_task(self._serve(), name="gossip")
+        return self.endpoint
+
+    # ----------------------------------------------------------------- receiving
+
+    async def _serve(self) -> None:
+        assert self._router is not None
+        while True:
+            frames = await self._router.recv_multipart(copy=False)
+            identity, body = frames[0].bytes, frames[1:]
+            self.stats.bytes_received += sum(len(f.buffer) for f in body)
+            reply = self._receive(body)
+            try:
+                await self._router.send_multipart([identity, *encode(reply)], copy=False)
+            except zmq.ZMQError as exc:
+                log.debug("gossip reply not delivered: %s", exc)
+
+    def _receive(self, frames: list) -> m.Message:
+        try:
+            msg = decode(frames, self._limits)
+        except DecodeError as exc:
+            return self._refuse("?", exc.code, exc.reason)
+        if not isinstance(msg, m.ModelPush):
+            return self._refuse(msg.TYPE, "malformed", f"{msg.TYPE} is not a gossip message")
+        if msg.run_id != self.run_id:
+            return self._refuse(msg.TYPE, "wrong_run_id", f"run {msg.run_id!r} is not ours")
+        why = self.expects(msg.round, msg.trainer)
+        if why is not None:
+            return self._refuse(msg.TYPE, "wrong_round", why)
+        actual = model_hash(msg.tensors)
+        if actual != msg.hash:
+            return self._refuse(
+                msg.TYPE, "hash_mismatch", "weights do not match the announced hash"
+            )
+        if self.reference is None:
+            return self._refuse(msg.TYPE, "unavailable", "model not built yet")
+        try:
+            state = from_payloads(msg.tensors, self.reference)
+        except WeightsError as exc:
+            return self._refuse(msg.TYPE, "bad_model", str(exc))
+        self.store(msg.round, ReceivedModel(msg.trainer, msg.hash, msg.samples, state))
+        self.stats.pushes_received += 1
+        return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
+
+    def _refuse(self, ref: str, code: str, reason: str) -> m.Error:
+        self.stats.rejected += 1
+        self.stats.rejections = (self.stats.rejections + [f"{code}: {reason}"])[-20:]
+        log.warning("rejected gossip %s: %s", ref, reason)
+        return m.Error(ref=ref, code=code, reason=reason)
+
+    def store(self, round: int, model: ReceivedModel) -> None:
+        self.inbox.setdefault(round, {})[model.trainer] = model
+        # Wake every waiter, then hand later waiters a fresh event.
+        self._arrival.set()
+        self._arrival = asyncio.Event()
+
+    async def wait_for_models(
+        self, round: int, trainers: Callable[[], set[str]], timeout: float
+    ) -> bool:
+        """Wait (bounded) until the inbox holds every model of ``trainers()`` for ``round``.
+
+        ``trainers`` is re-read on every wake-up, so a trainer that drops stops being waited for.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            arrival = self._arrival
+            if trainers() <= set(self.inbox.get(round, {})):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                # Short slices: membership changes (a dropped trainer) arrive by broadcast.
+                await asyncio.wait_for(arrival.wait(), min(remaining, 0.05))
+            except TimeoutError:
+                pass
+
+    def forget_before(self, round: int) -> None:
+        for r in [r for r in self.inbox if r < round]:
+            del self.inbox[r]
+        for key in [k for k in self.acked if k[0] < round]:
+            del self.acked[key]
+
+    # ----------------------------------------------------------------- pushing
+
+    async def push(
+        self,
+        peers: dict[str, str],
+        *,
+        round: int,
+        trainer: str,
+        model_hash_: str,
+        samples: int,
+        tensors: tuple[TensorPayload, ...],
+        timeout: float,
+    ) -> dict[str, str]:
+        """Push one model to every peer that has not acked it yet; returns peer -> outcome."""
+        held = self.acked.setdefault((round, trainer), set())
+        todo = {p: ep for p, ep in peers.items() if p not in held and p != self.node_id}
+        msg = m.ModelPush(
+            run_id=self.run_id,
+            sender=self.node_id,
+            round=round,
+            trainer=trainer,
+            hash=model_hash_,
+            samples=samples,
+            tensors=tensors,
+        )
+        frames = encode(msg)
+        size = sum(len(memoryview(f)) for f in frames)
+        results = await asyncio.gather(
+            *(self._push_one(peer, ep, frames, size, timeout) for peer, ep in sorted(todo.items()))
+        )
+        outcome = dict(zip(sorted(todo), results, strict=True))
+        held.update(p for p, r in outcome.items() if r == "ok")
+        return outcome
+
+    async def _push_one(
+        self, peer: str, endpoint: str, frames: list, size: int, timeout: float
+    ) -> str:
+        lock = self._dealer_locks.setdefault(endpoint, asyncio.Lock())
+        async with lock:
+            sock = self._dealers.get(endpoint)
+            if sock is None:
+                sock = self._dealers[endpoint] = self._factory.model_dealer(self.node_id, endpoint)
+            try:
+                await asyncio.wait_for(sock.send_multipart(frames, copy=False), timeout)
+                self.stats.bytes_sent += size
+                self.stats.pushes_sent += 1
+                if not await sock.poll(int(timeout * 1000), zmq.POLLIN):
+                    self._drop_dealer(endpoint)
+                    return "timeout"
+                reply = decode(await sock.recv_multipart(copy=False), self._limits)
+            except (TimeoutError, zmq.ZMQError, DecodeError) as exc:
+                self._drop_dealer(endpoint)
+                return f"failed: {exc}"
+        if isinstance(reply, m.ModelAck):
+            return "ok"
+        if isinstance(reply, m.Error):
+            log.warning("peer %s refused our model: %s", peer, reply.reason)
+            return f"refused: {reply.reason}"
+        return f"unexpected reply {reply.TYPE}"
+
+    def _drop_dealer(self, endpoint: str) -> None:
+        sock = self._dealers.pop(endpoint, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        for endpoint in list(self._dealers):
+            self._drop_dealer(endpoint)
+        if self._router is not None:
+            self._router.close(linger=0)
+            self._router = None

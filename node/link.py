@@ -1,0 +1,277 @@
+"""A node's connection to the console: join, follow the broadcasts, heartbeat, reconnect.
+
+The join reply carries the current snapshot (the ZeroMQ guide's Clone pattern), so a node
+that starts late has the state at once; after that it follows the PUB broadcasts, ignoring
+stale sequence numbers. If the console goes away or restarts, requests time out or come back
+``not_member``; the link then reconnects with jittered backoff and joins again on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from transport import messages as m
+from transport.codec import DecodeError, Limits, decode, encode
+from transport.sockets import SocketFactory
+from transport.spec import RunSpec
+from transport.state import RunSnapshot, SnapshotError
+
+log = logging.getLogger(__name__)
+
+REPLY_LIMITS = Limits(max_frames=512, max_header_bytes=64 << 20, max_total_bytes=2 << 30)
+
+
+class JoinRejected(RuntimeError):
+    """The console refused us for good (wrong run id, kicked): retrying will not help."""
+
+
+class ConsoleUnreachable(RuntimeError):
+    """No reply in time: the console is down or restarting."""
+
+
+@dataclass
+class Received:
+    snapshot: RunSnapshot
+    seq: int
+    at: float  # local monotonic time of receipt
+
+    def local_deadline(self) -> float | None:
+        """The phase deadline translated into this node's monotonic clock."""
+        if self.snapshot.deadline is None:
+            return None
+        return self.at + max(0.0, self.snapshot.deadline - self.snapshot.now)
+
+
+class ConsoleLink:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        run_id: str,
+        control_endpoint: str,
+        gossip_endpoint: str,
+        context: zmq.asyncio.Context,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.node_id = node_id
+        self.run_id = run_id
+        self.control_endpoint = control_endpoint
+        self.gossip_endpoint = gossip_endpoint
+        self.request_timeout = request_timeout
+        self._factory = SocketFactory(context)
+        self._dealer: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self.latest: Received | None = None
+        self.spec: RunSpec | None = None
+        self.stage = "joining"
+        self.round = 0
+        self.connected = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.on_snapshot: list[Callable[[RunSnapshot], None]] = []
+
+    # ----------------------------------------------------------------- joining
+
+    async def start(self, *, max_wait: float | None = None) -> RunSpec:
+        """Join (retrying while the console is unreachable) and start following it."""
+        await self._join_with_backoff(max_wait=max_wait)
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="follow"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+        assert self.spec is not None
+        return self.spec
+
+    async def _join_with_backoff(self, *, max_wait: float | None = None) -> None:
+        delay = 0.1
+        started = time.monotonic()
+        while True:
+            try:
+                await self._join_once()
+                return
+            except ConsoleUnreachable:
+                if max_wait is not None and time.monotonic() - started > max_wait:
+                    raise
+                jitter = random.uniform(0.5, 1.5)
+                log.info("console %s unreachable; retrying in %.1fs", self.control_endpoint, delay)
+                await asyncio.sleep(delay * jitter)
+                delay = min(delay * 2, 5.0)
+
+    async def _join_once(self) -> None:
+        self.connected.clear()
+        self._reset_dealer()
+        join = m.Join(
+            run_id=self.run_id,
+            node_id=self.node_id,
+            gossip_endpoint=self.gossip_endpoint,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
+        reply = await self._request_raw(join, timeout=min(self.request_timeout, 3.0))
+        if isinstance(reply, m.Error):
+            if reply.code in ("wrong_run_id", "kicked", "malformed", "wrong_state"):
+                raise JoinRejected(f"join refused ({reply.code}): {reply.reason}")
+            raise ConsoleUnreachable(f"join not accepted yet ({reply.code}): {reply.reason}")
+        if not isinstance(reply, m.JoinAck):
+            raise ConsoleUnreachable(f"unexpected reply to join: {reply.TYPE}")
+        try:
+            self.spec = RunSpec.from_dict(reply.spec)
+            snapshot = RunSnapshot.from_dict(reply.snapshot)
+        except (ValueError, SnapshotError) as exc:
+            raise JoinRejected(f"console sent an unusable join reply: {exc}") from exc
+        if self._sub is None or self._sub_endpoint != reply.state_endpoint:
+            if self._sub is not None:
+                self._sub.close(linger=0)
+            self._sub = self._factory.sub(reply.state_endpoint)
+            self._sub_endpoint = reply.state_endpoint
+        # A restarted console counts its sequence from scratch: the join reply is the new baseline.
+        self.latest = None
+        await self._accept(snapshot, reply.seq)
+        self.connected.set()
+        log.info("joined run %s as %s (state %s)", self.run_id, self.node_id, snapshot.state)
+
+    _sub_endpoint: str = ""
+
+    def _reset_dealer(self) -> None:
+        if self._dealer is not None:
+            self._dealer.close(linger=0)
+        self._dealer = self._factory.dealer(self.node_id, self.control_endpoint, immediate=False)
+
+    # ----------------------------------------------------------------- requests
+
+    async def request(self, msg: m.Message, *, timeout: float | None = None) -> m.Message:
+        """Send one request and return its reply; rejoin if the console forgot us."""
+        await asyncio.wait_for(self.connected.wait(), timeout or self.request_timeout)
+        reply = await self._request_raw(msg, timeout=timeout)
+        if isinstance(reply, m.Error) and reply.code == "not_member" and msg.TYPE == "heartbeat":
+            log.warning("console no longer knows us (%s); joining again", reply.reason)
+            await self._rejoin()
+        return reply
+
+    async def _request_raw(self, msg: m.Message, *, timeout: float | None = None) -> m.Message:
+        async with self._lock:
+            assert self._dealer is not None
+            dealer = self._dealer
+            await dealer.send_multipart(encode(msg), copy=False)
+            if not await dealer.poll(int(1000 * (timeout or self.request_timeout)), zmq.POLLIN):
+                # Drop the socket so a late reply can never be taken for the next request's.
+                self._reset_dealer()
+                raise ConsoleUnreachable(f"no reply to {msg.TYPE} from {self.control_endpoint}")
+            frames = await dealer.recv_multipart(copy=False)
+        try:
+            return decode(frames, REPLY_LIMITS)
+        except DecodeError as exc:
+            raise ConsoleUnreachable(f"unreadable reply to {msg.TYPE}: {exc.reason}") from exc
+
+    async def _rejoin(self) -> None:
+        self.connected.clear()
+        await self._join_with_backoff()
+
+    # ----------------------------------------------------------------- following the state
+
+    async def _accept(self, snapshot: RunSnapshot, seq: int) -> None:
+        previous = self.latest
+        if previous is not None and seq <= previous.seq:
+            return  # stale or duplicate
+        if previous is not None and seq > previous.seq + 1:
+            log.debug(
+                "state broadcasts %d..%d missed; the full snapshot re-syncs us",
+                previous.seq + 1,
+                seq - 1,
+            )
+        self.latest = Received(snapshot, seq, time.monotonic())
+        for callback in self.on_snapshot:
+            callback(snapshot)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _follow(self) -> None:
+        while True:
+            if self._sub is None:
+                await asyncio.sleep(0.1)
+                continue
+            frames = await self._sub.recv_multipart(copy=False)
+            try:
+                msg = decode(frames, REPLY_LIMITS)
+                if not isinstance(msg, m.StateUpdate):
+                    continue
+                snapshot = RunSnapshot.from_dict(msg.snapshot)
+            except (DecodeError, SnapshotError) as exc:
+                log.warning("ignored a malformed state broadcast: %s", exc)
+                continue
+            if snapshot.run_id != self.run_id:
+                continue
+            await self._accept(snapshot, msg.seq)
+
+    async def _heartbeat(self) -> None:
+        assert self.spec is not None
+        interval = self.spec.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.request(
+                    m.Heartbeat(node_id=self.node_id, stage=self.stage, round=self.round),
+                    timeout=max(1.0, self.spec.health_timeout),
+                )
+            except (ConsoleUnreachable, TimeoutError):
+                if self._closing:
+                    return
+                log.warning("console unreachable; reconnecting")
+                await self._rejoin()
+
+    async def wait_for(
+        self, predicate: Callable[[RunSnapshot], bool], timeout: float
+    ) -> RunSnapshot | None:
+        """Wait (bounded) until the latest snapshot satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while True:
+                if self.latest is not None and predicate(self.latest.snapshot):
+                    return self.latest.snapshot
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return None
+
+    @property
+    def snapshot(self) -> RunSnapshot:
+        assert self.latest is not None, "not joined"
+        return self.latest.snapshot
+
+    # ----------------------------------------------------------------- leaving
+
+    async def close(self, *, leave: bool = True) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if leave and self.connected.is_set():
+            try:
+                await self._request_raw(
+                    m.Leave(node_id=self.node_id, reason="shutdown"), timeout=1.0
+                )
+            except (ConsoleUnreachable, zmq.ZMQError):
+                pass
+        for sock in (self._dealer, self._sub):
+            if sock is not None:
+                sock.close(linger=0)
+        self._dealer = self._sub = None

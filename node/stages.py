@@ -1,0 +1,486 @@
+"""The stages of P2PFL's learning workflow, one small class each.
+
+StartLearning -> VoteTrainSet -> Train | WaitAggregatedModels -> GossipModel -> RoundFinished
+-> VoteTrainSet (next round) | Cooldown (epoch end: checkpoint upload) -> StartLearning.
+Every wait is bounded; a stage that times out re-reads the broadcast state and moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import logging
+
+import torch
+
+from node import weights
+from node.aggregators import Update, aggregate, update_norm
+from node.data import Dataset, Shard, load_dataset, node_index_for, shard
+from node.gossip import ReceivedModel
+from node.models import build_model
+from node.training import evaluate, train_local
+from node.workflow import NodeContext, Stage
+from transport import messages as m
+from transport.spec import LearningSpec
+from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot, RunState
+from transport.tensors import model_hash
+
+log = logging.getLogger(__name__)
+
+WAIT_SLICE = 30.0  # the longest single wait; idle phases are waited for slice by slice
+ACTIVE_ROUND = (RunState.ROUND_TRAIN, RunState.ROUND_WITNESS)
+
+
+def round_view(snap: RunSnapshot, round: int) -> RoundView | None:
+    for view in (snap.current, snap.previous):
+        if view is not None and view.round == round:
+            return view
+    return None
+
+
+def live_trainers(ctx: NodeContext, round: int) -> set[str]:
+    snap = ctx.snapshot
+    view = round_view(snap, round)
+    if view is None:
+        return set()
+    live = {c.id for c in snap.clients if c.status is ClientStatus.ACTIVE}
+    return {t for t in view.train_set if t in live}
+
+
+def expects_push(ctx: NodeContext, round: int, trainer: str) -> str | None:
+    """Why a model push for (round, trainer) is not welcome now, or None when it is."""
+    latest = ctx.link.latest
+    if latest is None:
+        return "not following the run yet"
+    snap = latest.snapshot
+    member = snap.client(trainer)
+    if member is None or member.status is not ClientStatus.ACTIVE:
+        return f"{trainer} is not a live member of this epoch"
+    view = round_view(snap, round)
+    if view is not None:
+        return None if trainer in view.train_set else f"{trainer} is not a trainer of round {round}"
+    current = snap.current.round if snap.current is not None else snap.round
+    if round == current + 1:
+        return None  # the trainer saw the round start before we did
+    return f"round {round} is not open (current round {current})"
+
+
+def phase_remaining(ctx: NodeContext, default: float = WAIT_SLICE) -> float:
+    latest = ctx.link.latest
+    deadline = None if latest is None else latest.local_deadline()
+    if deadline is None:
+        return default
+    return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+async def send(ctx: NodeContext, msg: m.Message, what: str) -> bool:
+    """Send a request; log (never raise) a rejection. Returns True when acked."""
+    try:
+        reply = await ctx.link.request(msg)
+    except (TimeoutError, RuntimeError) as exc:
+        log.warning("%s not delivered: %s", what, exc)
+        return False
+    if isinstance(reply, m.Error):
+        log.warning("%s rejected (%s): %s", what, reply.code, reply.reason)
+        return False
+    return True
+
+
+class StartLearningStage:
+    """Warmup: build the model, load the shard, get the global model, report warmed up."""
+
+    name = "StartLearning"
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        ctx.set_stage("waiting for epoch")
+        snap = await ctx.link.wait_for(
+            lambda s: (
+                s.state is RunState.FINISHED
+                or (s.state in (RunState.WARMUP, *ACTIVE_ROUND) and ctx.is_member(s))
+            ),
+            WAIT_SLICE,
+        )
+        if snap is None:
+            return self  # still waiting for members (or paused): wait another slice
+        if snap.state is RunState.FINISHED:
+            return None
+        ctx.set_stage("warming up")
+        await self._prepare(ctx, snap)
+        await send(
+            ctx,
+            m.WarmedUp(node_id=ctx.node_id, epoch=snap.epoch, model_hash=ctx.global_hash),
+            "warmed_up",
+        )
+        # The round this node prepared for: the next one when it warmed up in Warmup, even if
+        # its own warmed_up report is what just started that round.
+        return VoteTrainSetStage(snap.round + 1 if snap.state is RunState.WARMUP else snap.round)
+
+    async def _prepare(self, ctx: NodeContext, snap: RunSnapshot) -> None:
+        spec = ctx.spec
+        if ctx.model is None:
+            data_spec = spec.data
+            if ctx.data_path is not None:
+                data_spec = dataclasses.replace(data_spec, source=str(ctx.data_path))
+            ctx.dataset = await asyncio.to_thread(
+                load_dataset, data_spec, seed=spec.seed, base_dir=None
+            )
+            ds = ctx.dataset
+            ctx.model = build_model(
+                spec.model,
+                features=ds.features,
+                classes=ds.classes,
+                image_shape=ds.image_shape,
+                seed=spec.seed,
+            )
+            ctx.gossip.reference = {
+                k: v.detach().clone() for k, v in ctx.model.state_dict().items()
+            }
+            # Pay torch's first-call costs now, in Warmup, not in the first round's training.
+            await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
+        members = tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
+        if ctx.shard_key != members and ctx.dataset is not None:
+            index = (
+                members.index(ctx.node_id)
+                if ctx.node_id in members
+                else node_index_for(ctx.node_id, len(members))
+            )
+            if ctx.data_path is not None:
+                index, count = 0, 1  # a node with its own data trains on all of it
+            else:
+                count = len(members)
+            ctx.shard = shard(ctx.dataset, index, count, spec.data, spec.seed)
+            ctx.shard_key = members
+        await self._global_model(ctx, snap)
+
+    async def _global_model(self, ctx: NodeContext, snap: RunSnapshot) -> None:
+        assert ctx.model is not None
+        if snap.checkpoint is not None and snap.checkpoint.hash != ctx.global_hash:
+            reply = await ctx.link.request(
+                m.ModelRequest(node_id=ctx.node_id, epoch=snap.epoch), timeout=60.0
+            )
+            if (
+                isinstance(reply, m.ModelReply)
+                and model_hash(reply.tensors) == reply.hash == snap.checkpoint.hash
+            ):
+                state = weights.from_payloads(reply.tensors, ctx.model.state_dict())
+                weights.load_into(ctx.model, state)
+                ctx.global_hash, ctx.global_round = reply.hash, reply.round
+                log.info("loaded the checkpointed global model of round %d", reply.round)
+                return
+            reason = reply.reason if isinstance(reply, m.Error) else "hash did not verify"
+            log.error("could not fetch the checkpointed model: %s", reason)
+        if not ctx.global_hash:
+            ctx.global_hash = weights.model_hash_of(ctx.model)
+
+
+def warm_up_torch(model: torch.nn.Module, ds: Dataset, learning: LearningSpec) -> None:
+    """A tiny training run and an evaluation on a copy of the model.
+
+    torch pays seconds on its first optimizer step (lazy imports) and first passes; paying
+    them in Warmup keeps them out of the first round, where every node would pay them at once.
+    """
+    probe = copy.deepcopy(model)
+    tiny = Shard(ds.x_train[: learning.batch_size], ds.y_train[: learning.batch_size])
+    train_local(probe, tiny, learning, seed=0, round=0)
+    evaluate(probe, ds.x_test[:64], ds.y_test[:64])
+
+
+def make_vote(ctx: NodeContext, snap: RunSnapshot) -> tuple[tuple[str, int], ...]:
+    """P2PFL's vote: up to train_set_size candidates with decreasing random weights."""
+    candidates = sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE)
+    k = min(ctx.spec.learning.train_set_size, len(candidates))
+    picks = ctx.rng.sample(candidates, k)
+    return tuple((node, ctx.rng.randint(0, 1000) // (i + 1)) for i, node in enumerate(picks))
+
+
+async def vote_for(ctx: NodeContext, round: int) -> None:
+    if round in ctx.voted:
+        return
+    ctx.voted.add(round)
+    snap = ctx.snapshot
+    await send(
+        ctx,
+        m.Vote(node_id=ctx.node_id, round=round, candidates=make_vote(ctx, snap)),
+        f"vote for round {round}",
+    )
+
+
+class VoteTrainSetStage:
+    """Vote for the next round's train set, then wait for the coordinator's tally."""
+
+    name = "VoteTrainSet"
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        ctx.set_stage("voting", self.round)
+        if ctx.snapshot.state in (RunState.WARMUP, *ACTIVE_ROUND):
+            await vote_for(ctx, self.round)
+        target = self.round
+        snap = await ctx.link.wait_for(
+            lambda s: (
+                s.state not in (RunState.WARMUP, *ACTIVE_ROUND)
+                or not ctx.is_member(s)
+                or (s.current is not None and s.current.round >= target)
+            ),
+            WAIT_SLICE,
+        )
+        if snap is None:
+            return self
+        if snap.state is RunState.FINISHED:
+            return None
+        if snap.state not in ACTIVE_ROUND or not ctx.is_member(snap) or snap.current is None:
+            return CooldownStage()
+        round = snap.current.round
+        if snap.state is RunState.ROUND_WITNESS:
+            return RoundFinishedStage(round)  # too late to train in this one
+        if ctx.node_id in snap.current.train_set:
+            return TrainStage(round)
+        return WaitAggregatedModelsStage(round)
+
+
+class TrainStage:
+    """Local epochs from the global model; evaluate; commit hash, samples and metrics."""
+
+    name = "Train"
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        assert ctx.model is not None and ctx.shard is not None and ctx.dataset is not None
+        ctx.set_stage("training", self.round)
+        work = ctx.round_work(self.round)
+        model, ds = ctx.model, ctx.dataset
+        result = await asyncio.to_thread(
+            train_local, model, ctx.shard, ctx.spec.learning, seed=ctx.spec.seed, round=self.round
+        )
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        local_eval = await asyncio.to_thread(evaluate, model, ds.x_test, ds.y_test)
+        payloads = weights.to_payloads(trained)
+        digest = model_hash(payloads)
+        work.trained_hash, work.trained_state, work.samples = digest, trained, result.samples
+        work.metrics = {
+            "train_loss": result.train_loss,
+            "train_time": result.train_time,
+            "local_test_loss": local_eval.loss,
+            "local_accuracy": local_eval.accuracy,
+        }
+        ctx.gossip.store(self.round, ReceivedModel(ctx.node_id, digest, result.samples, trained))
+        await send(
+            ctx,
+            m.Commit(
+                node_id=ctx.node_id,
+                round=self.round,
+                hash=digest,
+                samples=result.samples,
+                metrics=work.metrics,
+            ),
+            f"commit for round {self.round}",
+        )
+        return GossipModelStage(self.round)
+
+
+class WaitAggregatedModelsStage:
+    """Not in the train set: wait (bounded) for the trainers' models."""
+
+    name = "WaitAggregatedModels"
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        ctx.set_stage("waiting", self.round)
+        await ctx.gossip.wait_for_models(
+            self.round, lambda: live_trainers(ctx, self.round), _witness_budget(ctx)
+        )
+        return GossipModelStage(self.round)
+
+
+def _witness_budget(ctx: NodeContext) -> float:
+    """How long to wait for models: most of what is left of RoundTrain."""
+    remaining = phase_remaining(ctx)
+    return max(0.05, remaining - max(0.05, 0.05 * remaining))
+
+
+class GossipModelStage:
+    """Push our trained model to every live peer that lacks it; collect the others'."""
+
+    name = "GossipModel"
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        ctx.set_stage("gossiping", self.round)
+        work = ctx.round_work(self.round)
+        if work.trained_hash is not None and work.trained_state is not None:
+            outcome = await ctx.gossip.push(
+                ctx.live_peers(),
+                round=self.round,
+                trainer=ctx.node_id,
+                model_hash_=work.trained_hash,
+                samples=work.samples,
+                tensors=weights.to_payloads(work.trained_state),
+                timeout=max(1.0, phase_remaining(ctx)),
+            )
+            failed = {p: r for p, r in outcome.items() if r != "ok"}
+            if failed:
+                log.warning("round %d: push failed for %s", self.round, failed)
+        await ctx.gossip.wait_for_models(
+            self.round, lambda: live_trainers(ctx, self.round), _witness_budget(ctx)
+        )
+        return RoundFinishedStage(self.round)
+
+
+class RoundFinishedStage:
+    """Witness, vote for the next round, aggregate exactly the accepted set, report it."""
+
+    name = "RoundFinished"
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        r = self.round
+        ctx.set_stage("done", r)
+        snap = ctx.snapshot
+        view = round_view(snap, r)
+        work = ctx.round_work(r)
+        if view is not None and ctx.node_id in view.witnesses and not work.witnessed:
+            held = ctx.gossip.inbox.get(r, {})
+            attestations = {t: held[t].hash for t in view.train_set if t in held}
+            work.witnessed = True
+            await send(
+                ctx,
+                m.Witness(node_id=ctx.node_id, round=r, attestations=attestations),
+                f"witness for round {r}",
+            )
+        if (
+            ctx.snapshot.state in ACTIVE_ROUND
+            and ctx.snapshot.accepted_rounds < ctx.snapshot.total_rounds
+        ):
+            await vote_for(ctx, r + 1)
+        snap = await ctx.link.wait_for(
+            lambda s: (
+                s.state is RunState.FINISHED
+                or (v := round_view(s, r)) is None
+                or v.outcome is not RoundOutcome.OPEN
+            ),
+            WAIT_SLICE,
+        )
+        if snap is None:
+            return self
+        view = round_view(snap, r)
+        if view is not None and view.outcome is RoundOutcome.ACCEPTED and not work.aggregated:
+            await aggregate_round(ctx, r, view)
+        snap = ctx.snapshot
+        if snap.state is RunState.FINISHED:
+            return None
+        if snap.state in ACTIVE_ROUND and ctx.is_member(snap):
+            return VoteTrainSetStage(r + 1)
+        return CooldownStage()
+
+
+async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
+    assert ctx.model is not None and ctx.dataset is not None
+    work = ctx.round_work(r)
+    accepted = dict(view.accepted)
+
+    def have_all() -> bool:
+        held = ctx.gossip.inbox.get(r, {})
+        return all(t in held and held[t].hash == ref.hash for t, ref in accepted.items())
+
+    if not have_all():
+        await ctx.gossip.wait_for_models(r, lambda: set(accepted), 5.0)
+    if not have_all():
+        log.error("round %d: missing accepted models %s; cannot aggregate", r, sorted(accepted))
+        return
+    held = ctx.gossip.inbox[r]
+    updates = [Update(t, accepted[t].samples, held[t].state) for t in sorted(accepted)]
+    learning = ctx.spec.learning
+    ctx.set_stage("aggregating", r)
+    state = await asyncio.to_thread(
+        aggregate,
+        learning.aggregator,
+        updates,
+        trim_fraction=learning.trim_fraction,
+        byzantine_f=learning.byzantine_f,
+    )
+    weights.load_into(ctx.model, state)
+    digest = weights.model_hash_of(ctx.model)
+    result = await asyncio.to_thread(evaluate, ctx.model, ctx.dataset.x_test, ctx.dataset.y_test)
+    ctx.global_hash, ctx.global_round = digest, r
+    work.aggregated = True
+    ctx.set_stage("done", r)
+    await send(
+        ctx,
+        m.Aggregate(
+            node_id=ctx.node_id,
+            round=r,
+            hash=digest,
+            metrics={"test_loss": result.loss, "accuracy": result.accuracy},
+        ),
+        f"aggregate of round {r}",
+    )
+    extra: dict[str, float] = {
+        "bytes_sent": float(ctx.gossip.stats.bytes_sent),
+        "bytes_received": float(ctx.gossip.stats.bytes_received),
+    }
+    if work.trained_state is not None:
+        extra["update_norm"] = update_norm(work.trained_state, state)
+        extra["train_time"] = work.metrics.get("train_time", 0.0)
+    await send(ctx, m.Metrics(node_id=ctx.node_id, round=r, metrics=extra), f"metrics of round {r}")
+    ctx.gossip.forget_before(r)
+
+
+class CooldownStage:
+    """Epoch end: upload the global model if asked, then wait for the next epoch."""
+
+    name = "Cooldown"
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        ctx.set_stage("cooldown")
+        snap = ctx.snapshot
+        if (
+            snap.state is RunState.COOLDOWN
+            and snap.checkpoint_uploader == ctx.node_id
+            and ctx.model is not None
+            and ctx.global_round > 0
+            and (snap.checkpoint is None or snap.checkpoint.hash != ctx.global_hash)
+        ):
+            payloads = weights.to_payloads(ctx.model)
+            digest = model_hash(payloads)
+            if digest == ctx.global_hash:
+                ctx.set_stage("checkpointing")
+                await send(
+                    ctx,
+                    m.CheckpointUpload(
+                        node_id=ctx.node_id,
+                        epoch=snap.epoch,
+                        round=ctx.global_round,
+                        hash=digest,
+                        tensors=payloads,
+                    ),
+                    "checkpoint upload",
+                )
+        uploaded_or_moved = await ctx.link.wait_for(
+            lambda s: (
+                s.state is not RunState.COOLDOWN
+                or (
+                    s.checkpoint_uploader == ctx.node_id
+                    and (s.checkpoint is None or s.checkpoint.hash != ctx.global_hash)
+                )
+            ),
+            WAIT_SLICE,
+        )
+        snap = ctx.snapshot
+        if snap.state is RunState.FINISHED:
+            return None
+        if snap.state is RunState.COOLDOWN:
+            if uploaded_or_moved is not None and snap.checkpoint_uploader == ctx.node_id:
+                await asyncio.sleep(0.05)  # asked (again): avoid a hot loop on repeated refusals
+            return self
+        return StartLearningStage()

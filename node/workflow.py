@@ -1,0 +1,112 @@
+"""P2PFL's learning workflow, driven by the coordinator's broadcasts.
+
+``LearningWorkflow`` runs one stage at a time; each stage is a small class with one
+``async run(ctx)`` that returns the next stage, or None when the run is over. The context
+is an explicit dataclass: the node's links, its model and data, and what it did this round.
+Torch work (training, aggregation, evaluation) runs in a worker thread so the node keeps
+heartbeating and serving gossip while it computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from node.data import Dataset, Shard
+from node.gossip import GossipService
+from node.link import ConsoleLink
+from transport.spec import RunSpec
+from transport.state import ClientStatus, RunSnapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundWork:
+    """What this node did in one round."""
+
+    round: int
+    trained_hash: str | None = None
+    trained_state: dict[str, torch.Tensor] | None = None
+    samples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    witnessed: bool = False
+    aggregated: bool = False
+
+
+@dataclass
+class NodeContext:
+    node_id: str
+    spec: RunSpec
+    link: ConsoleLink
+    gossip: GossipService
+    data_path: Path | None = None  # --data: this node's own data instead of the run's source
+    model: torch.nn.Module | None = None
+    dataset: Dataset | None = None
+    shard: Shard | None = None
+    shard_key: tuple[str, ...] = ()  # the epoch membership the shard was cut for
+    global_hash: str = ""
+    global_round: int = 0  # the round whose aggregate the model holds (0: initial weights)
+    voted: set[int] = field(default_factory=set)
+    work: dict[int, RoundWork] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    history: list[str] = field(default_factory=list)
+    finished: bool = False
+
+    @property
+    def snapshot(self) -> RunSnapshot:
+        return self.link.snapshot
+
+    def round_work(self, round: int) -> RoundWork:
+        work = self.work.get(round)
+        if work is None:
+            work = self.work[round] = RoundWork(round)
+            for old in [r for r in self.work if r < round - 2]:
+                del self.work[old]
+        return work
+
+    def live_peers(self, snap: RunSnapshot | None = None) -> dict[str, str]:
+        """Live epoch members other than us, with their gossip endpoints."""
+        snap = snap or self.snapshot
+        return {
+            c.id: c.gossip_endpoint
+            for c in snap.clients
+            if c.status is ClientStatus.ACTIVE and c.id != self.node_id and c.gossip_endpoint
+        }
+
+    def is_member(self, snap: RunSnapshot | None = None) -> bool:
+        snap = snap or self.snapshot
+        me = snap.client(self.node_id)
+        return me is not None and me.status is ClientStatus.ACTIVE
+
+    def set_stage(self, stage: str, round: int | None = None) -> None:
+        self.link.stage = stage
+        if round is not None:
+            self.link.round = round
+
+
+class Stage(Protocol):
+    name: str
+
+    async def run(self, ctx: NodeContext) -> Stage | None: ...
+
+
+class LearningWorkflow:
+    """Runs stages until one returns None (the run finished, or the node was removed)."""
+
+    def __init__(self, ctx: NodeContext, first: Stage) -> None:
+        self.ctx = ctx
+        self.first = first
+
+    async def run(self) -> None:
+        stage: Stage | None = self.first
+        while stage is not None:
+            self.ctx.history.append(stage.name)
+            log.debug("stage %s", stage.name)
+            stage = await stage.run(self.ctx)
+        self.ctx.finished = True
