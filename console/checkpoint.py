@@ -114,6 +114,22 @@ def write_checkpoint(
     return StoredCheckpoint(epoch, round, digest, weights, state)
 
 
+def record_state(
+    directory: Path, stored: StoredCheckpoint, state: dict[str, Any]
+) -> StoredCheckpoint:
+    """Replace the coordinator state recorded with an already written checkpoint."""
+    record = {
+        "epoch": stored.epoch,
+        "round": stored.round,
+        "hash": stored.hash,
+        "weights": stored.weights_path.name,
+        "state": state,
+    }
+    _write_json(directory / f"epoch-{stored.epoch:04d}.json", record)
+    _write_json(directory / "latest.json", record)
+    return StoredCheckpoint(stored.epoch, stored.round, stored.hash, stored.weights_path, state)
+
+
 def read_weights(path: Path, *, expected_hash: str | None = None) -> tuple[TensorPayload, ...]:
     """Read a checkpoint's tensors back in their original order, checking the hash."""
     from safetensors import safe_open

@@ -21,7 +21,13 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from console.checkpoint import CheckpointError, StoredCheckpoint, load_latest, write_checkpoint
+from console.checkpoint import (
+    CheckpointError,
+    StoredCheckpoint,
+    load_latest,
+    record_state,
+    write_checkpoint,
+)
 from console.coordinator import Coordinator, Outcome
 from console.eventlog import EventLog
 from console.records import RunRecords
@@ -36,6 +42,25 @@ from transport.tensors import model_hash
 
 log = logging.getLogger(__name__)
 
+# Events that change what nodes do next are broadcast at once; the rest are coalesced.
+URGENT_EVENTS = frozenset(
+    {
+        "state_changed",
+        "round_started",
+        "round_ended",
+        "client_dropped",
+        "client_kicked",
+        "client_left",
+        "epoch_started",
+        "checkpoint_requested",
+        "checkpoint_saved",
+        "run_finished",
+        "pause_requested",
+        "paused",
+        "resumed",
+    }
+)
+COALESCE_SECONDS = 0.005
 CONTROL_LIMITS = Limits(max_frames=512, max_header_bytes=1 << 20, max_total_bytes=1 << 30)
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
@@ -75,6 +100,7 @@ class ConsoleServer:
         self._pub: zmq.asyncio.Socket | None = None
         self._control: zmq.asyncio.Socket | None = None
         self._wake = asyncio.Event()
+        self._pending_broadcast: asyncio.TimerHandle | None = None
         self._finished = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = Endpoints("", "")
@@ -368,8 +394,9 @@ class ConsoleServer:
                 f"uploaded model {actual[:12]} differs from the aggregate the nodes agree on "
                 f"({agreed[:12]})",
             )
+        ref = CheckpointRef(epoch=msg.epoch, round=msg.round, hash=actual)
         try:
-            self._stored = write_checkpoint(
+            stored = write_checkpoint(
                 self.checkpoint_dir,
                 epoch=msg.epoch,
                 round=msg.round,
@@ -379,14 +406,11 @@ class ConsoleServer:
         except (OSError, CheckpointError) as exc:
             self.events.write(now, "checkpoint", f"checkpoint write failed: {exc}", level="error")
             return self._reject(now, msg.node_id, msg.TYPE, "unavailable", f"write failed: {exc}")
-        self.events.write(
-            now,
-            "checkpoint",
-            f"checkpoint epoch {msg.epoch} round {msg.round} saved ({actual[:12]})",
-        )
-        outcome = self.coordinator.checkpoint_saved(
-            CheckpointRef(epoch=msg.epoch, round=msg.round, hash=actual), now
-        )
+        outcome = self.coordinator.checkpoint_saved(ref, now)
+        if outcome.rejection is None:
+            # The state a --resume restores is the one after the checkpoint counted: the
+            # next epoch's number, the checkpoint itself recorded.
+            self._stored = record_state(self.checkpoint_dir, stored, self.coordinator.to_state())
         return self._answer(msg, outcome, now)
 
     # ----------------------------------------------------------------- ticking and broadcast
@@ -411,15 +435,26 @@ class ConsoleServer:
         for event in outcome.events:
             self.events.write(now, event.kind, event.describe(), **_fields(event))
             self.records.on_event(event, now)
-        if outcome.events or force_broadcast:
+        if force_broadcast or any(e.kind in URGENT_EVENTS for e in outcome.events):
             self._broadcast()
             self._wake.set()
+        elif outcome.events:
+            self._broadcast_soon()
         if self.coordinator.state is RunState.FINISHED:
             self._finished.set()
         for listener in self.listeners:
             listener()
 
+    def _broadcast_soon(self) -> None:
+        """Coalesce the broadcasts of minor events (votes, commits) into one a few ms later."""
+        if self._pending_broadcast is None and self._pub is not None:
+            loop = asyncio.get_running_loop()
+            self._pending_broadcast = loop.call_later(COALESCE_SECONDS, self._broadcast)
+
     def _broadcast(self) -> None:
+        if self._pending_broadcast is not None:
+            self._pending_broadcast.cancel()
+            self._pending_broadcast = None
         if self._pub is None:
             return
         self.seq += 1
@@ -444,5 +479,7 @@ class ConsoleServer:
 
 def _fields(event: object) -> dict[str, object]:
     """The event's own fields for the JSONL log (tuples become lists via json default)."""
-    data = getattr(event, "__dict__", {})
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    to_dict = getattr(event, "to_dict", None)
+    data = to_dict() if to_dict is not None else dict(getattr(event, "__dict__", {}))
+    data.pop("kind", None)
+    return data

@@ -107,6 +107,10 @@ class StartLearningStage:
             return None
         ctx.set_stage("warming up")
         await self._prepare(ctx, snap)
+        target = snap.round + 1 if snap.state is RunState.WARMUP else snap.round
+        if snap.state is RunState.WARMUP:
+            # Vote before reporting warmed up: the last report can end Warmup at once.
+            await vote_for(ctx, target)
         await send(
             ctx,
             m.WarmedUp(node_id=ctx.node_id, epoch=snap.epoch, model_hash=ctx.global_hash),
@@ -114,7 +118,7 @@ class StartLearningStage:
         )
         # The round this node prepared for: the next one when it warmed up in Warmup, even if
         # its own warmed_up report is what just started that round.
-        return VoteTrainSetStage(snap.round + 1 if snap.state is RunState.WARMUP else snap.round)
+        return VoteTrainSetStage(target)
 
     async def _prepare(self, ctx: NodeContext, snap: RunSnapshot) -> None:
         spec = ctx.spec
@@ -192,6 +196,15 @@ def make_vote(ctx: NodeContext, snap: RunSnapshot) -> tuple[tuple[str, int], ...
     k = min(ctx.spec.learning.train_set_size, len(candidates))
     picks = ctx.rng.sample(candidates, k)
     return tuple((node, ctx.rng.randint(0, 1000) // (i + 1)) for i, node in enumerate(picks))
+
+
+def next_round_follows(snap: RunSnapshot) -> bool:
+    """Whether a round can follow this one in the same epoch (so a vote for it can count)."""
+    return (
+        snap.state in ACTIVE_ROUND
+        and snap.epoch_rounds < snap.rounds_per_epoch
+        and snap.accepted_rounds + 1 < snap.total_rounds
+    )
 
 
 async def vote_for(ctx: NodeContext, round: int) -> None:
@@ -358,10 +371,7 @@ class RoundFinishedStage:
                 m.Witness(node_id=ctx.node_id, round=r, attestations=attestations),
                 f"witness for round {r}",
             )
-        if (
-            ctx.snapshot.state in ACTIVE_ROUND
-            and ctx.snapshot.accepted_rounds < ctx.snapshot.total_rounds
-        ):
+        if next_round_follows(ctx.snapshot):
             await vote_for(ctx, r + 1)
         snap = await ctx.link.wait_for(
             lambda s: (
@@ -399,7 +409,11 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         log.error("round %d: missing accepted models %s; cannot aggregate", r, sorted(accepted))
         return
     held = ctx.gossip.inbox[r]
-    updates = [Update(t, accepted[t].samples, held[t].state) for t in sorted(accepted)]
+    # The committed sample count is authoritative; a result accepted without a commit (its
+    # trainer's commit was lost) is weighted by the count its model push announced.
+    updates = [
+        Update(t, accepted[t].samples or held[t].samples, held[t].state) for t in sorted(accepted)
+    ]
     learning = ctx.spec.learning
     ctx.set_stage("aggregating", r)
     state = await asyncio.to_thread(
