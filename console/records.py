@@ -205,6 +205,7 @@ class RunRecords:
                     "accepted": {t: r.hash for t, r in sorted(view.accepted.items())},
                     "duration": row.duration,
                     "aggregate_hashes": sorted(set(view.aggregates.values())),
+                    "aggregates": dict(sorted(view.aggregates.items())),
                     "metrics": _finite(record.global_metrics()),
                     "clients": {cid: _finite(mt) for cid, mt in sorted(record.commits.items())},
                 }

@@ -1,0 +1,139 @@
+"""Helpers for end-to-end runs: a data.toml on free ports, a headless console as a child."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the OS says are free right now (bound to 0 together, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
+    """The repository's data.toml on free ports, with a private checkpoint dir and overrides."""
+    doc = tomlkit.parse((REPO / "data.toml").read_text())
+    state, control, data = free_ports(3)
+    doc["server"]["state_port"] = state
+    doc["server"]["control_port"] = control
+    doc["server"]["data_port"] = data
+    doc["checkpoint"]["dir"] = str(directory / "checkpoints")
+    for section, values in sections.items():
+        for key, value in values.items():
+            if section == "top":
+                doc[key] = value
+            else:
+                doc[section][key] = value
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "data.toml"
+    path.write_text(tomlkit.dumps(doc))
+    return path
+
+
+class HeadlessConsole:
+    """``fl-console CONFIG --headless`` as a child process, always reaped."""
+
+    def __init__(self, config: Path, run_dir: Path, *extra: str) -> None:
+        self.summary = run_dir / "summary.json"
+        self.events = run_dir / "events.jsonl"
+        self.output = run_dir.parent / f"{run_dir.name}.out"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in close()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "console.cli",
+                str(config),
+                "--headless",
+                "--summary",
+                str(self.summary),
+                "--run-dir",
+                str(run_dir),
+                *extra,
+            ],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def events_seen(self) -> list[dict[str, Any]]:
+        if not self.events.exists():
+            return []
+        out = []
+        for line in self.events.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+        return out
+
+    def wait_for_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events_seen():
+                if predicate(event):
+                    return event
+            if self.process.poll() is not None:
+                raise AssertionError(f"console exited ({self.process.returncode}):\n{self.text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no matching event within {timeout}s:\n{self.text()[-3000:]}")
+
+    def text(self) -> str:
+        self._out.flush()
+        return self.output.read_text(errors="replace")
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._out.close()
+
+
+def node_pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        status = Path(f"/proc/{pid}/status")
+        if status.exists() and "State:\tZ" in status.read_text():
+            continue  # a zombie is dead, just not reaped by its (gone) parent
+        alive.append(pid)
+    return alive
