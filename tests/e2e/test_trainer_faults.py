@@ -1,0 +1,82 @@
+"""A trainer that dies in the middle of a round: the round completes without it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.runs import HeadlessConsole, node_pids_alive, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def pid_of_node(name: str, control_port: int) -> int:
+    """The pid of the fl-node called ``name`` that talks to our console (from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"node.cli" in argv
+            and name.encode() in argv
+            and any(a.endswith(f":{control_port}".encode()) for a in argv)
+        ):
+            return int(entry.name)
+    raise AssertionError(f"no process for {name}")
+
+
+def test_trainer_killed_mid_round_is_dropped_and_the_round_completes_without_it(
+    tmp_path: Path,
+) -> None:
+    # Slow local training (many local epochs on synthetic data) so the kill lands mid-round.
+    config = write_config(
+        tmp_path,
+        coordinator={
+            "total_rounds": 4,
+            "rounds_per_epoch": 4,
+            "max_round_train_time": 60.0,
+            "health_timeout": 2.0,
+            "heartbeat_interval": 0.4,
+        },
+        learning={"local_epochs": 60, "optimizer": "sgd", "learning_rate": 0.05},
+        model={"hidden": [128]},
+        data={"source": "synthetic", "samples": 8000, "features": 256, "partition": "iid"},
+    )
+    import tomlkit
+
+    control_port = tomlkit.parse(config.read_text())["server"]["control_port"]
+    console = HeadlessConsole(config, tmp_path / "run")
+    try:
+        started = console.wait_for_event(
+            lambda e: e.get("kind") == "round_started" and e.get("round") == 2, timeout=90
+        )
+        victims = [t for t in started["train_set"] if t not in started["witnesses"]]
+        victim = victims[0] if victims else started["train_set"][0]
+        os.kill(pid_of_node(victim, control_port), signal.SIGKILL)
+
+        ended = console.wait_for_event(
+            lambda e: e.get("kind") == "round_ended" and e.get("round") == 2, timeout=30
+        )
+        # finished long before max_round_train_time: the dead trainer was not waited for
+        assert ended["t"] - started["t"] < 15.0
+        assert victim not in ended["accepted"]
+        assert ended["outcome"] == "accepted"
+        drop = console.wait_for_event(
+            lambda e: e.get("kind") == "client_dropped" and e.get("client_id") == victim, timeout=5
+        )
+        assert "heartbeat" in drop["reason"]
+        assert console.wait(90) == 0
+        summary = console.read_summary()
+    finally:
+        console.close()
+    assert summary["final_state"] == "Finished"
+    assert summary["accepted_rounds"] == 4
+    victim_row = next(c for c in summary["clients"] if c["id"] == victim)
+    assert victim_row["status"] == "dropped"
+    assert node_pids_alive(summary["spawned_pids"]) == []
