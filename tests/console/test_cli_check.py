@@ -67,13 +67,21 @@ def test_check_on_a_syntax_error_names_the_line(capsys: pytest.CaptureFixture[st
     assert "syntax_error.toml:5: invalid TOML" in capsys.readouterr().err
 
 
-def test_without_a_mode_the_interactive_console_is_not_built_yet(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    code = main([str(REPO / "data.toml")])
+def test_replay_of_a_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--replay", str(REPO / "no-such-events.jsonl")])
 
     assert code == 2
-    assert "interactive console not built yet" in capsys.readouterr().err
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_without_a_config_or_replay_says_what_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "give a config file" in capsys.readouterr().err
+
+
+def test_negative_spawn_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(REPO / "data.toml"), "--headless", "--spawn", "-1"]) == 2
+    assert "--spawn must be >= 0" in capsys.readouterr().err
 
 
 def test_unknown_argument_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
