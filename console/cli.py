@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a JSON summary of the run here at the end",
     )
     parser.add_argument(
+        "--metrics-csv",
+        type=Path,
+        metavar="PATH",
+        help="with --headless: write one CSV row per round and client here at the end",
+    )
+    parser.add_argument(
         "--spawn",
         type=int,
         metavar="N",
@@ -96,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.spawn is not None and args.spawn < 0:
         _stderr().print("fl-console: --spawn must be >= 0", markup=False)
         return EXIT_FAILED
+    if args.metrics_csv is not None and not args.headless:
+        _stderr().print("fl-console: --metrics-csv needs --headless", markup=False)
+        return EXIT_FAILED
     config = load_or_report(args.config)
     if config is None:
         return EXIT_FAILED
@@ -140,6 +149,7 @@ def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
 
     from console.checkpoint import CheckpointError
     from console.headless import run_headless
+    from console.spawn import DataServerError
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -153,10 +163,11 @@ def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
                 spawn=_spawn(args, config),
                 run_dir=_run_dir(args, config),
                 summary_path=args.summary,
+                metrics_csv=args.metrics_csv,
                 resume=args.resume,
             )
         )
-    except CheckpointError as exc:
+    except (CheckpointError, DataServerError) as exc:
         _stderr().print(f"fl-console: {exc}", markup=False)
         return EXIT_FAILED
     except OSError as exc:  # most often: a port already in use

@@ -18,9 +18,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from console.metrics_export import metrics_rows, write_metrics_csv
 from console.server import ConsoleServer
 from console.settings import Config
-from console.spawn import LocalNodes
+from console.spawn import DataServerProcess, LocalNodes, start_data_server
 from transport.state import RunState
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ async def run_headless(
     spawn: int,
     run_dir: Path,
     summary_path: Path | None = None,
+    metrics_csv: Path | None = None,
     resume: bool = False,
     console: Console | None = None,
 ) -> int:
@@ -100,9 +102,19 @@ async def run_headless(
         control_endpoint=connect_address(endpoints.control),
         log_dir=run_dir / "nodes",
     )
+    data_server: DataServerProcess | None = None
     try:
+        if config.data.serve:
+            data_server = start_data_server(
+                config.run_spec(),
+                state_endpoint=connect_address(endpoints.state),
+                bind=config.server.endpoint(config.server.data_port),
+                log_dir=run_dir,
+            )
         if spawn:
             nodes.start(spawn)
+        if data_server is not None:  # nodes start meanwhile: both pay torch's import at once
+            server.data_server = await asyncio.to_thread(data_server.wait_ready)
         with Progress(
             TextColumn("[bold]{task.fields[state]}"),
             BarColumn(),
@@ -143,6 +155,10 @@ async def run_headless(
             summary_path.parent.mkdir(parents=True, exist_ok=True)
             summary_path.write_text(json.dumps(summary, indent=2, default=str))
             console.print(f"summary written to {summary_path}")
+        if metrics_csv is not None:
+            rows = metrics_rows(server.records, server.coordinator.rounds)
+            count = write_metrics_csv(metrics_csv, rows)
+            console.print(f"metrics of {count} client rounds written to {metrics_csv}")
         acc = server.records.rounds
         last = max((r for r in acc if acc[r].aggregates), default=None)
         accuracy = acc[last].global_metrics().get("accuracy") if last is not None else None
@@ -154,4 +170,6 @@ async def run_headless(
         return 0 if final is RunState.FINISHED else 1
     finally:
         nodes.stop()
+        if data_server is not None:
+            data_server.stop()
         await server.stop()

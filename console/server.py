@@ -11,6 +11,7 @@ headless.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -37,7 +38,8 @@ from console.view import ConsoleSnapshot
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.sockets import SocketFactory
-from transport.state import CheckpointRef, ResultRef, RunState
+from transport.spec import RunSpec
+from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
 from transport.tensors import model_hash
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,9 @@ class ConsoleServer:
         self._finished = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.endpoints = Endpoints("", "")
+        # data.serve: the data server's address, told to nodes in every snapshot (the launcher
+        # may correct it once the data server has bound, e.g. port 0).
+        self.data_server: str | None = config.run_spec().data_endpoint or None
         self.coordinator = self._make_coordinator()
 
     # ----------------------------------------------------------------- lifecycle
@@ -302,9 +307,22 @@ class ConsoleServer:
             node_id=msg.node_id,
             state_endpoint=self.endpoints.state,
             seq=self.seq,
-            spec=self.config.run_spec().to_dict(),
-            snapshot=self.coordinator.snapshot(now).to_dict(),
+            spec=self._run_spec().to_dict(),
+            snapshot=self._snapshot(now).to_dict(),
         )
+
+    def _run_spec(self) -> RunSpec:
+        spec = self.config.run_spec()
+        if self.data_server is not None and spec.data_endpoint != self.data_server:
+            spec = dataclasses.replace(spec, data_endpoint=self.data_server)
+        return spec
+
+    def _snapshot(self, now: float) -> RunSnapshot:
+        """The coordinator's snapshot as nodes get it: with the data server's address."""
+        snap = self.coordinator.snapshot(now)
+        if self.data_server is not None:
+            snap = dataclasses.replace(snap, data_server=self.data_server)
+        return snap
 
     def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:
         self.records.stage(msg.node_id, msg.stage)
@@ -344,9 +362,27 @@ class ConsoleServer:
 
     def _on_aggregate(self, msg: m.Aggregate, now: float) -> m.Message:
         outcome = self.coordinator.report_aggregate(msg.node_id, msg.round, msg.hash, now)
-        if outcome.rejection is None:
+        if outcome.rejection is None or self._late_final_aggregate(msg):
             self.records.aggregated(msg.node_id, msg.round, msg.hash, msg.metrics)
         return self._answer(msg, outcome, now)
+
+    def _late_final_aggregate(self, msg: m.Aggregate) -> bool:
+        """A report on the last round that lost the race with the run's end.
+
+        The checkpoint upload ends the last Cooldown at once, so the other nodes' aggregates of
+        the final round often arrive just after Finished. The coordinator refuses them (Finished
+        is terminal), but their evaluation of the final model still belongs in the records.
+        """
+        if self.coordinator.state is not RunState.FINISHED:
+            return False
+        last = self.coordinator.snapshot(self.clock()).current
+        return (
+            last is not None
+            and last.round == msg.round
+            and last.outcome is RoundOutcome.ACCEPTED
+            and msg.node_id in self.records.clients
+            and msg.node_id not in self.records.rounds[msg.round].aggregates
+        )
 
     def _on_metrics(self, msg: m.Metrics, now: float) -> m.Message:
         self.records.metrics(msg.node_id, msg.round, msg.metrics)
@@ -458,7 +494,7 @@ class ConsoleServer:
         if self._pub is None:
             return
         self.seq += 1
-        snap = self.coordinator.snapshot(self.clock())
+        snap = self._snapshot(self.clock())
         frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap.to_dict()))
         try:
             self._pub.send_multipart(frames, copy=False)

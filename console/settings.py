@@ -73,4 +73,5 @@ class Config:
             learning=self.learning,
             heartbeat_interval=self.coordinator.heartbeat_interval,
             health_timeout=self.coordinator.health_timeout,
+            data_endpoint=self.server.endpoint(self.server.data_port) if self.data.serve else "",
         )

@@ -1,4 +1,6 @@
-"""The local fl-node processes the console starts (``[local] spawn``) and always stops.
+"""The local processes the console starts and always stops: fl-node processes (``[local]
+spawn``) and, with ``[data] serve = true``, the data server (``python -m node.dataserver``; it
+lives in ``node/`` because the console imports no torch, and is run, never imported, here).
 
 Children are started with a parent-death signal (Linux ``PR_SET_PDEATHSIG``), so even a
 console killed with SIGKILL leaves no orphan node behind; a clean exit terminates them,
@@ -8,13 +10,18 @@ waits, and kills what does not stop in time.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from transport.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +110,122 @@ class LocalNodes:
     @property
     def pids(self) -> list[int]:
         return [n.process.pid for n in self.nodes]
+
+
+class DataServerError(RuntimeError):
+    """The data server did not come up (its log says why)."""
+
+
+class DataServerProcess:
+    """``python -m node.dataserver`` as a child: started, awaited until ready, stopped.
+
+    It binds ``bind``, follows the console's state PUB at ``state_endpoint`` and answers the
+    epoch clients' ``data_request``s. Its logs go to ``log_path``; its stdout carries one line,
+    ``ready ENDPOINT``, once it is bound and has loaded the data (see :meth:`wait_ready`).
+    """
+
+    def __init__(self, *, spec: RunSpec, state_endpoint: str, bind: str, log_path: Path) -> None:
+        self.spec = spec
+        self.state_endpoint = state_endpoint
+        self.bind = bind
+        self.log_path = log_path
+        self.endpoint = ""  # the bound endpoint, once ready
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DataServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "node.dataserver",
+            "--state",
+            self.state_endpoint,
+            "--bind",
+            self.bind,
+            "--run-id",
+            self.spec.run_id,
+            "--spec-json",
+            json.dumps(self.spec.to_dict()),
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            )
+        log.info("started the data server (pid %d), log %s", self.process.pid, self.log_path)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        """Block until the server says ``ready ENDPOINT``; returns the endpoint.
+
+        Raises :class:`DataServerError` when it exits first or stays silent past ``timeout``.
+        """
+        process = self.process
+        if process is None or process.stdout is None:
+            raise DataServerError("the data server was not started")
+        deadline = time.monotonic() + timeout
+        line = b""
+        fd = process.stdout.fileno()
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DataServerError(
+                    f"the data server was not ready after {timeout:.0f}s (log: {self.log_path})"
+                )
+            readable, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+            if not readable:
+                continue
+            chunk = os.read(fd, 256)
+            if not chunk:
+                code = process.wait(timeout=5)
+                raise DataServerError(
+                    f"the data server exited ({code}) before it was ready: {self._last_error()}"
+                )
+            line += chunk
+        text = line.decode("utf-8", "replace").strip()
+        if not text.startswith("ready "):
+            raise DataServerError(f"the data server said {text!r:.200} instead of ready")
+        self.endpoint = text.removeprefix("ready ").strip()
+        log.info("data server ready at %s", self.endpoint)
+        return self.endpoint
+
+    def _last_error(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return f"see {self.log_path}"
+        return lines[-1] if lines else f"see {self.log_path}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, wait up to ``timeout``, SIGKILL if need be; always reaped."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the data server did not stop in %.0fs; killing it", timeout)
+            process.kill()
+            process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def start_data_server(
+    spec: RunSpec, *, state_endpoint: str, bind: str, log_dir: Path
+) -> DataServerProcess:
+    """Start the data server for ``spec`` (``spec.data.serve``); call ``wait_ready`` next."""
+    return DataServerProcess(
+        spec=spec, state_endpoint=state_endpoint, bind=bind, log_path=log_dir / "dataserver.log"
+    ).start()

@@ -24,6 +24,7 @@ from pathlib import Path
 import tomlkit
 import zmq.asyncio
 
+from node.datafetch import DataFetchError
 from node.gossip import GossipService
 from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
 from node.stages import StartLearningStage, expects_push
@@ -121,7 +122,7 @@ async def run_node(args: argparse.Namespace, node_id: str, run_id: str, endpoint
     except JoinRejected as exc:
         print(f"fl-node: {exc}", file=sys.stderr)
         return EXIT_REJECTED
-    except ConsoleUnreachable as exc:
+    except (ConsoleUnreachable, DataFetchError) as exc:
         print(f"fl-node: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     finally:

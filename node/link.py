@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import SocketFactory
+from transport.sockets import SocketFactory, connectable
 from transport.spec import RunSpec
 from transport.state import RunSnapshot, SnapshotError
 
@@ -131,11 +131,13 @@ class ConsoleLink:
             snapshot = RunSnapshot.from_dict(reply.snapshot)
         except (ValueError, SnapshotError) as exc:
             raise JoinRejected(f"console sent an unusable join reply: {exc}") from exc
-        if self._sub is None or self._sub_endpoint != reply.state_endpoint:
+        # A console bound on every interface announces tcp://0.0.0.0:PORT: use its real host.
+        state_endpoint = connectable(reply.state_endpoint, self.control_endpoint)
+        if self._sub is None or self._sub_endpoint != state_endpoint:
             if self._sub is not None:
                 self._sub.close(linger=0)
-            self._sub = self._factory.sub(reply.state_endpoint)
-            self._sub_endpoint = reply.state_endpoint
+            self._sub = self._factory.sub(state_endpoint)
+            self._sub_endpoint = state_endpoint
         # A restarted console counts its sequence from scratch: the join reply is the new baseline.
         self.latest = None
         await self._accept(snapshot, reply.seq)

@@ -17,6 +17,7 @@ import torch
 from node import weights
 from node.aggregators import Update, aggregate, update_norm
 from node.data import Dataset, Shard, load_dataset, node_index_for, shard
+from node.datafetch import fetch_served_data
 from node.gossip import ReceivedModel
 from node.models import build_model
 from node.training import evaluate, train_local
@@ -122,13 +123,16 @@ class StartLearningStage:
 
     async def _prepare(self, ctx: NodeContext, snap: RunSnapshot) -> None:
         spec = ctx.spec
+        if spec.data.serve and ctx.data_path is None:
+            await fetch_served_data(ctx, snap)  # sets dataset, shard and shard_key for the epoch
         if ctx.model is None:
-            data_spec = spec.data
-            if ctx.data_path is not None:
-                data_spec = dataclasses.replace(data_spec, source=str(ctx.data_path))
-            ctx.dataset = await asyncio.to_thread(
-                load_dataset, data_spec, seed=spec.seed, base_dir=None
-            )
+            if ctx.dataset is None:
+                data_spec = spec.data
+                if ctx.data_path is not None:
+                    data_spec = dataclasses.replace(data_spec, source=str(ctx.data_path))
+                ctx.dataset = await asyncio.to_thread(
+                    load_dataset, data_spec, seed=spec.seed, base_dir=None
+                )
             ds = ctx.dataset
             ctx.model = build_model(
                 spec.model,

@@ -240,7 +240,8 @@ class DataRequest(Message):
 class DataReply(Message):
     TYPE: ClassVar[str] = "data_reply"
     epoch: int
-    tensors: Tensors  # x and y of the node's shard
+    tensors: Tensors  # x, y: the node's shard; x_test, y_test: the held-out split
+    classes: int = 0  # classes of the whole dataset (a shard may lack some); 0: from the labels
 
 
 @_register

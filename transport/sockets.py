@@ -234,6 +234,26 @@ def endpoint(sock: zmq.Socket) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "[::]", "::"})
+
+
+def connectable(announced: str, via: str) -> str:
+    """``announced`` as a peer can connect to it.
+
+    A socket bound on every interface reports ``tcp://0.0.0.0:PORT``; a peer on another machine
+    must use the address it already reaches that machine at: the host of ``via`` (e.g. the
+    console's control endpoint). Any other endpoint is returned unchanged.
+    """
+    scheme, sep, rest = announced.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if not sep or not colon or host not in WILDCARD_HOSTS:
+        return announced
+    via_host = via.partition("://")[2].rpartition(":")[0]
+    if not via_host or via_host in WILDCARD_HOSTS:
+        via_host = "127.0.0.1"
+    return f"{scheme}://{via_host}:{port}"
+
+
 def _size(frames: list[bytes | memoryview]) -> int:
     return sum(memoryview(f).nbytes for f in frames)
 

@@ -65,6 +65,7 @@ class RunSpec:
     learning: LearningSpec = field(default_factory=LearningSpec)
     heartbeat_interval: float = 0.5
     health_timeout: float = 3.0
+    data_endpoint: str = ""  # data.serve: the data server's ROUTER ("" when nodes load locally)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -116,6 +116,7 @@ class RunSnapshot:
     )
     checkpoint: CheckpointRef | None = None
     checkpoint_uploader: str | None = None  # in Cooldown: the node asked to upload the aggregate
+    data_server: str | None = None  # data.serve: where epoch clients fetch their shard
 
     def client(self, client_id: str) -> ClientView | None:
         for c in self.clients:
@@ -204,6 +205,7 @@ def _snapshot_from_dict(raw: Any) -> RunSnapshot:
         else CheckpointRef(epoch=_int(cp["epoch"]), round=_int(cp["round"]), hash=_str(cp["hash"]))
     )
     uploader = raw.get("checkpoint_uploader")
+    data_server = raw.get("data_server")
     return RunSnapshot(
         run_id=_str(raw["run_id"]),
         state=RunState(raw["state"]),
@@ -224,6 +226,7 @@ def _snapshot_from_dict(raw: Any) -> RunSnapshot:
         previous=_round(raw.get("previous")),
         checkpoint=checkpoint,
         checkpoint_uploader=None if uploader is None else _str(uploader),
+        data_server=None if data_server is None else _str(data_server),
     )
 
 

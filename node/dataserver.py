@@ -1,0 +1,340 @@
+"""The data server: hands each epoch client its shard, so nodes need no copy of the data.
+
+    python -m node.dataserver --state tcp://HOST:STATE_PORT --bind tcp://HOST:DATA_PORT \\
+        --run-id ID --spec-json '{...RunSpec.to_dict()...}'
+
+The console starts it (``console/spawn.py``) when ``[data] serve = true``. It lives in
+``node/`` because the console imports no torch: it loads the data with :mod:`node.data`,
+follows the console's state broadcast (a plain SUB) to know the epoch and its members, and
+answers each ``data_request{node_id, epoch}`` on its ROUTER with
+``data_reply{epoch, classes, tensors: x, y, x_test, y_test}`` or an ``error``:
+
+- ``unavailable``: no epoch in progress (before the first, between two, after the last);
+- ``wrong_state``: the request names another epoch than the current one;
+- ``not_member``: the sender is not a member of the current epoch;
+- ``malformed`` (and the codec's codes): unreadable, not a ``data_request``, or a ``node_id``
+  other than the socket's routing id.
+
+A shard is cut exactly as a node cuts its own (:func:`node.data.shard` over the sorted epoch
+members), so a served run trains on the same data as one where every node loads it. ``x`` keeps
+the image shape ``(N, H, W)`` when the data has one. Every refusal is counted and logged.
+
+Once bound and loaded it prints one line on stdout, ``ready ENDPOINT`` (the console waits for
+it); logs go to stderr. SIGINT/SIGTERM stop it cleanly (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import zmq
+import zmq.asyncio
+
+from node.data import DataError, Dataset, load_dataset, shard
+from node.weights import to_payloads
+from transport import messages as m
+from transport.codec import DecodeError, Limits, decode, encode
+from transport.sockets import SocketFactory, endpoint
+from transport.spec import RunSpec, SpecError
+from transport.state import ClientStatus, RunSnapshot, RunState, SnapshotError
+from transport.tensors import TensorPayload
+
+log = logging.getLogger(__name__)
+
+REQUEST_LIMITS = Limits(max_frames=4, max_header_bytes=4096, max_total_bytes=4096)
+REQUEST_MAX_BYTES = 64 << 10  # MAXMSGSIZE of the ROUTER: requests are a small header
+STATE_LIMITS = Limits(max_frames=4, max_header_bytes=64 << 20, max_total_bytes=64 << 20)
+EPOCH_STATES = frozenset(
+    {RunState.WARMUP, RunState.ROUND_TRAIN, RunState.ROUND_WITNESS, RunState.COOLDOWN}
+)
+FOLLOW_WAIT = 10.0  # seconds to wait for the first broadcast before saying ready anyway
+EXIT_OK, EXIT_USAGE, EXIT_BIND = 0, 2, 3
+
+
+def epoch_members(snap: RunSnapshot) -> tuple[str, ...]:
+    """The epoch's live members, sorted: the order shards are cut in (as nodes do)."""
+    return tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
+
+
+def wire_features(x: torch.Tensor, dataset: Dataset) -> torch.Tensor:
+    """``x`` as sent: ``(N, H, W)`` when the data has an image shape, else ``(N, F)``."""
+    if dataset.image_shape is None:
+        return x
+    return x.reshape(x.shape[0], *dataset.image_shape)
+
+
+@dataclass
+class ServeStats:
+    served: int = 0
+    rejected: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+
+
+class DataServer:
+    """Answers data requests from the dataset and the latest snapshot. No sockets here."""
+
+    def __init__(self, spec: RunSpec, dataset: Dataset) -> None:
+        self.spec = spec
+        self.dataset = dataset
+        self.snapshot: RunSnapshot | None = None
+        self.stats = ServeStats()
+        self._held_out = to_payloads(
+            {"x_test": wire_features(dataset.x_test, dataset), "y_test": dataset.y_test}
+        )
+        self._cut_for: tuple[int, tuple[str, ...]] | None = None  # (epoch, members) cached
+        self._replies: dict[str, m.DataReply] = {}
+
+    def observe(self, snapshot: RunSnapshot) -> None:
+        """Follow the run: the latest broadcast snapshot of our run decides every answer."""
+        if snapshot.run_id == self.spec.run_id:
+            self.snapshot = snapshot
+
+    def answer(self, sender: str, frames: Sequence[Any]) -> m.Message:
+        """The one reply to the frames ``sender`` (its routing id) sent."""
+        try:
+            msg = decode(frames, REQUEST_LIMITS)
+        except DecodeError as exc:
+            return self._refuse(sender, exc.ref, exc.code, exc.reason)
+        if not isinstance(msg, m.DataRequest):
+            return self._refuse(sender, msg.TYPE, "malformed", f"{msg.TYPE} is not a data request")
+        if msg.node_id != sender:
+            return self._refuse(
+                sender, msg.TYPE, "malformed", f"node_id {msg.node_id!r} differs from its socket id"
+            )
+        return self.reply_to(msg)
+
+    def reply_to(self, msg: m.DataRequest) -> m.Message:
+        snap = self.snapshot
+        if snap is None:
+            return self._refuse(msg.node_id, msg.TYPE, "unavailable", "no state received yet")
+        if snap.state not in EPOCH_STATES:
+            return self._refuse(
+                msg.node_id, msg.TYPE, "unavailable", f"no epoch in progress ({snap.state.value})"
+            )
+        if msg.epoch != snap.epoch:
+            return self._refuse(
+                msg.node_id,
+                msg.TYPE,
+                "wrong_state",
+                f"not this epoch: asked for epoch {msg.epoch}, the run is in epoch {snap.epoch}",
+            )
+        members = epoch_members(snap)
+        if msg.node_id not in members:
+            return self._refuse(
+                msg.node_id,
+                msg.TYPE,
+                "not_member",
+                f"{msg.node_id} is not a member of epoch {snap.epoch}",
+            )
+        reply = self._reply(msg.node_id, snap.epoch, members)
+        self.stats.served += 1
+        log.info(
+            "served %s its shard of %d samples for epoch %d (%d of %d members)",
+            msg.node_id,
+            reply.tensors[1].shape[0],
+            snap.epoch,
+            members.index(msg.node_id) + 1,
+            len(members),
+        )
+        return reply
+
+    def _reply(self, node_id: str, epoch: int, members: tuple[str, ...]) -> m.DataReply:
+        if self._cut_for != (epoch, members):
+            self._cut_for, self._replies = (epoch, members), {}
+        reply = self._replies.get(node_id)
+        if reply is None:
+            ds = self.dataset
+            part = shard(ds, members.index(node_id), len(members), self.spec.data, self.spec.seed)
+            tensors: tuple[TensorPayload, ...] = (
+                *to_payloads({"x": wire_features(part.x, ds), "y": part.y}),
+                *self._held_out,
+            )
+            reply = self._replies[node_id] = m.DataReply(
+                epoch=epoch, tensors=tensors, classes=ds.classes
+            )
+        return reply
+
+    def _refuse(self, sender: str, ref: str, code: str, reason: str) -> m.Error:
+        self.stats.rejected += 1
+        self.stats.by_code[code] += 1
+        # unavailable is expected while an epoch starts (a node may see it before we do)
+        log.log(
+            logging.INFO if code == "unavailable" else logging.WARNING,
+            "refused %s from %s (%s): %s [%d refused so far]",
+            ref,
+            sender,
+            code,
+            reason,
+            self.stats.rejected,
+        )
+        return m.Error(ref=ref, code=code, reason=reason)
+
+
+class DataService:
+    """The data server's sockets: a SUB following the console, a ROUTER answering requests."""
+
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        *,
+        state_endpoint: str,
+        bind: str,
+    ) -> None:
+        """Bind and connect at once (a taken port fails here, before the data is loaded)."""
+        self.server: DataServer | None = None
+        self._factory = SocketFactory(context)
+        self._router = self._factory.router(bind, max_bytes=REQUEST_MAX_BYTES)
+        self.endpoint = endpoint(self._router)
+        self._sub = self._factory.sub(state_endpoint)
+        self.following = asyncio.Event()  # set at the first state broadcast received
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, server: DataServer) -> str:
+        """Answer with ``server`` from now on (requests sent earlier wait in the ROUTER)."""
+        self.server = server
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="follow"),
+            asyncio.create_task(self._serve(), name="serve"),
+        ]
+        return self.endpoint
+
+    async def _follow(self) -> None:
+        assert self.server is not None
+        while True:
+            frames = await self._sub.recv_multipart(copy=False)
+            try:
+                msg = decode(frames, STATE_LIMITS)
+                if isinstance(msg, m.StateUpdate):
+                    self.server.observe(RunSnapshot.from_dict(msg.snapshot))
+                    self.following.set()
+            except (DecodeError, SnapshotError) as exc:
+                log.warning("ignored a malformed state broadcast: %s", exc)
+
+    async def _serve(self) -> None:
+        assert self.server is not None
+        while True:
+            frames = await self._router.recv_multipart(copy=False)
+            identity = frames[0].bytes
+            reply = self.server.answer(identity.decode("utf-8", "replace"), frames[1:])
+            try:
+                await self._router.send_multipart([identity, *encode(reply)], copy=False)
+            except zmq.ZMQError as exc:  # the requester left (ROUTER_MANDATORY)
+                log.debug("reply to %r not delivered: %s", identity, exc)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks = []
+        for sock in (self._router, self._sub):
+            sock.close(linger=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m node.dataserver",
+        description="Serve each epoch client of a run its data shard (started by fl-console).",
+    )
+    p.add_argument("--state", required=True, help="the console's state PUB endpoint")
+    p.add_argument("--bind", required=True, help="where to bind the ROUTER, tcp://HOST:PORT")
+    p.add_argument("--run-id", required=True, help="the run whose broadcasts to follow")
+    p.add_argument("--spec-json", required=True, help="the run's RunSpec as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+async def run(args: argparse.Namespace, spec: RunSpec) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    context = zmq.asyncio.Context()
+    service: DataService | None = None
+    try:
+        try:
+            service = DataService(context, state_endpoint=args.state, bind=args.bind)
+        except zmq.ZMQError as exc:
+            print(f"data server: cannot bind {args.bind}: {exc}", file=sys.stderr)
+            return EXIT_BIND
+        dataset = await asyncio.to_thread(load_dataset, spec.data, seed=spec.seed, base_dir=None)
+        server = DataServer(spec, dataset)
+        service.start(server)
+        # Ready once following the run (the console broadcasts at least every tick).
+        if not await _first_of(service.following, stop, timeout=FOLLOW_WAIT):
+            log.warning(
+                "no state broadcast from %s in %.0fs; serving anyway", args.state, FOLLOW_WAIT
+            )
+        log.info(
+            "serving run %s on %s: %d training and %d held-out samples, %d classes",
+            spec.run_id,
+            service.endpoint,
+            dataset.y_train.shape[0],
+            dataset.y_test.shape[0],
+            dataset.classes,
+        )
+        if not stop.is_set():
+            print(f"ready {service.endpoint}", flush=True)
+        await stop.wait()
+        stats = server.stats
+        log.info(
+            "stopping: served %d shards, refused %d requests %s",
+            stats.served,
+            stats.rejected,
+            dict(stats.by_code),
+        )
+        return EXIT_OK
+    except DataError as exc:
+        print(f"data server: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if service is not None:
+            await service.close()
+        context.destroy(linger=0)
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> bool:
+    """Wait until one of ``events`` is set; False when ``timeout`` passes first."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return bool(done)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        spec = RunSpec.from_dict(json.loads(args.spec_json))
+    except (ValueError, SpecError) as exc:  # JSONDecodeError is a ValueError
+        print(f"data server: unusable --spec-json: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if spec.run_id != args.run_id:
+        print(
+            f"data server: --run-id {args.run_id!r} differs from the spec's {spec.run_id!r}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    torch.set_num_threads(1)
+    return asyncio.run(run(args, spec))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
