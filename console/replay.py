@@ -1,0 +1,329 @@
+"""Replay a recorded run: ``fl-console --replay run/events.jsonl`` drives the console from it.
+
+The server appends, on state-changing broadcasts (throttled), a record
+``{"kind": "view", "t": ..., "view": view_to_dict(server.view(), with_log=False)}`` to the
+run's ``events.jsonl``, between the plain log lines (records with ``"text"``). Loading
+keeps both: each view is shown with the log lines written before it, as the live console
+showed them. Bad lines (not JSON, or not our shape) are skipped and counted, never fatal.
+
+No Textual and no zmq here: the server imports :func:`view_to_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from console.eventlog import LogLine
+from console.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from transport.state import RoundOutcome, RunSnapshot, SnapshotError
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL = 500  # lines of log shown with each view, as the live console keeps
+MAX_GAP = 2.0  # seconds of recorded time a replay waits at most between two views
+
+
+class ReplayError(ValueError):
+    """A recording that cannot be replayed at all (missing, or without a single view)."""
+
+
+# ---------------------------------------------------------------------- views <-> dicts
+
+
+def view_to_dict(view: ConsoleSnapshot, *, with_log: bool = True) -> dict[str, Any]:
+    """A JSON-able dict of ``view``; :func:`view_from_dict` gives back an equal snapshot."""
+    out: dict[str, Any] = {
+        "run": view.run.to_dict(),
+        "address": view.address,
+        "seq": view.seq,
+        "clients": [_row_dict(c, _CLIENT_FIELDS) for c in view.clients],
+        "rounds": [_round_dict(r) for r in view.rounds],
+        "rejected_messages": view.rejected_messages,
+        "checkpoint_dir": view.checkpoint_dir,
+        "notes": dict(view.notes),
+    }
+    if with_log:
+        out["log"] = [[line.t, line.kind, line.text, line.level] for line in view.log]
+    return out
+
+
+def view_from_dict(raw: Any) -> ConsoleSnapshot:
+    """The snapshot ``raw`` describes; raises :class:`ValueError` when it is not our shape."""
+    try:
+        _need(raw, dict)
+        return ConsoleSnapshot(
+            run=RunSnapshot.from_dict(raw["run"]),
+            address=_need(raw["address"], str),
+            seq=_need(raw["seq"], int),
+            clients=tuple(_client(c) for c in _need(raw["clients"], list)),
+            rounds=tuple(_round(r) for r in _need(raw["rounds"], list)),
+            log=tuple(_line(x) for x in _need(raw.get("log", []), list)),
+            rejected_messages=_need(raw.get("rejected_messages", 0), int),
+            checkpoint_dir=_need(raw.get("checkpoint_dir", ""), str),
+            notes={str(k): str(v) for k, v in _need(raw.get("notes", {}), dict).items()},
+        )
+    except SnapshotError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"malformed view: {exc!r}") from exc
+
+
+_CLIENT_FIELDS = tuple(f.name for f in fields(ClientRow))
+_ROUND_FIELDS = tuple(f.name for f in fields(RoundRow) if f.name != "witness_rows")
+_NUMBER = (int, float)
+_CLIENT_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "address": (str,),
+    "status": (str,),
+    "stage": (str,),
+    "role": (str,),
+    "heartbeat_age": (*_NUMBER, type(None)),
+    "rounds_trained": (int,),
+    "last_loss": (*_NUMBER, type(None)),
+    "last_accuracy": (*_NUMBER, type(None)),
+    "update_norm": (*_NUMBER, type(None)),
+    "bytes_in": (int,),
+    "bytes_out": (int,),
+    "rejected": (int,),
+    "drop_reason": (str,),
+}
+
+
+def _row_dict(row: object, names: Iterable[str]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
+def _round_dict(row: RoundRow) -> dict[str, Any]:
+    out = _row_dict(row, _ROUND_FIELDS)
+    out["outcome"] = row.outcome.value
+    out["witness_rows"] = [
+        {"witness": w.witness, "reported": w.reported, "attested": w.attested, "agrees": w.agrees}
+        for w in row.witness_rows
+    ]
+    return out
+
+
+def _need(value: Any, kind: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and kind is int:
+        raise TypeError(f"expected an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise TypeError(f"expected {kind}, got {type(value).__name__}")
+    return value
+
+
+def _client(raw: Any) -> ClientRow:
+    _need(raw, dict)
+    values = {}
+    for name, kinds in _CLIENT_TYPES.items():
+        if name not in raw:
+            continue  # a field added later has a default
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TypeError(f"client {name}: unexpected {value!r}")
+        values[name] = float(value) if isinstance(value, int) and float in kinds else value
+    return ClientRow(**values)
+
+
+def _strs(raw: Any) -> tuple[str, ...]:
+    return tuple(_need(x, str) for x in _need(raw, list))
+
+
+def _opt_float(raw: Any) -> float | None:
+    return None if raw is None else float(_need(raw, _NUMBER))
+
+
+def _round(raw: Any) -> RoundRow:
+    _need(raw, dict)
+    return RoundRow(
+        round=_need(raw["round"], int),
+        epoch=_need(raw["epoch"], int),
+        train_set=_strs(raw["train_set"]),
+        witnesses_elected=_need(raw["witnesses_elected"], int),
+        witnesses_reported=_need(raw["witnesses_reported"], int),
+        quorum=_need(raw["quorum"], int),
+        accepted=_strs(raw["accepted"]),
+        rejected=_strs(raw["rejected"]),
+        outcome=RoundOutcome(raw["outcome"]),
+        duration=_opt_float(raw.get("duration")),
+        loss=_opt_float(raw.get("loss")),
+        accuracy=_opt_float(raw.get("accuracy")),
+        aggregate_hashes=_need(raw.get("aggregate_hashes", 0), int),
+        witness_rows=tuple(_witness(w) for w in _need(raw.get("witness_rows", []), list)),
+        commits={
+            _need(k, str): _need(v, str) for k, v in _need(raw.get("commits", {}), dict).items()
+        },
+    )
+
+
+def _witness(raw: Any) -> WitnessRow:
+    _need(raw, dict)
+    attested = _need(raw["attested"], dict)
+    return WitnessRow(
+        witness=_need(raw["witness"], str),
+        reported=_need(raw["reported"], bool),
+        attested={_need(k, str): _need(v, str) for k, v in attested.items()},
+        agrees=_need(raw["agrees"], bool),
+    )
+
+
+def _line(raw: Any) -> LogLine:
+    t, kind, text, level = _need(raw, list)
+    return LogLine(float(_need(t, _NUMBER)), _need(kind, str), _need(text, str), _need(level, str))
+
+
+# ---------------------------------------------------------------------- a recording
+
+
+@dataclass(frozen=True)
+class RecordedView:
+    t: float
+    view: ConsoleSnapshot
+    log_end: int  # how many log lines were written before it
+
+
+@dataclass(frozen=True)
+class Recording:
+    views: tuple[RecordedView, ...]
+    log: tuple[LogLine, ...]
+    skipped: int  # lines that were not JSON, or not a record we know
+
+
+def parse_recording(lines: Iterable[str]) -> Recording:
+    views: list[RecordedView] = []
+    log_lines: list[LogLine] = []
+    skipped = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            if record.get("kind") == "view" and "view" in record:
+                view = view_from_dict(record["view"])
+                t = float(_need(record.get("t", view.run.now), _NUMBER))
+                views.append(RecordedView(t, view, len(log_lines)))
+            elif isinstance(record.get("text"), str):
+                log_lines.append(
+                    LogLine(
+                        float(_need(record.get("t", 0.0), _NUMBER)),
+                        str(record.get("kind", "")),
+                        record["text"],
+                        str(record.get("level", "info")),
+                    )
+                )
+            else:
+                raise ValueError("neither a view nor a log line")
+        except (ValueError, TypeError, KeyError) as exc:
+            skipped += 1
+            log.debug("line %d skipped: %s", number, exc)
+    return Recording(tuple(views), tuple(log_lines), skipped)
+
+
+def load_recording(path: Path) -> Recording:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            recording = parse_recording(fh)
+    except OSError as exc:
+        raise ReplayError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not recording.views:
+        raise ReplayError(
+            f"{path} holds no view records ({len(recording.log)} log lines, "
+            f"{recording.skipped} bad lines): it was not written by a recording console server"
+        )
+    return recording
+
+
+# ---------------------------------------------------------------------- the backend
+
+
+class ReplayBackend:
+    """Serves the recorded views one at a time; steps, seeks, and plays at a speed.
+
+    While playing, :meth:`view` advances to the view whose recorded time matches the time
+    played (``clock`` elapsed times ``speed``), waiting at most ``MAX_GAP`` recorded seconds
+    between two views. Operator actions are not offered (``operable`` is False).
+    """
+
+    operable = False
+
+    def __init__(
+        self,
+        source: Path | Recording,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        speed: float = 1.0,
+    ) -> None:
+        self.recording = source if isinstance(source, Recording) else load_recording(source)
+        self.clock = clock
+        self.speed = speed
+        self.index = 0
+        self.playing = False
+        self._anchor = 0.0  # clock time at which the current view was reached
+        self._cache: tuple[tuple[object, ...], ConsoleSnapshot] | None = None
+
+    def __len__(self) -> int:
+        return len(self.recording.views)
+
+    # controls ----------------------------------------------------------------
+
+    def step(self, delta: int) -> None:
+        self.playing = False
+        self.seek(self.index + delta if delta >= 0 else max(0, self.index + delta))
+
+    def seek(self, index: int) -> None:
+        """Go to view ``index``; negative counts from the end (``-1``: the last view)."""
+        count = len(self.recording.views)
+        self.index = min(count - 1, max(0, index if index >= 0 else count + index))
+        self._anchor = self.clock()
+
+    def toggle_play(self) -> None:
+        if not self.playing and self.index >= len(self.recording.views) - 1:
+            self.index = 0  # play from the start again once at the end
+        self.playing = not self.playing
+        self._anchor = self.clock()
+
+    def set_speed(self, speed: float) -> None:
+        self._advance()
+        self.speed = min(64.0, max(0.125, speed))
+
+    # the view ------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        if not self.playing:
+            return
+        views = self.recording.views
+        now = self.clock()
+        while self.index < len(views) - 1:
+            wait = min(MAX_GAP, max(0.0, views[self.index + 1].t - views[self.index].t))
+            due = self._anchor + wait / self.speed
+            if now < due:
+                break
+            self.index += 1
+            self._anchor = due
+        if self.index >= len(views) - 1:
+            self.playing = False
+
+    def view(self) -> ConsoleSnapshot:
+        self._advance()
+        key = (self.index, self.playing, self.speed)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        recorded = self.recording.views[self.index]
+        end = recorded.log_end
+        lines = self.recording.log[max(0, end - LOG_TAIL) : end] or recorded.view.log
+        state = "playing" if self.playing else "stopped"
+        note = f"{self.index + 1}/{len(self.recording.views)} {state} x{self.speed:g}"
+        if self.recording.skipped:
+            note += f", {self.recording.skipped} bad lines skipped"
+        view = replace(
+            recorded.view, log=tuple(lines), notes={**recorded.view.notes, "replay": note}
+        )
+        self._cache = (key, view)
+        return view

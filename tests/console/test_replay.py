@@ -1,0 +1,219 @@
+"""Replay: views survive the JSONL round trip, bad lines are skipped and counted, and the
+console steps and plays through a recording with operator actions switched off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from console.app.app import ConsoleApp
+from console.app.widgets import ClientsTable, EventLogView, RunHeader
+from console.replay import (
+    MAX_GAP,
+    ReplayBackend,
+    ReplayError,
+    load_recording,
+    view_from_dict,
+    view_to_dict,
+)
+from console.view import ConsoleSnapshot
+from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _log_record(t: float, text: str, kind: str = "state") -> str:
+    return json.dumps({"t": t, "wall": 1.7e9 + t, "kind": kind, "text": text})
+
+
+def _view_record(t: float, view: ConsoleSnapshot) -> str:
+    return json.dumps({"kind": "view", "t": t, "view": view_to_dict(view, with_log=False)})
+
+
+def write_recording(path: Path) -> Path:
+    lines = [
+        _log_record(1.0, "serving run", "server"),
+        _view_record(1.0, waiting_view()),
+        _log_record(2.0, "node-0 joined", "join"),
+        "this is not json",
+        _view_record(3.0, mid_round_view()),
+        '{"kind": "view", "t": 3.5, "view": {"run": 1}}',
+        _log_record(4.0, "Cooldown -> Finished"),
+        _view_record(60.0, finished_view()),
+        "",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("make", [waiting_view, mid_round_view, finished_view])
+def test_a_view_survives_the_jsonl_round_trip(make) -> None:
+    view = make()
+    assert view_from_dict(json.loads(json.dumps(view_to_dict(view)))) == view
+
+
+def test_a_view_without_its_log_comes_back_with_an_empty_log() -> None:
+    view = mid_round_view()
+    back = view_from_dict(json.loads(json.dumps(view_to_dict(view, with_log=False))))
+    assert back == replace(view, log=())
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("run"),
+        lambda d: d["clients"][0].update(bytes_in="many"),
+        lambda d: d["rounds"][0].update(outcome="maybe"),
+        lambda d: d["rounds"][0]["witness_rows"][0].update(attested=[1, 2]),
+        lambda d: d.update(seq=True),
+    ],
+)
+def test_a_malformed_view_is_refused_with_value_error(mutate) -> None:
+    raw = json.loads(json.dumps(view_to_dict(mid_round_view())))
+    mutate(raw)
+    with pytest.raises(ValueError):
+        view_from_dict(raw)
+
+
+def test_bad_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    recording = load_recording(write_recording(tmp_path / "events.jsonl"))
+    assert [v.view.run.state.value for v in recording.views] == [
+        "WaitingForMembers",
+        "RoundWitness",
+        "Finished",
+    ]
+    assert recording.skipped == 2
+    assert [line.text for line in recording.log] == [
+        "serving run",
+        "node-0 joined",
+        "Cooldown -> Finished",
+    ]
+    assert [v.log_end for v in recording.views] == [1, 2, 3]
+
+
+def test_a_file_without_views_or_missing_is_a_replay_error(tmp_path: Path) -> None:
+    only_log = tmp_path / "old.jsonl"
+    only_log.write_text(_log_record(1.0, "serving run") + "\n")
+    with pytest.raises(ReplayError, match="no view records"):
+        load_recording(only_log)
+    with pytest.raises(ReplayError, match="cannot read"):
+        load_recording(tmp_path / "missing.jsonl")
+
+
+def test_each_view_shows_the_log_written_before_it(tmp_path: Path) -> None:
+    backend = ReplayBackend(write_recording(tmp_path / "events.jsonl"), clock=FakeClock())
+    assert [line.text for line in backend.view().log] == ["serving run"]
+    backend.step(1)
+    assert [line.text for line in backend.view().log] == ["serving run", "node-0 joined"]
+    assert backend.view().notes["replay"].startswith("2/3 stopped")
+
+
+def test_step_and_seek_stay_inside_the_recording(tmp_path: Path) -> None:
+    backend = ReplayBackend(write_recording(tmp_path / "events.jsonl"), clock=FakeClock())
+    backend.step(-1)
+    assert backend.index == 0
+    backend.seek(-1)
+    assert backend.index == 2
+    backend.step(1)
+    assert backend.index == 2
+    backend.seek(0)
+    assert backend.view().run.state.value == "WaitingForMembers"
+
+
+def test_play_follows_recorded_time_at_the_chosen_speed(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = ReplayBackend(write_recording(tmp_path / "events.jsonl"), clock=clock)
+    backend.set_speed(2.0)
+    backend.toggle_play()
+    clock.now = 0.9  # 1.8 recorded seconds: not yet the view at t=3
+    assert backend.view().run.state.value == "WaitingForMembers"
+    clock.now = 1.0
+    assert backend.view().run.state.value == "RoundWitness"
+    # the next view is 57 s later in the recording; a replay waits MAX_GAP at most
+    clock.now = 1.0 + MAX_GAP / 2.0
+    assert backend.view().run.state.value == "Finished"
+    assert not backend.playing  # stops at the end
+
+
+def test_replay_keys_step_and_play_and_operator_keys_are_off(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = ReplayBackend(write_recording(tmp_path / "events.jsonl"), clock=clock)
+    app = ConsoleApp(backend, refresh_hz=0)
+
+    async def main() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            assert app.check_action("pause", ()) is False
+            assert app.check_action("kick", ()) is False
+            await pilot.press("right")
+            assert backend.index == 1
+            assert len(app.query_one(ClientsTable).rows) == 8
+            await pilot.press("p")  # in a replay p steps back; it never pauses anything
+            assert backend.index == 0
+            await pilot.press("end")
+            assert backend.index == 2
+            assert "3/3" in str(app.query_one(RunHeader).render())
+            await pilot.press("home", "n")
+            assert backend.index == 1
+            lines = app.query_one(EventLogView).lines
+            assert len(lines) == 2
+            await pilot.press("space")
+            assert backend.playing
+            await pilot.press("space")
+            assert not backend.playing
+            await pilot.press("ctrl+p", "right", "left")  # the palette's input keeps its keys
+            assert backend.index == 1
+            await pilot.press("escape")
+            helps = [what for _, what in app.help_keys()]
+            assert any("Step back" in what for what in helps)
+            assert not any("Pause the run" in what or "Kick" in what for what in helps)
+
+    asyncio.run(main())
+
+
+def test_the_server_records_views_that_replay_loads(tmp_path: Path) -> None:
+    from console.server import ConsoleServer
+    from tests.console.test_app_pilot import make_config
+    from transport import messages as m
+    from transport.codec import encode
+
+    server = ConsoleServer(make_config(tmp_path), run_dir=tmp_path / "run")
+
+    async def main() -> None:
+        server.start()
+        for node_id in ("node-a", "node-b"):
+            frames = encode(m.Join(run_id="pilot-run", node_id=node_id, gossip_endpoint=""))
+            server.handle(node_id.encode(), frames, 0)
+        await asyncio.sleep(0.3)  # past the record throttle: the pause's broadcast is recorded
+        assert server.pause().rejection is None
+        await server.stop()
+
+    asyncio.run(main())
+    recording = load_recording(tmp_path / "run" / "events.jsonl")
+    assert recording.skipped == 0
+    first, last = recording.views[0].view, recording.views[-1].view
+    assert first.run.state.value == "WaitingForMembers" and first.clients == ()
+    assert last.run.state.value == "Paused"
+    assert [c.id for c in last.clients] == ["node-a", "node-b"]
+    assert any(line.text == "operator: pause" for line in recording.log)
+
+
+def test_run_replay_of_a_log_without_views_fails_with_2(tmp_path: Path, capsys) -> None:
+    from console.app import run_replay
+
+    only_log = tmp_path / "events.jsonl"
+    only_log.write_text(_log_record(1.0, "serving run") + "\n")
+    assert run_replay(only_log) == 2
+    assert "no view records" in capsys.readouterr().err
