@@ -159,10 +159,9 @@ class RunRecords:
         witness_rows = []
         for witness in view.witnesses:
             attested = view.attestations.get(witness, {})
-            agrees = all(
-                view.accepted.get(t) is None or view.accepted[t].hash == h
-                for t, h in attested.items()
-            )
+            # A witness agrees when every hash it attested is the one that trainer committed
+            # (or, for a trainer that never committed, the one accepted for it).
+            agrees = all(h == _expected_hash(view, t, h) for t, h in attested.items())
             witness_rows.append(
                 WitnessRow(witness, witness in view.attestations, dict(attested), agrees)
             )
@@ -187,6 +186,7 @@ class RunRecords:
             accuracy=metrics.get("accuracy"),
             aggregate_hashes=len(hashes),
             witness_rows=tuple(witness_rows),
+            commits={t: r.hash for t, r in view.commits.items()},
         )
 
     def summary_rounds(self, views: tuple[RoundView, ...]) -> list[dict[str, Any]]:
@@ -211,6 +211,14 @@ class RunRecords:
                 }
             )
         return out
+
+
+def _expected_hash(view: RoundView, trainer: str, attested: str) -> str:
+    if trainer in view.commits:
+        return view.commits[trainer].hash
+    if trainer in view.accepted:
+        return view.accepted[trainer].hash
+    return attested  # nothing to compare with
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
