@@ -85,7 +85,12 @@ def write_checkpoint(
     tensors: tuple[TensorPayload, ...],
     state: dict[str, Any],
 ) -> StoredCheckpoint:
-    """Store the weights and the coordinator state of one epoch, then point latest.json at them."""
+    """Store the weights and the coordinator state of one epoch (``epoch-NNNN.*``).
+
+    latest.json is left alone: :func:`record_state` points it at this checkpoint once the
+    coordinator has counted it, so a console killed in between resumes from the previous
+    checkpoint instead of from these weights paired with a state that does not name them.
+    """
     digest = model_hash(tensors)
     arrays: dict[str, np.ndarray] = {}
     for t in tensors:
@@ -109,7 +114,6 @@ def write_checkpoint(
         "state": state,
     }
     _write_json(directory / f"{stem}.json", record)
-    _write_json(directory / "latest.json", record)
     log.info("checkpoint for epoch %d (round %d) written to %s", epoch, round, weights)
     return StoredCheckpoint(epoch, round, digest, weights, state)
 
@@ -117,7 +121,7 @@ def write_checkpoint(
 def record_state(
     directory: Path, stored: StoredCheckpoint, state: dict[str, Any]
 ) -> StoredCheckpoint:
-    """Replace the coordinator state recorded with an already written checkpoint."""
+    """Record the coordinator state that counts ``stored`` and point latest.json at it."""
     record = {
         "epoch": stored.epoch,
         "round": stored.round,
