@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import zmq
@@ -25,6 +26,9 @@ from transport.sockets import SocketFactory
 from transport.tensors import TensorPayload, model_hash
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WANTED_SLICE = 0.05  # how often a waiting push re-checks that its peer is still in the run
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,13 @@ class GossipService:
         samples: int,
         tensors: tuple[TensorPayload, ...],
         timeout: float,
+        wanted: Callable[[str], bool] = lambda peer: True,
     ) -> dict[str, str]:
-        """Push one model to every peer that has not acked it yet; returns peer -> outcome."""
+        """Push one model to every peer that has not acked it yet; returns peer -> outcome.
+
+        ``wanted(peer)`` is re-read while a push waits: a peer that stops being wanted (it was
+        dropped from the run) is given up at once instead of holding the push until ``timeout``.
+        """
         held = self.acked.setdefault((round, trainer), set())
         todo = {p: ep for p, ep in peers.items() if p not in held and p != self.node_id}
         msg = m.ModelPush(
@@ -192,29 +201,47 @@ class GossipService:
         frames = encode(msg)
         size = sum(len(memoryview(f)) for f in frames)
         results = await asyncio.gather(
-            *(self._push_one(peer, ep, frames, size, timeout) for peer, ep in sorted(todo.items()))
+            *(
+                self._push_one(peer, ep, frames, size, timeout, wanted)
+                for peer, ep in sorted(todo.items())
+            )
         )
         outcome = dict(zip(sorted(todo), results, strict=True))
         held.update(p for p, r in outcome.items() if r == "ok")
         return outcome
 
     async def _push_one(
-        self, peer: str, endpoint: str, frames: list, size: int, timeout: float
+        self,
+        peer: str,
+        endpoint: str,
+        frames: list,
+        size: int,
+        timeout: float,
+        wanted: Callable[[str], bool],
     ) -> str:
         lock = self._dealer_locks.setdefault(endpoint, asyncio.Lock())
         async with lock:
             sock = self._dealers.get(endpoint)
             if sock is None:
                 sock = self._dealers[endpoint] = self._factory.model_dealer(self.node_id, endpoint)
+            deadline = asyncio.get_running_loop().time() + timeout
             try:
-                await asyncio.wait_for(sock.send_multipart(frames, copy=False), timeout)
+                await _while_wanted(
+                    sock.send_multipart(frames, copy=False), deadline, lambda: wanted(peer)
+                )
                 self.stats.bytes_sent += size
                 self.stats.pushes_sent += 1
-                if not await sock.poll(int(timeout * 1000), zmq.POLLIN):
-                    self._drop_dealer(endpoint)
-                    return "timeout"
-                reply = decode(await sock.recv_multipart(copy=False), self._limits)
-            except (TimeoutError, zmq.ZMQError, DecodeError) as exc:
+                received = await _while_wanted(
+                    sock.recv_multipart(copy=False), deadline, lambda: wanted(peer)
+                )
+                reply = decode(received, self._limits)
+            except _NotWanted:
+                self._drop_dealer(endpoint)
+                return "given up: the peer left the run"
+            except TimeoutError:
+                self._drop_dealer(endpoint)
+                return "timeout"
+            except (zmq.ZMQError, DecodeError) as exc:
                 self._drop_dealer(endpoint)
                 return f"failed: {exc}"
         if isinstance(reply, m.ModelAck):
@@ -241,3 +268,27 @@ class GossipService:
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
+
+
+class _NotWanted(Exception):
+    """The peer a push waits on is no longer wanted (it left the run)."""
+
+
+async def _while_wanted(awaitable: Awaitable[T], deadline: float, wanted: Callable[[], bool]) -> T:
+    """Await ``awaitable`` until ``deadline`` (TimeoutError) or until ``wanted()`` turns false
+    (:class:`_NotWanted`), re-checked every ``WANTED_SLICE`` seconds; cancels it on giving up."""
+    loop = asyncio.get_running_loop()
+    future = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError("no reply in time")
+            if not wanted():
+                raise _NotWanted
+            done, _ = await asyncio.wait({future}, timeout=min(remaining, WANTED_SLICE))
+            if done:
+                return future.result()
+    finally:
+        if not future.done():
+            future.cancel()

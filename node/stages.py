@@ -342,6 +342,7 @@ class GossipModelStage:
                 samples=work.samples,
                 tensors=weights.to_payloads(work.trained_state),
                 timeout=max(1.0, phase_remaining(ctx)),
+                wanted=lambda peer: peer in ctx.live_peers(),  # a dropped peer: stop waiting
             )
             failed = {p: r for p, r in outcome.items() if r != "ok"}
             if failed:
