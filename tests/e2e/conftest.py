@@ -1,0 +1,96 @@
+"""Fixtures for the end-to-end tests: consoles, node processes and raw clients, all cleaned up.
+
+Every console started through :func:`consoles` is stopped, every process started through
+:func:`processes` is reaped (its whole process group killed if it does not stop), and every
+raw socket is closed, whatever the test did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from console.settings import Config
+from tests.e2e.helpers import (
+    NodeProcess,
+    RawClients,
+    ServerThread,
+    make_config,
+    node_args,
+    start_process,
+)
+
+
+class Consoles:
+    """Starts in-process consoles (each on its own loop thread) and stops them all."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[ServerThread] = []
+
+    def config(self, **overrides: Any) -> Config:
+        return make_config(self.tmp_path, **overrides)
+
+    def start(
+        self, config: Config | None = None, *, run_dir: Path | None = None, resume: bool = False
+    ) -> ServerThread:
+        config = config or self.config()
+        run_dir = run_dir or self.tmp_path / f"run-{len(self.started)}"
+        console = ServerThread(config, run_dir, resume=resume)
+        self.started.append(console)
+        console.start()
+        return console
+
+    def stop_all(self) -> None:
+        for console in self.started:
+            console.stop()
+
+
+class Processes:
+    """Starts child processes in their own sessions and reaps every one of them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.log_dir = tmp_path / "logs"
+        self.started: list[NodeProcess] = []
+
+    def start(self, name: str, args: list[str]) -> NodeProcess:
+        proc = start_process(name, args, self.log_dir / f"{name}.log")
+        self.started.append(proc)
+        return proc
+
+    def node(self, name: str, control: str, run_id: str, *extra: str) -> NodeProcess:
+        return self.start(name, node_args(control, run_id, name, *extra))
+
+    def reap_all(self) -> None:
+        for proc in self.started:
+            proc.reap()
+
+
+@pytest.fixture
+def consoles(tmp_path: Path) -> Iterator[Consoles]:
+    made = Consoles(tmp_path)
+    try:
+        yield made
+    finally:
+        made.stop_all()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    made = Processes(tmp_path)
+    try:
+        yield made
+    finally:
+        made.reap_all()
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[..., Any]]:
+    clients = RawClients()
+    try:
+        yield clients
+    finally:
+        clients.close()

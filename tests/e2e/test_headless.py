@@ -1,0 +1,119 @@
+"""``fl-console data.toml --headless --spawn N``: runs to the end, stops on Ctrl+C, leaves
+no process behind.
+
+The console is a child in its own session, so every process it starts (its nodes, anything
+they start) can be found by session id after it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Processes
+from tests.e2e.helpers import (
+    NodeProcess,
+    children_of,
+    is_running,
+    read_events,
+    session_members,
+    write_data_toml,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _headless(processes: Processes, config: Path, run_dir: Path, spawn: int) -> NodeProcess:
+    return processes.start(
+        "fl-console",
+        [
+            "-m",
+            "console.cli",
+            str(config),
+            "--headless",
+            "--spawn",
+            str(spawn),
+            "--summary",
+            str(run_dir / "summary.json"),
+            "--run-dir",
+            str(run_dir),
+        ],
+    )
+
+
+def _watch_children(console: NodeProcess, until: float) -> set[int]:
+    """The console's fl-node children, scanned from /proc until it exits or ``until``."""
+    seen: set[int] = set()
+    while console.alive and time.monotonic() < until:
+        seen |= {pid for pid in children_of(console.pid) if is_running(pid, "node.cli")}
+        time.sleep(0.05)
+    return seen
+
+
+def _no_traceback(run_dir: Path, console: NodeProcess) -> None:
+    assert "Traceback" not in console.output(), console.output()[-3000:]
+    logs = sorted((run_dir / "nodes").glob("*.log"))
+    assert logs, "no node logs"
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, f"{log}:\n{text[-3000:]}"
+
+
+def test_headless_spawn_4_runs_to_finished_exits_0_and_leaves_no_process_behind(
+    tmp_path: Path, processes: Processes
+) -> None:
+    config = write_data_toml(tmp_path, coordinator={"total_rounds": 2, "rounds_per_epoch": 1})
+    run_dir = tmp_path / "run"
+    console = _headless(processes, config, run_dir, spawn=4)
+    children = _watch_children(console, until=time.monotonic() + 90)
+    assert console.wait(timeout=10) == 0, console.output()[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_state"] == "Finished"
+    assert summary["accepted_rounds"] == 2
+    assert len(summary["spawned_pids"]) == 4
+    assert children == set(summary["spawned_pids"])
+    assert "run_finished" in [e["kind"] for e in read_events(run_dir / "events.jsonl")]
+    _no_traceback(run_dir, console)
+    assert [pid for pid in children if is_running(pid, "node.cli")] == []
+    assert session_members(console.pid) == set()
+
+
+@pytest.mark.parametrize("to", ["console", "process group"])
+def test_ctrl_c_stops_a_headless_run_and_its_nodes_mid_run(
+    tmp_path: Path, processes: Processes, to: str
+) -> None:
+    config = write_data_toml(
+        tmp_path,
+        coordinator={"init_min_clients": 2, "total_rounds": 50, "rounds_per_epoch": 25},
+    )
+    run_dir = tmp_path / "run"
+    console = _headless(processes, config, run_dir, spawn=2)
+    deadline = time.monotonic() + 60
+    children: set[int] = set()
+    while not any(e["kind"] == "round_started" for e in read_events(run_dir / "events.jsonl")):
+        assert console.alive, console.output()[-3000:]
+        assert time.monotonic() < deadline, "the run did not reach its first round"
+        children |= {pid for pid in children_of(console.pid) if is_running(pid, "node.cli")}
+        time.sleep(0.05)
+    children |= {pid for pid in children_of(console.pid) if is_running(pid, "node.cli")}
+    assert len(children) == 2
+
+    if to == "console":
+        console.process.send_signal(signal.SIGINT)
+    else:  # what a terminal's Ctrl+C does: the console leads its own process group
+        os.killpg(console.pid, signal.SIGINT)
+    code = console.wait(timeout=20)
+    assert code > 0, f"exit {code}: not a clean stop\n{console.output()[-3000:]}"
+    assert "stopped on signal" in console.output()
+    _no_traceback(run_dir, console)
+    assert [pid for pid in children if is_running(pid, "node.cli")] == []
+    assert session_members(console.pid) == set()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_state"] != "Finished"
+    assert set(summary["spawned_pids"]) == children
