@@ -1,6 +1,7 @@
 """``fl-console``: the operator's command.
 
-``fl-console data.toml --check`` validates the config and prints what the run will be. Every
+``fl-console data.toml --check`` validates the config and prints what the run will be;
+``fl-console keygen DIR`` writes CURVE keys for ``[security]`` (:mod:`console.keygen`). Every
 mode starts by loading the config; :func:`main` picks the mode from the parsed arguments
 (:func:`choose_mode`) and calls its handler from :data:`MODES`. To add a mode, add its
 arguments in :func:`build_parser`, a handler ``(args, config) -> int``, and a line in
@@ -10,6 +11,7 @@ arguments in :func:`build_parser`, a handler ``(args, config) -> int``, and a li
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from rich.text import Text
 from console.config import ConfigError, format_issues, load_config
 from console.config_schema import is_loopback
 from console.settings import Config
+from transport.keys import KeyFileError, read_key_dir
 
 EXIT_OK = 0
 EXIT_FAILED = 2  # bad config, bad arguments, or a mode that cannot run
@@ -30,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-console",
         description="Run and watch a federated learning run described by a data.toml file.",
+        epilog="fl-console keygen DIR [--nodes N]: make CURVE keys for [security] curve = true",
     )
     parser.add_argument("config", type=Path, nargs="?", help="the run's config file (data.toml)")
     parser.add_argument(
@@ -88,6 +92,11 @@ def choose_mode(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["keygen"]:  # a subcommand (a config file called keygen: ./keygen)
+        from console.keygen import main as keygen
+
+        return keygen(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or bad arguments (argparse has printed why)
@@ -167,7 +176,7 @@ def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
                 resume=args.resume,
             )
         )
-    except (CheckpointError, DataServerError) as exc:
+    except (CheckpointError, DataServerError, KeyFileError) as exc:  # a key file gone since --check
         _stderr().print(f"fl-console: {exc}", markup=False)
         return EXIT_FAILED
     except OSError as exc:  # most often: a port already in use
@@ -210,6 +219,7 @@ def summary(config: Config) -> list[tuple[str, str]]:
         ("data", _data(config)),
         ("learning", _learning(config)),
         ("nodes", _nodes(config)),
+        ("security", _security(config)),
         ("checkpoints", str(config.checkpoint.dir)),
     ]
 
@@ -281,6 +291,24 @@ def _nodes(config: Config) -> str:
     if spawn == 0:
         return "none spawned: start fl-node processes yourself"
     return f"spawns {spawn} local fl-node process{'es' if spawn != 1 else ''}"
+
+
+def _security(config: Config) -> str:
+    security = config.security
+    if not security.curve:
+        if is_loopback(config.server.host):
+            return "off (loopback only)"
+        return (
+            f"off: anyone who can reach {config.server.host} can join and read the run "
+            "(set [security] curve = true)"
+        )
+    keys = len(security.allowed)
+    if security.authorized_keys is not None:
+        keys += len(read_key_dir(security.authorized_keys))
+    return (
+        f"CURVE on every socket, key {security.server_key}; {keys} authorized node "
+        f"key{'s' if keys != 1 else ''}; spawned nodes get fresh keys"
+    )
 
 
 def _stderr() -> Console:

@@ -23,6 +23,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from console import config_schema as schema
 from console.settings import Config
+from transport.keys import KeyFileError, read_key_dir, read_keypair
 
 PathLike = str | os.PathLike[str]
 
@@ -235,6 +236,31 @@ def _resolve_paths(values: Mapping[str, Any], base: Path, issues: _Issues) -> di
         elif not file.is_file():
             issues.add("data.source", source, f"no such file ({file})")
         resolved["data.source"] = str(file)
+    resolved.update(_resolve_keys(values, base, issues))
+    return resolved
+
+
+def _resolve_keys(values: Mapping[str, Any], base: Path, issues: _Issues) -> dict[str, Any]:
+    """``[security]`` key files, resolved; with ``curve = true`` read once here, so a missing or
+    bad one is reported now (with CURVE off they are not used, and need not exist yet)."""
+    resolved: dict[str, Any] = {}
+    curve = values["security.curve"]
+    key = "security.server_key"
+    if values[key] is not None:
+        resolved[key] = file = _against(base, values[key])
+        try:
+            if curve:
+                read_keypair(file)
+        except KeyFileError as exc:
+            issues.add(key, values[key], f"{exc} (fl-console keygen DIR writes console.key_secret)")
+    key = "security.authorized_keys"
+    if values[key] is not None:
+        resolved[key] = folder = _against(base, values[key])
+        try:
+            if curve:
+                read_key_dir(folder)
+        except KeyFileError as exc:
+            issues.add(key, values[key], f"{exc} (a directory of node public key files, *.key)")
     return resolved
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from console.settings import Config
+from transport.keys import is_z85_key
 from transport.spec import AGGREGATORS, BUILTIN_DATA, BUILTIN_MODELS, OPTIMIZERS, PARTITIONS
 
 TOP = ""  # the section of the top-level keys (run_id, seed)
@@ -132,13 +133,24 @@ def _as_int_tuple(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _as_str_tuple(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of strings, got {toml_type(value)}")
+    bad = next((v for v in value if not isinstance(v, str)), None)
+    if bad is not None:
+        raise ValueError(f"must be an array of strings (one entry is {toml_type(bad)})")
+    return tuple(value)
+
+
 _COERCE: dict[Any, Callable[[Any], Any]] = {
     bool: _as_bool,
     int: _as_int,
     float: _as_float,
     str: _as_str,
     Path: lambda v: Path(_as_str(v)),
+    Path | None: lambda v: Path(_as_str(v)),  # None (unset) is only ever the default
     tuple[int, ...]: _as_int_tuple,
+    tuple[str, ...]: _as_str_tuple,
 }
 
 
@@ -222,6 +234,13 @@ def data_source(v: str) -> str | None:
     )
 
 
+def curve_public_keys(v: tuple[str, ...]) -> str | None:
+    bad = next((k for k in v if not is_z85_key(k)), None)
+    if bad is None:
+        return None
+    return f"every entry must be a 40-character Z85 CURVE public key (got {bad!r:.60})"
+
+
 def run_id(v: str) -> str | None:
     if _RUN_ID.match(v):
         return None
@@ -272,6 +291,9 @@ VALUE_RULES: dict[str, Check] = {
     "data.classes": at_least(2),
     "local.spawn": at_least(0),
     "checkpoint.dir": lambda v: None if str(v).strip() else "must not be empty",
+    "security.server_key": lambda v: None if str(v).strip() else "must not be empty",
+    "security.authorized_keys": lambda v: None if str(v).strip() else "must not be empty",
+    "security.allowed": curve_public_keys,
 }
 
 
@@ -328,6 +350,24 @@ def _cnn_has_channels(v: Mapping[str, Any]) -> str | None:
     return 'must list at least one channel count when model.name is "cnn"'
 
 
+def _curve_has_server_key(v: Mapping[str, Any]) -> str | None:
+    if not v["security.curve"] or v["security.server_key"] is not None:
+        return None
+    return (
+        "needs security.server_key: the console's secret key file "
+        '(run "fl-console keygen keys" and set server_key = "keys/console.key_secret")'
+    )
+
+
+def _curve_without_served_data(v: Mapping[str, Any]) -> str | None:
+    if not (v["security.curve"] and v["data.serve"]):
+        return None
+    return (
+        "cannot be used with data.serve = true yet: the data server has no CURVE; "
+        "set data.serve = false (nodes then load their data themselves)"
+    )
+
+
 _PORTS = ("server.state_port", "server.control_port", "server.data_port")
 
 RELATIONS: tuple[Relation, ...] = (
@@ -345,6 +385,8 @@ RELATIONS: tuple[Relation, ...] = (
         _krum_needs_enough_updates,
     ),
     Relation("model.channels", ("model.name",), _cnn_has_channels),
+    Relation("security.curve", ("security.server_key",), _curve_has_server_key),
+    Relation("security.curve", ("data.serve",), _curve_without_served_data),
 )
 
 

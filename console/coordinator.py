@@ -164,6 +164,7 @@ class _Client:
         "last_seen",
         "joined_at",
         "drop_reason",
+        "public_key",
         "_view",
     )
 
@@ -175,6 +176,7 @@ class _Client:
         self.last_seen = now
         self.joined_at = now
         self.drop_reason = ""
+        self.public_key = ""
         self._view: ClientView | None = None
 
     def view(self) -> ClientView:
@@ -187,6 +189,7 @@ class _Client:
                 last_seen=self.last_seen,
                 joined_at=self.joined_at,
                 drop_reason=self.drop_reason,
+                public_key=self.public_key,
             )
         return self._view
 
@@ -427,10 +430,21 @@ class Coordinator:
     # ------------------------------------------------------------------ membership
 
     def join(
-        self, client_id: str, run_id: str, now: float, *, gossip_endpoint: str = ""
+        self,
+        client_id: str,
+        run_id: str,
+        now: float,
+        *,
+        gossip_endpoint: str = "",
+        public_key: str = "",
     ) -> Outcome:
-        if not _is_id(client_id) or not isinstance(gossip_endpoint, str):
+        """``public_key``: the CURVE key the client connected with ("" without CURVE); it is
+        broadcast so peers can reach its gossip socket, and a live client's id stays bound to it.
+        """
+        if not (_is_id(client_id) and isinstance(gossip_endpoint, str)):
             return _reject("malformed", "join needs a non-empty client id and a string endpoint")
+        if not isinstance(public_key, str):
+            return _reject("malformed", "join's public key must be a string")
         if run_id != self._run_id:
             return _reject(
                 "wrong_run_id", f"run_id {run_id!r} does not match this run ({self._run_id!r})"
@@ -440,6 +454,12 @@ class Coordinator:
         c = self._clients.get(client_id)
         if c is not None and c.status is ClientStatus.KICKED:
             return _reject("kicked", f"{client_id} was kicked by the operator")
+        if (
+            c is not None
+            and c.status in (ClientStatus.PENDING, ClientStatus.ACTIVE)
+            and c.public_key != public_key
+        ):
+            return _reject("duplicate", f"{client_id} is in the run with another key")
         ev: list[Event] = []
         if c is None:
             c = _Client(client_id, ClientStatus.PENDING, gossip_endpoint, now)
@@ -458,6 +478,7 @@ class Coordinator:
             c.joined_at = now
             self._pending.add(client_id)
             ev.append(ClientJoined(client_id, rejoined=True))
+        c.public_key = public_key
         self._touch(c, now)
         self._settle(now, ev)
         return Outcome(tuple(ev))

@@ -73,6 +73,7 @@ def build_summary(
         "final_metrics": final,
         "checkpoint": None if snap.checkpoint is None else vars(snap.checkpoint),
         "rejected_messages": server.rejected_messages,
+        "refused_connections": server.security.refused if server.security is not None else 0,
         "rounds": rounds,
         "clients": clients,
         "spawned_pids": nodes.pids if nodes else [],
@@ -101,6 +102,7 @@ async def run_headless(
         run_id=config.run_id,
         control_endpoint=connect_address(endpoints.control),
         log_dir=run_dir / "nodes",
+        node_args=server.spawn_args,
     )
     data_server: DataServerProcess | None = None
     try:

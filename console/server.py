@@ -29,15 +29,17 @@ from console.checkpoint import (
     record_state,
     write_checkpoint,
 )
+from console.config_schema import is_loopback
 from console.coordinator import Coordinator, Outcome
 from console.eventlog import EventLog
 from console.records import RunRecords
 from console.replay import view_to_dict
+from console.security import ConsoleSecurity
 from console.settings import Config
 from console.view import ConsoleSnapshot
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import SocketFactory
+from transport.sockets import SocketFactory, peer_key
 from transport.spec import RunSpec
 from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
 from transport.tensors import model_hash
@@ -94,6 +96,11 @@ class ConsoleServer:
         self.records = RunRecords()
         self.seq = 0
         self.rejected_messages = 0
+        # [security] curve: CURVE keys, the node allowlist, refused connections (None: off)
+        self.security = (
+            ConsoleSecurity(config.security, self.events) if config.security.curve else None
+        )
+        self._factory: SocketFactory | None = None
         self._view_recorded = float("-inf")
         self.listeners: list[Callable[[], None]] = []
         self._stored: StoredCheckpoint | None = None
@@ -141,9 +148,19 @@ class ConsoleServer:
         """Bind the sockets (port 0 picks a free port) on the running loop."""
         cfg = self.config.server
         self._ctx = zmq.asyncio.Context()
-        factory = SocketFactory(self._ctx)
+        if self.security is None:
+            factory = self._factory = SocketFactory(self._ctx)
+        else:
+            factory = self._factory = self.security.socket_factory(self._ctx, self.clock)
         self._pub = factory.pub(cfg.endpoint(cfg.state_port))
         self._control = factory.router(cfg.endpoint(cfg.control_port))
+        if self.security is not None:
+            self.security.watch(self._control)
+            self.events.write(
+                self.clock(),
+                "server",
+                f"CURVE on: {len(self.security.allowlist)} authorized node keys",
+            )
         self.endpoints = Endpoints(
             state=self._pub.getsockopt_string(zmq.LAST_ENDPOINT),
             control=self._control.getsockopt_string(zmq.LAST_ENDPOINT),
@@ -154,6 +171,14 @@ class ConsoleServer:
             f"serving run {self.config.run_id!r}: control {self.endpoints.control}, "
             f"state {self.endpoints.state}",
         )
+        if self.security is None and not is_loopback(cfg.host):
+            self.events.write(
+                self.clock(),
+                "server",
+                f"listening on {cfg.host} without encryption: anyone who can reach it can join "
+                "and read the run; set [security] curve = true (README: encrypted nodes)",
+                level="warning",
+            )
         self._tasks = [
             asyncio.create_task(self._control_loop(), name="control"),
             asyncio.create_task(self._tick_loop(), name="ticker"),
@@ -178,13 +203,22 @@ class ConsoleServer:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
         self._tasks = []
+        if self.security is not None:
+            self.security.close()
         for sock in (self._pub, self._control):
             if sock is not None:
                 sock.close(linger=0)
+        if self._factory is not None:
+            self._factory.close()  # the ZAP thread, before its context goes
+            self._factory = None
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
             self._ctx = None
         self.events.close()
+
+    def spawn_args(self, name: str) -> tuple[str, ...]:
+        """Extra ``fl-node`` arguments for a local node this console spawns (CURVE keys)."""
+        return () if self.security is None else self.security.spawn_args(name)
 
     # ----------------------------------------------------------------- what the console shows
 
@@ -242,7 +276,8 @@ class ConsoleServer:
             frames = await sock.recv_multipart(copy=False)
             identity = frames[0].bytes
             size = sum(len(f.buffer) for f in frames[1:])
-            replies = self.handle(identity, frames[1:], size)
+            key = peer_key(frames[-1]) if self.security is not None else ""
+            replies = self.handle(identity, frames[1:], size, key=key)
             for reply in replies:
                 try:
                     await sock.send_multipart([identity, *encode(reply)], copy=False)
@@ -252,8 +287,12 @@ class ConsoleServer:
             if replies:
                 self.records.bytes_out(identity.decode("utf-8", "replace"), 0)
 
-    def handle(self, identity: bytes, frames: list, size: int) -> list[m.Message]:
-        """Decode, validate and apply one request; return the reply (always exactly one)."""
+    def handle(self, identity: bytes, frames: list, size: int, *, key: str = "") -> list[m.Message]:
+        """Decode, validate and apply one request; return the reply (always exactly one).
+
+        ``key``: the sender's CURVE public key (with ``[security] curve``); a node id is bound
+        to the key it joined with.
+        """
         now = self.clock()
         sender = identity.decode("utf-8", "replace")
         self.records.bytes_in(sender, size)
@@ -271,6 +310,10 @@ class ConsoleServer:
                     now, sender, ref, "malformed", f"node_id {node_id!r} differs from its socket id"
                 )
             ]
+        if isinstance(msg, m.Join):
+            return [self._on_join(msg, now, key=key)]
+        if self.security is not None and (why := self.security.check(sender, key)) is not None:
+            return [self._reject(now, sender, ref, "malformed", why)]
         handler = getattr(self, f"_on_{ref}", None)
         if handler is None:
             return [self._reject(now, sender, ref, "malformed", f"{ref} is not a control request")]
@@ -295,12 +338,14 @@ class ConsoleServer:
         self._after(outcome, now)
         return reply
 
-    def _on_join(self, msg: m.Join, now: float) -> m.Message:
+    def _on_join(self, msg: m.Join, now: float, *, key: str = "") -> m.Message:
         outcome = self.coordinator.join(
-            msg.node_id, msg.run_id, now, gossip_endpoint=msg.gossip_endpoint
+            msg.node_id, msg.run_id, now, gossip_endpoint=msg.gossip_endpoint, public_key=key
         )
         if outcome.rejection is not None:
             return self._answer(msg, outcome, now)
+        if self.security is not None:
+            self.security.joined(msg.node_id, key)
         self.records.joined(msg.node_id, msg.gossip_endpoint, msg.pid, msg.host)
         self._after(outcome, now)
         return m.JoinAck(
@@ -463,6 +508,8 @@ class ConsoleServer:
             except TimeoutError:
                 pass
             now = self.clock()
+            if self.security is not None:
+                self.security.poll(now)  # handshakes refused since the last tick
             outcome = self.coordinator.tick(now)
             self._after(outcome, now, force_broadcast=True)
 

@@ -51,6 +51,16 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: ZeroMQ CURVE on every socket and a ZAP allowlist of node keys (off)."""
+
+    curve: bool = False
+    server_key: Path | None = None  # the console's secret key file (fl-console keygen DIR)
+    authorized_keys: Path | None = None  # a directory of node public key files (*.key)
+    allowed: tuple[str, ...] = ()  # more node public keys, as Z85 text
+
+
+@dataclass(frozen=True)
 class Config:
     run_id: str = "digits-demo"
     seed: int = 42
@@ -61,6 +71,7 @@ class Config:
     data: DataSpec = field(default_factory=DataSpec)
     local: LocalConfig = field(default_factory=LocalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: Path | None = None  # the file it was read from; relative paths resolve against it
 
     def run_spec(self) -> RunSpec:

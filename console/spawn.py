@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +49,22 @@ class LocalNode:
 
 
 class LocalNodes:
+    """``node_args(name)``: extra arguments for the node called ``name`` (its CURVE keys)."""
+
     def __init__(
-        self, *, run_id: str, control_endpoint: str, log_dir: Path, prefix: str = "node"
+        self,
+        *,
+        run_id: str,
+        control_endpoint: str,
+        log_dir: Path,
+        prefix: str = "node",
+        node_args: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self.run_id = run_id
         self.control_endpoint = control_endpoint
         self.log_dir = log_dir
         self.prefix = prefix
+        self.node_args = node_args
         self.nodes: list[LocalNode] = []
 
     def start(self, count: int, *, extra_args: tuple[str, ...] = ()) -> list[LocalNode]:
@@ -77,6 +87,7 @@ class LocalNodes:
             self.run_id,
             "--name",
             name,
+            *(self.node_args(name) if self.node_args is not None else ()),
             *extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

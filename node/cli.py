@@ -1,6 +1,7 @@
 """fl-node: a headless participant of a federated run.
 
     fl-node --connect tcp://HOST:PORT --run-id ID [--name NAME] [--data PATH]
+            [--curve-key NODE.key_secret --server-key CONSOLE.key]
     fl-node data.toml [--name NAME]
 
 It joins the console, follows its broadcasts and runs the learning workflow until the run is
@@ -27,8 +28,10 @@ import zmq.asyncio
 from node.datafetch import DataFetchError
 from node.gossip import GossipService
 from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
+from node.security import NodeSecurity, load_node_keys
 from node.stages import StartLearningStage, expects_push
 from node.workflow import LearningWorkflow, NodeContext
+from transport.keys import KeyFileError
 
 log = logging.getLogger("fl-node")
 
@@ -55,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="give up if the console is unreachable this long",
     )
+    p.add_argument(
+        "--curve-key",
+        type=Path,
+        metavar="NODE.key_secret",
+        help="CURVE: this node's secret key file (from fl-console keygen); needs --server-key",
+    )
+    p.add_argument(
+        "--server-key",
+        type=Path,
+        metavar="CONSOLE.key",
+        help="CURVE: the console's public key file (console.key from fl-console keygen)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -71,9 +86,21 @@ def _from_config(path: Path) -> tuple[str, str]:
     ), f"tcp://{host}:{int(server.get('control_port', 5556))}"
 
 
-async def run_node(args: argparse.Namespace, node_id: str, run_id: str, endpoint: str) -> int:
+async def run_node(
+    args: argparse.Namespace,
+    node_id: str,
+    run_id: str,
+    endpoint: str,
+    security: NodeSecurity | None = None,
+) -> int:
     ctx = zmq.asyncio.Context()
-    gossip = GossipService(node_id=node_id, run_id=run_id, context=ctx, bind_host=args.gossip_host)
+    gossip = GossipService(
+        node_id=node_id,
+        run_id=run_id,
+        context=ctx,
+        bind_host=args.gossip_host,
+        security=security,
+    )
     link: ConsoleLink | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,7 +114,10 @@ async def run_node(args: argparse.Namespace, node_id: str, run_id: str, endpoint
             control_endpoint=endpoint,
             gossip_endpoint=gossip.endpoint,
             context=ctx,
+            security=security.console() if security is not None else None,
         )
+        if security is not None:
+            link.on_snapshot.append(security.follow)  # peers' keys, for gossip
         joining = asyncio.create_task(link.start(max_wait=args.join_timeout))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({joining, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -152,7 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or run_id
     endpoint = args.connect or endpoint
     node_id = args.name or f"{socket.gethostname()}-{os.getpid()}"
-    return asyncio.run(run_node(args, node_id, run_id, endpoint))
+    if (args.curve_key is None) != (args.server_key is None):
+        print("fl-node: CURVE needs both --curve-key and --server-key", file=sys.stderr)
+        return EXIT_USAGE
+    security = None
+    if args.curve_key is not None:
+        try:
+            security = NodeSecurity(load_node_keys(args.curve_key, args.server_key))
+        except KeyFileError as exc:
+            print(f"fl-node: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return asyncio.run(run_node(args, node_id, run_id, endpoint, security))
 
 
 if __name__ == "__main__":

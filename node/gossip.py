@@ -19,6 +19,7 @@ import torch
 import zmq
 import zmq.asyncio
 
+from node.security import NodeSecurity
 from node.weights import WeightsError, from_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
@@ -60,10 +61,15 @@ class GossipService:
         context: zmq.asyncio.Context,
         bind_host: str = "127.0.0.1",
         max_model_bytes: int = 1 << 30,
+        security: NodeSecurity | None = None,
     ) -> None:
         self.node_id = node_id
         self.run_id = run_id
-        self._factory = SocketFactory(context)
+        # CURVE: the ROUTER admits the run's live keys; each DEALER trusts its peer's key.
+        self._security = security
+        self._factory = SocketFactory(
+            context, security=security.gossip() if security is not None else None
+        )
         self._bind_host = bind_host
         self._limits = Limits(
             max_frames=1024, max_header_bytes=1 << 20, max_total_bytes=max_model_bytes
@@ -223,7 +229,7 @@ class GossipService:
         async with lock:
             sock = self._dealers.get(endpoint)
             if sock is None:
-                sock = self._dealers[endpoint] = self._factory.model_dealer(self.node_id, endpoint)
+                sock = self._dealers[endpoint] = self._dealer_to(peer, endpoint)
             deadline = asyncio.get_running_loop().time() + timeout
             try:
                 await _while_wanted(
@@ -256,6 +262,15 @@ class GossipService:
         if sock is not None:
             sock.close(linger=0)
 
+    def _dealer_to(self, peer: str, endpoint: str) -> zmq.asyncio.Socket:
+        """A DEALER to ``peer``'s gossip ROUTER; with CURVE it trusts the peer's broadcast key."""
+        key = None
+        if self._security is not None:
+            key = self._security.peer_keys.get(peer)
+            if key is None:
+                log.warning("no CURVE key for %s in the broadcast: its handshake will fail", peer)
+        return self._factory.model_dealer(self.node_id, endpoint, server_key=key)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -268,6 +283,7 @@ class GossipService:
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
+        self._factory.close()  # the ZAP thread, if any
 
 
 class _NotWanted(Exception):

@@ -22,13 +22,14 @@ import zmq.asyncio
 
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import SocketFactory, connectable
+from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory, connectable
 from transport.spec import RunSpec
 from transport.state import RunSnapshot, SnapshotError
 
 log = logging.getLogger(__name__)
 
 REPLY_LIMITS = Limits(max_frames=512, max_header_bytes=64 << 20, max_total_bytes=2 << 30)
+HANDSHAKE_CHECK = 0.1  # CURVE: seconds between two looks at the DEALER's handshakes
 
 
 class JoinRejected(RuntimeError):
@@ -37,6 +38,10 @@ class JoinRejected(RuntimeError):
 
 class ConsoleUnreachable(RuntimeError):
     """No reply in time: the console is down or restarting."""
+
+
+class KeyRefused(JoinRejected):
+    """CURVE: the console's ZAP handler refused this node's public key."""
 
 
 @dataclass
@@ -62,13 +67,17 @@ class ConsoleLink:
         gossip_endpoint: str,
         context: zmq.asyncio.Context,
         request_timeout: float = 10.0,
+        security: CurveConfig | None = None,
     ) -> None:
         self.node_id = node_id
         self.run_id = run_id
         self.control_endpoint = control_endpoint
         self.gossip_endpoint = gossip_endpoint
         self.request_timeout = request_timeout
-        self._factory = SocketFactory(context)
+        self.security = security  # CURVE: this node's keys and the console's public key
+        self._factory = SocketFactory(context, security=security)
+        self._watch: HandshakeWatch | None = None  # why the DEALER to the console fails
+        self._handshakes: set[str] = set()  # the failed handshake outcomes seen on it
         self._dealer: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._lock = asyncio.Lock()
@@ -101,11 +110,16 @@ class ConsoleLink:
             try:
                 await self._join_once()
                 return
-            except ConsoleUnreachable:
+            except ConsoleUnreachable as exc:
                 if max_wait is not None and time.monotonic() - started > max_wait:
                     raise
                 jitter = random.uniform(0.5, 1.5)
-                log.info("console %s unreachable; retrying in %.1fs", self.control_endpoint, delay)
+                log.info(
+                    "console %s unreachable (%s); retrying in %.1fs",
+                    self.control_endpoint,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay * jitter)
                 delay = min(delay * 2, 5.0)
 
@@ -147,9 +161,14 @@ class ConsoleLink:
     _sub_endpoint: str = ""
 
     def _reset_dealer(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._dealer is not None:
             self._dealer.close(linger=0)
         self._dealer = self._factory.dealer(self.node_id, self.control_endpoint, immediate=False)
+        self._watch = HandshakeWatch(self._dealer)
+        self._handshakes = set()
 
     # ----------------------------------------------------------------- requests
 
@@ -167,15 +186,63 @@ class ConsoleLink:
             assert self._dealer is not None
             dealer = self._dealer
             await dealer.send_multipart(encode(msg), copy=False)
-            if not await dealer.poll(int(1000 * (timeout or self.request_timeout)), zmq.POLLIN):
+            if not await self._wait_reply(dealer, timeout or self.request_timeout):
                 # Drop the socket so a late reply can never be taken for the next request's.
+                why = self._no_reply_reason()
                 self._reset_dealer()
-                raise ConsoleUnreachable(f"no reply to {msg.TYPE} from {self.control_endpoint}")
+                raise ConsoleUnreachable(
+                    f"no reply to {msg.TYPE} from {self.control_endpoint}{why}"
+                )
             frames = await dealer.recv_multipart(copy=False)
         try:
             return decode(frames, REPLY_LIMITS)
         except DecodeError as exc:
             raise ConsoleUnreachable(f"unreadable reply to {msg.TYPE}: {exc.reason}") from exc
+
+    async def _wait_reply(self, dealer: zmq.asyncio.Socket, timeout: float) -> bool:
+        """Wait (bounded) for a reply; a refused CURVE key ends the wait at once."""
+        if self._watch is None:
+            return bool(await dealer.poll(int(1000 * timeout), zmq.POLLIN))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if await dealer.poll(max(1, int(1000 * min(remaining, HANDSHAKE_CHECK))), zmq.POLLIN):
+                return True
+            self._check_handshakes()
+            if remaining <= HANDSHAKE_CHECK:
+                return False
+
+    def _check_handshakes(self) -> None:
+        assert self._watch is not None
+        for shake in self._watch.drain():
+            if shake.outcome != "ok":
+                self._handshakes.add(shake.outcome)
+            if shake.outcome == "refused" and self.security is not None:
+                key = (self.security.client_public or b"").decode()
+                raise KeyRefused(
+                    f"the console refused this node's CURVE key {key}: it is not among the "
+                    "console's authorized keys; give the operator this node's .key file "
+                    "(for [security] authorized_keys)"
+                )
+
+    def _no_reply_reason(self) -> str:
+        """What the failed handshakes (if any) say about a request that got no reply."""
+        seen = self._handshakes
+        if self.security is None:
+            if "mechanism" in seen:
+                return (
+                    ": the console uses CURVE; start this node with --curve-key and --server-key "
+                    "(key files from the console's operator: fl-console keygen)"
+                )
+            return ""
+        if "mechanism" in seen:
+            return (
+                ": the console does not use CURVE; start this node without --curve-key and "
+                "--server-key, or set [security] curve = true on the console"
+            )
+        if seen & {"crypto", "failed"}:
+            return ": the CURVE handshake failed; is --server-key the console's public key?"
+        return ": no reply from the console: is this node's public key authorized?"
 
     async def _rejoin(self) -> None:
         self.connected.clear()
@@ -273,6 +340,9 @@ class ConsoleLink:
                 )
             except (ConsoleUnreachable, zmq.ZMQError):
                 pass
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for sock in (self._dealer, self._sub):
             if sock is not None:
                 sock.close(linger=0)

@@ -9,13 +9,16 @@ context's.
 
 CURVE: pass a :class:`CurveConfig`. Binding sockets become CURVE servers, connecting sockets
 CURVE clients; with an ``allowlist`` a ZAP handler (pyzmq's thread authenticator, which serves
-sync and asyncio contexts alike) admits only the listed client keys. Call :meth:`close`.
+sync and asyncio contexts alike) admits only the listed client keys, and reports each key it
+refuses to ``on_refused``. Call :meth:`close`. A CURVE peer's key is on every frame it sends
+(:func:`peer_key`); :class:`HandshakeWatch` tells why a handshake failed (a ZMQ-level refusal
+is otherwise silent: the socket just never connects).
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,25 +52,47 @@ class CurveConfig:
 
     The binding side needs ``server_public`` and ``server_secret``; a connecting side needs
     ``server_public`` (the server it trusts) and its own ``client_public``/``client_secret``.
-    ``allowlist``: the client public keys a server admits; ``None`` admits any key (traffic is
-    still encrypted, but anyone who knows the server key may connect).
+    ``allowlist``: the client public keys a server admits, read at every handshake (a
+    :class:`transport.keys.KeyAllowlist` may change while serving); ``None`` admits any key
+    (traffic is still encrypted, but anyone who knows the server key may connect).
+    ``on_refused(address, key)``: called from the ZAP thread for every refused key.
     """
 
     server_public: bytes
     server_secret: bytes | None = None
     client_public: bytes | None = None
     client_secret: bytes | None = None
-    allowlist: frozenset[bytes] | None = None
+    allowlist: Collection[bytes] | None = None
+    on_refused: Callable[[str, bytes], None] | None = None
 
 
-class _Allowlist:
-    """pyzmq's CURVE credentials provider: admit only listed Z85 public keys."""
+class _Authenticator(ThreadAuthenticator):
+    """pyzmq's thread authenticator that admits only allowlisted CURVE keys and reports refusals.
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
-        self.keys = frozenset(keys)
+    It is pyzmq's CURVE credentials provider as well (``callback``); the ZAP request's peer
+    address is kept while the request is handled, so a refusal can say where it came from.
+    """
+
+    def __init__(self, context: Context, config: CurveConfig) -> None:
+        super().__init__(context)  # type: ignore[arg-type]
+        assert config.allowlist is not None
+        self.keys = config.allowlist
+        self.on_refused = config.on_refused
+        self._address = ""
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self._address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        await super().handle_zap_message(msg)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys
+        if key in self.keys:
+            return True
+        if self.on_refused is not None:
+            try:
+                self.on_refused(self._address, key)
+            except Exception:  # noqa: BLE001 - a reporting bug must not break the ZAP thread
+                self.log.exception("on_refused failed")
+        return False
 
 
 class SocketFactory:
@@ -144,15 +169,22 @@ class SocketFactory:
         opts = {zmq.ROUTER_MANDATORY: 1, zmq.ROUTER_HANDOVER: 1, **hwm}
         return self._bound(zmq.ROUTER, bind, self.model_max_bytes, opts)
 
-    def model_dealer(self, identity: str, connect: str) -> zmq.Socket:
-        """A DEALER that pushes models to one peer's gossip ROUTER (IMMEDIATE, bounded HWMs)."""
+    def model_dealer(
+        self, identity: str, connect: str, *, server_key: bytes | None = None
+    ) -> zmq.Socket:
+        """A DEALER that pushes models to one peer's gossip ROUTER (IMMEDIATE, bounded HWMs).
+
+        With CURVE, ``server_key`` is that peer's public key (every peer has its own).
+        """
         opts = {
             zmq.ROUTING_ID: check_node_id(identity).encode(),
             zmq.IMMEDIATE: 1,
             zmq.SNDHWM: self.model_hwm,
             zmq.RCVHWM: self.model_hwm,
         }
-        return self._connected(zmq.DEALER, connect, self.model_max_bytes, opts)
+        return self._connected(
+            zmq.DEALER, connect, self.model_max_bytes, opts, server_key=server_key
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,7 +202,14 @@ class SocketFactory:
 
     # ------------------------------------------------------------------ internals
 
-    def _make(self, kind: int, max_bytes: int, opts: dict[int, Any], server: bool) -> zmq.Socket:
+    def _make(
+        self,
+        kind: int,
+        max_bytes: int,
+        opts: dict[int, Any],
+        server: bool,
+        server_key: bytes | None = None,
+    ) -> zmq.Socket:
         sock = self.context.socket(kind)
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -178,7 +217,7 @@ class SocketFactory:
             for opt, value in opts.items():
                 sock.setsockopt(opt, value)
             if self.security is not None:
-                self._secure(sock, server)
+                self._secure(sock, server, server_key)
         except BaseException:
             sock.close(linger=0)
             raise
@@ -194,9 +233,15 @@ class SocketFactory:
         return sock
 
     def _connected(
-        self, kind: int, connect: str, max_bytes: int, opts: dict[int, Any]
+        self,
+        kind: int,
+        connect: str,
+        max_bytes: int,
+        opts: dict[int, Any],
+        *,
+        server_key: bytes | None = None,
     ) -> zmq.Socket:
-        sock = self._make(kind, max_bytes, opts, server=False)
+        sock = self._make(kind, max_bytes, opts, server=False, server_key=server_key)
         try:
             sock.connect(connect)
         except BaseException:
@@ -204,16 +249,16 @@ class SocketFactory:
             raise
         return sock
 
-    def _secure(self, sock: zmq.Socket, server: bool) -> None:
+    def _secure(self, sock: zmq.Socket, server: bool, server_key: bytes | None = None) -> None:
         sec = self.security
         assert sec is not None
         if server:
             if sec.server_secret is None:
                 raise ValueError("CURVE: a binding socket needs server_secret")
             if sec.allowlist is not None and self._auth is None:
-                auth = ThreadAuthenticator(self.context)  # type: ignore[arg-type]
+                auth = _Authenticator(self.context, sec)
                 auth.start()
-                auth.configure_curve_callback("*", credentials_provider=_Allowlist(sec.allowlist))
+                auth.configure_curve_callback("*", credentials_provider=auth)
                 self._auth = auth
             sock.curve_secretkey = sec.server_secret
             sock.curve_publickey = sec.server_public
@@ -223,7 +268,7 @@ class SocketFactory:
                 raise ValueError("CURVE: a connecting socket needs client_public and client_secret")
             sock.curve_secretkey = sec.client_secret
             sock.curve_publickey = sec.client_public
-            sock.curve_serverkey = sec.server_public
+            sock.curve_serverkey = server_key or sec.server_public
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -252,6 +297,94 @@ def connectable(announced: str, via: str) -> str:
     if not via_host or via_host in WILDCARD_HOSTS:
         via_host = "127.0.0.1"
     return f"{scheme}://{via_host}:{port}"
+
+
+def peer_key(frame: zmq.Frame) -> str:
+    """The Z85 CURVE public key of the peer that sent ``frame`` (``recv(copy=False)``), or "".
+
+    libzmq attaches the ZAP handler's User-Id, which pyzmq's authenticator sets to the client's
+    public key, to every frame received over that connection; without ZAP there is none.
+    """
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:
+        return ""
+
+
+# ----------------------------------------------------------------------------- handshakes
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """One handshake outcome on a watched socket.
+
+    ``outcome``: ``ok``; ``refused`` (the server's ZAP handler said no, ``detail`` is its
+    status code); ``mechanism`` (one side uses CURVE, the other does not); ``crypto`` (the
+    client does not hold the server's public key, or the keys are broken); ``failed`` (anything
+    else; on a client, usually a wrong server key).
+    """
+
+    outcome: str
+    detail: int = 0
+
+
+def _handshake(event: int, value: int) -> Handshake:
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return Handshake("ok")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return Handshake("refused", value)
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return Handshake("mechanism", value)
+        if value in (zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC, zmq.PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE):
+            return Handshake("crypto", value)
+    return Handshake("failed", value)
+
+
+class HandshakeWatch:
+    """Follows a socket's handshakes through its monitor; :meth:`drain` never blocks.
+
+    The monitor pipe is a plain (sync) socket of the same context, so this works for sync and
+    asyncio sockets alike. Close it before the socket it watches.
+    """
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock = sock
+        address = f"inproc://handshake-watch-{id(self)}"
+        sock.monitor(address, _HANDSHAKE_EVENTS)
+        self._pipe = sock.context.socket(zmq.PAIR, socket_class=zmq.Socket)
+        self._pipe.linger = 0
+        self._pipe.connect(address)
+
+    def drain(self) -> list[Handshake]:
+        """The handshakes reported since the last call, oldest first."""
+        found: list[Handshake] = []
+        if self._pipe.closed:
+            return found
+        while True:
+            try:
+                frames = self._pipe.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return found
+            if len(frames) >= 1 and len(frames[0]) >= 6:
+                event = int.from_bytes(frames[0][:2], "little")
+                value = int.from_bytes(frames[0][2:6], "little")
+                found.append(_handshake(event, value))
+
+    def close(self) -> None:
+        if not self._sock.closed:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        self._pipe.close(linger=0)
 
 
 def _size(frames: list[bytes | memoryview]) -> int:

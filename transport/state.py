@@ -57,6 +57,7 @@ class ClientView:
     last_seen: float = 0.0  # console clock
     joined_at: float = 0.0
     drop_reason: str = ""
+    public_key: str = ""  # Z85 CURVE key it joined with ("" without CURVE): peers connect with it
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ def _snapshot_from_dict(raw: Any) -> RunSnapshot:
             last_seen=_float(c.get("last_seen", 0.0)),
             joined_at=_float(c.get("joined_at", 0.0)),
             drop_reason=_str(c.get("drop_reason", "")),
+            public_key=_str(c.get("public_key", "")),
         )
         for c in _list(raw["clients"])
     )

@@ -126,7 +126,10 @@ class LiveBackend:
             self.nodes = self.nodes_factory(control)
         else:
             self.nodes = LocalNodes(
-                run_id=self.config.run_id, control_endpoint=control, log_dir=self.run_dir / "nodes"
+                run_id=self.config.run_id,
+                control_endpoint=control,
+                log_dir=self.run_dir / "nodes",
+                node_args=self.server.spawn_args,  # [security] curve: each node's fresh keys
             )
         if self.spawn:
             self.nodes.start(self.spawn)

@@ -13,6 +13,7 @@ from console.settings import (
     Config,
     CoordinatorConfig,
     LocalConfig,
+    SecurityConfig,
     ServerConfig,
 )
 from transport.spec import DataSpec, LearningSpec, ModelSpec
@@ -87,6 +88,12 @@ def test_repo_data_toml_loads_as_the_documented_demo_run() -> None:
         ),
         local=LocalConfig(spawn=4),
         checkpoint=CheckpointConfig(dir=REPO / "checkpoints"),
+        security=SecurityConfig(
+            curve=False,
+            server_key=REPO / "keys" / "console.key_secret",
+            authorized_keys=REPO / "keys" / "authorized",
+            allowed=(),
+        ),
         source=REPO / "data.toml",
     )
 

@@ -399,6 +399,22 @@ def test_a_live_client_joining_again_keeps_its_status_and_gets_the_new_endpoint(
     assert view.gossip_endpoint == "tcp://new"
 
 
+def test_the_key_a_client_joined_with_is_broadcast_and_binds_its_id_while_live() -> None:
+    run = Run()
+    run.ok(run.c.join("c0", RUN, run.now, public_key="K" * 40))
+    view = run.snap().client("c0")
+    assert view is not None and view.public_key == "K" * 40
+    run.ok(run.c.join("c0", RUN, run.now, public_key="K" * 40))  # a reconnect: same key
+
+    taken = run.c.join("c0", RUN, run.now, public_key="X" * 40)
+
+    assert taken.rejection == Rejection("duplicate", "c0 is in the run with another key")
+    run.ok(run.c.leave("c0", run.now))
+    run.ok(run.c.join("c0", RUN, run.now, public_key="X" * 40))  # gone: the id is free again
+    view = run.snap().client("c0")
+    assert view is not None and view.public_key == "X" * 40
+
+
 def test_a_dropped_client_rejoins_as_pending_for_the_next_epoch() -> None:
     run = Run()
     run.start_epoch()

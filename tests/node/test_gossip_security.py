@@ -1,0 +1,128 @@
+"""Node-to-node gossip with CURVE: peers are admitted by the keys in the console's broadcast.
+
+Real GossipService sockets on 127.0.0.1, every wait bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+import zmq
+import zmq.asyncio
+
+from node import weights
+from node.gossip import GossipService
+from node.security import NodeKeys, NodeSecurity
+from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
+from transport.tensors import model_hash
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+
+CONSOLE_PUBLIC, _ = zmq.curve_keypair()
+
+
+def node_security() -> NodeSecurity:
+    public, secret = zmq.curve_keypair()
+    return NodeSecurity(NodeKeys(public, secret, CONSOLE_PUBLIC, Path("unused")))
+
+
+def broadcast(members: dict[str, NodeSecurity], endpoints: dict[str, str]) -> RunSnapshot:
+    clients = tuple(
+        ClientView(
+            id=name,
+            status=ClientStatus.ACTIVE,
+            gossip_endpoint=endpoints[name],
+            public_key=sec.keys.public.decode(),
+        )
+        for name, sec in sorted(members.items())
+    )
+    return RunSnapshot(
+        run_id="r",
+        state=RunState.ROUND_TRAIN,
+        now=0.0,
+        phase_started=0.0,
+        deadline=None,
+        epoch=0,
+        round=1,
+        epoch_rounds=1,
+        accepted_rounds=0,
+        total_rounds=2,
+        rounds_per_epoch=2,
+        init_min_clients=2,
+        min_clients=2,
+        pending_pause=False,
+        clients=clients,
+    )
+
+
+def test_members_push_to_each_other_and_an_outsider_is_not_heard() -> None:
+    async def scenario() -> tuple[str, str, int, str]:
+        sec = {name: node_security() for name in ("a", "b", "outsider")}
+        # One context per node, as in separate processes (a context has one ZAP handler).
+        contexts = {name: zmq.asyncio.Context() for name in sec}
+        services = {
+            name: GossipService(node_id=name, run_id="r", context=contexts[name], security=s)
+            for name, s in sec.items()
+        }
+        try:
+            endpoints = {name: g.start() for name, g in services.items()}
+            snapshot = broadcast({"a": sec["a"], "b": sec["b"]}, endpoints)
+            for name in ("a", "b"):  # what each member's link does with every broadcast
+                sec[name].follow(snapshot)
+            # The outsider reads the same broadcast (it knows b's key): b still refuses it.
+            sec["outsider"].follow(snapshot)
+            state = {"w": torch.arange(4, dtype=torch.float32)}
+            payloads = weights.to_payloads(state)
+            receiver = services["b"]
+            receiver.reference = {"w": torch.zeros(4)}
+            receiver.expects = lambda r, t: None
+
+            async def push(sender: str, timeout: float) -> str:
+                outcome = await services[sender].push(
+                    {"b": endpoints["b"]},
+                    round=1,
+                    trainer=sender,
+                    model_hash_=model_hash(payloads),
+                    samples=4,
+                    tensors=payloads,
+                    timeout=timeout,
+                )
+                return outcome["b"]
+
+            member = await asyncio.wait_for(push("a", 5.0), 10)
+            outsider = await asyncio.wait_for(push("outsider", 0.5), 10)
+            router = receiver._router
+            assert router is not None
+            return member, outsider, router.mechanism, ",".join(sorted(receiver.inbox[1]))
+        finally:
+            for g in services.values():
+                await g.close()
+            for ctx in contexts.values():
+                ctx.destroy(linger=0)
+
+    member, outsider, mechanism, received = asyncio.run(scenario())
+
+    assert member == "ok" and received == "a"
+    assert outsider == "timeout"  # its CURVE handshake is refused: nothing ever arrives
+    assert mechanism == zmq.CURVE
+
+
+def test_follow_keeps_only_live_clients_keys() -> None:
+    sec = node_security()
+    other = node_security()
+    snapshot = broadcast({"a": sec, "b": other}, {"a": "tcp://x:1", "b": "tcp://x:2"})
+    dropped = tuple(
+        ClientView(id=c.id, status=ClientStatus.DROPPED, public_key=c.public_key)
+        if c.id == "b"
+        else c
+        for c in snapshot.clients
+    )
+
+    sec.follow(snapshot)
+    assert sec.peer_keys["b"] == other.keys.public and other.keys.public in sec.peers
+
+    sec.follow(RunSnapshot(**{**snapshot.__dict__, "clients": dropped}))
+    assert "b" not in sec.peer_keys and other.keys.public not in sec.peers
