@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -100,15 +99,12 @@ def test_synthetic_is_learnable_by_nearest_class_mean() -> None:
     assert 0.75 < accuracy < 1.0  # learnable, not trivial
 
 
-def test_synthetic_60k_by_784_generates_in_under_a_second() -> None:
-    # About 0.25 s warm and 0.5-0.7 s cold (first touch of 225 MB) on one thread here; the bound
-    # leaves room for the three other test runs sharing these two cores.
+def test_synthetic_60k_by_784_has_the_benchmark_shape() -> None:
+    # How fast it generates is a benchmark figure (bench/round_bench.py), not a test.
     spec = DataSpec(source="synthetic", samples=60000, features=784, classes=10)
-    started = time.perf_counter()
     data = load_dataset(spec, seed=0, base_dir=None)
-    elapsed = time.perf_counter() - started
     assert data.x_train.shape == (60000, 784) and data.x_test.shape == (12000, 784)
-    assert elapsed < 1.5, f"synthetic 60000x784 took {elapsed:.2f}s"
+    assert data.x_train.dtype == torch.float32
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
