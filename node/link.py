@@ -166,9 +166,15 @@ class ConsoleLink:
             self._watch = None
         if self._dealer is not None:
             self._dealer.close(linger=0)
-        self._dealer = self._factory.dealer(self.node_id, self.control_endpoint, immediate=False)
-        self._watch = HandshakeWatch(self._dealer)
         self._handshakes = set()
+        self._dealer = self._factory.dealer(
+            self.node_id, self.control_endpoint, immediate=False, before_connect=self._watch_new
+        )
+
+    def _watch_new(self, dealer: zmq.Socket) -> None:
+        """Watch a new DEALER's handshakes from before it connects: a refusal is not retried,
+        so its one event must not be missed."""
+        self._watch = HandshakeWatch(dealer)
 
     # ----------------------------------------------------------------- requests
 
@@ -229,10 +235,10 @@ class ConsoleLink:
         """What the failed handshakes (if any) say about a request that got no reply."""
         seen = self._handshakes
         if self.security is None:
-            if "mechanism" in seen:
+            if seen:  # a plain (NULL) handshake fails only against a CURVE console
                 return (
-                    ": the console uses CURVE; start this node with --curve-key and --server-key "
-                    "(key files from the console's operator: fl-console keygen)"
+                    ": the handshake failed, so the console probably uses CURVE; start this node "
+                    "with --curve-key and --server-key (key files from fl-console keygen)"
                 )
             return ""
         if "mechanism" in seen:

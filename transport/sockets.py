@@ -139,19 +139,28 @@ class SocketFactory:
         )
 
     def dealer(
-        self, identity: str, connect: str, *, immediate: bool = True, max_bytes: int | None = None
+        self,
+        identity: str,
+        connect: str,
+        *,
+        immediate: bool = True,
+        max_bytes: int | None = None,
+        before_connect: Callable[[zmq.Socket], object] | None = None,
     ) -> zmq.Socket:
         """A DEALER whose routing id is ``identity`` (a node id), connected to ``connect``.
 
         ``immediate``: nothing is queued while the connection is down, so a node that comes
         back does not flood the console with stale heartbeats; a send then waits until the
         connection is up, so bound it (``asyncio.wait_for``, or ``flags=zmq.NOBLOCK``).
+        ``before_connect(sock)``: called just before connecting, e.g. to attach a
+        :class:`HandshakeWatch` that must not miss the first handshake.
         """
         return self._connected(
             zmq.DEALER,
             connect,
             max_bytes or self.control_max_bytes,
             {zmq.ROUTING_ID: check_node_id(identity).encode(), zmq.IMMEDIATE: int(immediate)},
+            before_connect=before_connect,
         )
 
     def pub(self, bind: str) -> zmq.Socket:
@@ -240,9 +249,12 @@ class SocketFactory:
         opts: dict[int, Any],
         *,
         server_key: bytes | None = None,
+        before_connect: Callable[[zmq.Socket], object] | None = None,
     ) -> zmq.Socket:
         sock = self._make(kind, max_bytes, opts, server=False, server_key=server_key)
         try:
+            if before_connect is not None:
+                before_connect(sock)
             sock.connect(connect)
         except BaseException:
             sock.close(linger=0)

@@ -84,10 +84,14 @@ def test_unlisted_key_is_refused_and_reported_with_its_address_and_key(ctx: zmq.
         ctx, security=server_config(console, KeyAllowlist([member.public]), refused)
     ) as f:
         router = f.router(LOCAL)
+        watches: list[HandshakeWatch] = []
         intruder = SocketFactory(ctx, security=stranger.client_of(console)).dealer(
-            "intruder", endpoint(router), immediate=False
+            "intruder",
+            endpoint(router),
+            immediate=False,
+            before_connect=lambda sock: watches.append(HandshakeWatch(sock)),
         )
-        watch = HandshakeWatch(intruder)
+        [watch] = watches
         send_sync(intruder, m.Heartbeat(node_id="intruder"))
 
         shakes = wait_handshakes(watch, {"refused"})
@@ -144,8 +148,11 @@ def test_failed_handshakes_say_whether_curve_or_the_server_key_is_wrong(ctx: zmq
         plain.close(linger=0)
 
         wrong = CurveConfig(Keys().public, client_public=member.public, client_secret=member.secret)
-        confused = SocketFactory(ctx, security=wrong).dealer("confused", endpoint(router))
-        client_watch = HandshakeWatch(confused)
+        watches: list[HandshakeWatch] = []
+        SocketFactory(ctx, security=wrong).dealer(
+            "confused", endpoint(router), before_connect=lambda s: watches.append(HandshakeWatch(s))
+        )
+        [client_watch] = watches
         assert {"crypto"} & {h.outcome for h in wait_handshakes(server_watch, {"crypto"})}
         assert {"failed"} & {h.outcome for h in wait_handshakes(client_watch, {"failed"})}
         client_watch.close()
