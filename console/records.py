@@ -194,6 +194,10 @@ class RunRecords:
         for view in views:
             row = self.round_row(view)
             record = self.rounds.get(view.round, RoundRecord())
+            # What each node reported it aggregated to, including reports that reached the
+            # console after the run had moved on (the final round's, after Finished).
+            reported = {node: h for node, (h, _) in record.aggregates.items()}
+            aggregates = dict(sorted({**reported, **view.aggregates}.items()))
             out.append(
                 {
                     "round": view.round,
@@ -204,8 +208,8 @@ class RunRecords:
                     "quorum": view.quorum,
                     "accepted": {t: r.hash for t, r in sorted(view.accepted.items())},
                     "duration": row.duration,
-                    "aggregate_hashes": sorted(set(view.aggregates.values())),
-                    "aggregates": dict(sorted(view.aggregates.items())),
+                    "aggregate_hashes": sorted(set(aggregates.values())),
+                    "aggregates": aggregates,
                     "metrics": _finite(record.global_metrics()),
                     "clients": {cid: _finite(mt) for cid, mt in sorted(record.commits.items())},
                 }
