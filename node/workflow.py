@@ -56,6 +56,7 @@ class NodeContext:
     work: dict[int, RoundWork] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     history: list[str] = field(default_factory=list)
+    last_round: int = 0  # the console's round number in the last snapshot followed
     finished: bool = False
 
     @property
@@ -69,6 +70,30 @@ class NodeContext:
             for old in [r for r in self.work if r < round - 2]:
                 del self.work[old]
         return work
+
+    def follow_rounds(self, snap: RunSnapshot) -> None:
+        """A ``ConsoleLink.on_snapshot`` callback: notice a console that numbers rounds again.
+
+        Within one console the round number never goes back. It does when the console was
+        restarted with ``--resume``: it numbers its rounds again from its checkpoint, so a
+        vote, a witness report, a model received or pushed under the previous console must not
+        stand for the new round of the same number (it would never be sent again, and the round
+        would fail without a quorum or wait out its timeouts).
+        """
+        if snap.round < self.last_round:
+            log.info("the console went back to round %d: forgetting later rounds", snap.round)
+            self.forget_rounds_after(snap.round)
+        self.last_round = snap.round
+
+    def forget_rounds_after(self, round: int) -> None:
+        """Drop what this node did and received for the rounds after ``round``."""
+        self.voted = {r for r in self.voted if r <= round}
+        for r in [r for r in self.work if r > round]:
+            del self.work[r]
+        for r in [r for r in self.gossip.inbox if r > round]:
+            del self.gossip.inbox[r]
+        for key in [k for k in self.gossip.acked if k[0] > round]:
+            del self.gossip.acked[key]
 
     def live_peers(self, snap: RunSnapshot | None = None) -> dict[str, str]:
         """Live epoch members other than us, with their gossip endpoints."""
@@ -102,6 +127,9 @@ class LearningWorkflow:
     def __init__(self, ctx: NodeContext, first: Stage) -> None:
         self.ctx = ctx
         self.first = first
+        if ctx.link.latest is not None:
+            ctx.last_round = ctx.link.latest.snapshot.round
+        ctx.link.on_snapshot.append(ctx.follow_rounds)
 
     async def run(self) -> None:
         stage: Stage | None = self.first
