@@ -117,6 +117,7 @@ class StartLearningStage:
             m.WarmedUp(node_id=ctx.node_id, epoch=snap.epoch, model_hash=ctx.global_hash),
             "warmed_up",
         )
+        ctx.warmed_up_in = snap.phase_started if snap.state is RunState.WARMUP else None
         # The round this node prepared for: the next one when it warmed up in Warmup, even if
         # its own warmed_up report is what just started that round.
         return VoteTrainSetStage(target)
@@ -241,6 +242,7 @@ class VoteTrainSetStage:
                 s.state not in (RunState.WARMUP, *ACTIVE_ROUND)
                 or not ctx.is_member(s)
                 or (s.current is not None and s.current.round >= target)
+                or (s.state is RunState.WARMUP and s.phase_started != ctx.warmed_up_in)
             ),
             WAIT_SLICE,
         )
@@ -248,6 +250,10 @@ class VoteTrainSetStage:
             return self
         if snap.state is RunState.FINISHED:
             return None
+        if snap.state is RunState.WARMUP and snap.phase_started != ctx.warmed_up_in:
+            # Not the Warmup we reported for: a console restarted (--resume) that took us
+            # straight into its Warmup, or a Warmup begun again. Warm up for this one.
+            return StartLearningStage()
         if snap.state not in ACTIVE_ROUND or not ctx.is_member(snap) or snap.current is None:
             return CooldownStage()
         round = snap.current.round

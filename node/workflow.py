@@ -57,6 +57,7 @@ class NodeContext:
     rng: random.Random = field(default_factory=random.Random)
     history: list[str] = field(default_factory=list)
     last_round: int = 0  # the console's round number in the last snapshot followed
+    warmed_up_in: float | None = None  # phase_started of the Warmup we last reported for
     finished: bool = False
 
     @property
