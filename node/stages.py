@@ -277,11 +277,15 @@ class TrainStage:
         ctx.set_stage("training", self.round)
         work = ctx.round_work(self.round)
         model, ds = ctx.model, ctx.dataset
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         result = await asyncio.to_thread(
             train_local, model, ctx.shard, ctx.spec.learning, seed=ctx.spec.seed, round=self.round
         )
         trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         local_eval = await asyncio.to_thread(evaluate, model, ds.x_test, ds.y_test)
+        # The model holds the global model again: if this round is not accepted, it is what the
+        # next round trains from and what a checkpoint upload sends.
+        weights.load_into(model, start)
         payloads = weights.to_payloads(trained)
         digest = model_hash(payloads)
         work.trained_hash, work.trained_state, work.samples = digest, trained, result.samples
