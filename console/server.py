@@ -430,10 +430,14 @@ class ConsoleServer:
         )
 
     def _on_metrics(self, msg: m.Metrics, now: float) -> m.Message:
-        self.records.metrics(msg.node_id, msg.round, msg.metrics)
+        if msg.node_id in self.records.clients:  # a client that joined, not a stranger
+            self.records.metrics(msg.node_id, msg.round, msg.metrics)
         return self._answer(msg, self.coordinator.heartbeat(msg.node_id, now), now)
 
     def _on_model_request(self, msg: m.ModelRequest, now: float) -> m.Message:
+        known = self.coordinator.heartbeat(msg.node_id, now)
+        if known.rejection is not None:  # the weights go to the run's clients only
+            return self._answer(msg, known, now)
         stored = self._stored
         if stored is None:
             return self._reject(
@@ -447,7 +451,6 @@ class ConsoleServer:
             payloads = stored.payloads()
         except CheckpointError as exc:
             return self._reject(now, msg.node_id, msg.TYPE, "unavailable", str(exc))
-        self.coordinator.heartbeat(msg.node_id, now)
         return m.ModelReply(round=stored.round, hash=stored.hash, tensors=payloads)
 
     def _on_checkpoint_upload(self, msg: m.CheckpointUpload, now: float) -> m.Message:
