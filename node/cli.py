@@ -25,6 +25,7 @@ from pathlib import Path
 import tomlkit
 import zmq.asyncio
 
+from node.attacks import parse_attack
 from node.datafetch import DataFetchError
 from node.gossip import GossipService
 from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CONSOLE.key",
         help="CURVE: the console's public key file (console.key from fl-console keygen)",
+    )
+    p.add_argument(
+        "--attack",
+        type=parse_attack,
+        metavar="scale:S|signflip[:S]",
+        help="robustness testing only: send a corrupted update (a byzantine trainer)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -134,6 +141,7 @@ async def run_node(
             gossip=gossip,
             data_path=args.data,
             rng=random.Random(seed),
+            attack=args.attack,
         )
         gossip.expects = lambda r, t: expects_push(nctx, r, t)
         import torch

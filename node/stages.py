@@ -286,6 +286,8 @@ class TrainStage:
         # The model holds the global model again: if this round is not accepted, it is what the
         # next round trains from and what a checkpoint upload sends.
         weights.load_into(model, start)
+        if ctx.attack is not None:  # a byzantine trainer, for robustness tests (node/attacks.py)
+            trained = ctx.attack.apply(trained, start)
         payloads = weights.to_payloads(trained)
         digest = model_hash(payloads)
         work.trained_hash, work.trained_state, work.samples = digest, trained, result.samples

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import torch
 
+from node.attacks import Attack
 from node.data import Dataset, Shard
 from node.gossip import GossipService
 from node.link import ConsoleLink
@@ -46,6 +47,7 @@ class NodeContext:
     link: ConsoleLink
     gossip: GossipService
     data_path: Path | None = None  # --data: this node's own data instead of the run's source
+    attack: Attack | None = None  # --attack: robustness testing only (node/attacks.py)
     model: torch.nn.Module | None = None
     dataset: Dataset | None = None
     shard: Shard | None = None
