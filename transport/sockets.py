@@ -18,6 +18,7 @@ is otherwise silent: the socket just never connects).
 from __future__ import annotations
 
 import errno
+import itertools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -360,6 +361,9 @@ def _handshake(event: int, value: int) -> Handshake:
     return Handshake("failed", value)
 
 
+_WATCH_NUMBERS = itertools.count()
+
+
 class HandshakeWatch:
     """Follows a socket's handshakes through its monitor; :meth:`drain` never blocks.
 
@@ -369,7 +373,9 @@ class HandshakeWatch:
 
     def __init__(self, sock: zmq.Socket) -> None:
         self._sock = sock
-        address = f"inproc://handshake-watch-{id(self)}"
+        # A fresh name each time: libzmq unbinds a stopped monitor's endpoint asynchronously,
+        # and id(self) comes back as soon as the previous watch is freed.
+        address = f"inproc://handshake-watch-{next(_WATCH_NUMBERS)}"
         sock.monitor(address, _HANDSHAKE_EVENTS)
         self._pipe = sock.context.socket(zmq.PAIR, socket_class=zmq.Socket)
         self._pipe.linger = 0
