@@ -24,7 +24,7 @@ from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory, connectable
 from transport.spec import RunSpec
-from transport.state import RunSnapshot, SnapshotError
+from transport.state import ClientStatus, RunSnapshot, SnapshotError
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,40 @@ class ConsoleLink:
     async def start(self, *, max_wait: float | None = None) -> RunSpec:
         """Join (retrying while the console is unreachable) and start following it."""
         await self._join_with_backoff(max_wait=max_wait)
+        await self._leave_stale_membership()
         self._tasks = [
             asyncio.create_task(self._follow(), name="follow"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         assert self.spec is not None
         return self.spec
+
+    async def _leave_stale_membership(self) -> None:
+        """A new process that finds its id already a member of the running epoch joined in
+        the place of a previous process under that id, which died and is not dropped yet:
+        the epoch would wait for that one's reports until its timeouts (this process has no
+        part of its work). Leave that membership, so the run stops waiting on it at once, and
+        join again for the next epoch. (Admitted by this very join, ``joined_at`` is ``now``.)
+        """
+        snap = self.latest.snapshot if self.latest is not None else None
+        me = snap.client(self.node_id) if snap is not None else None
+        if snap is None or me is None or me.status is not ClientStatus.ACTIVE:
+            return
+        if me.joined_at >= snap.now:
+            return
+        log.warning(
+            "%s is a member of epoch %d from a previous process: leaving it",
+            self.node_id,
+            snap.epoch,
+        )
+        try:
+            await self._request_raw(
+                m.Leave(node_id=self.node_id, reason="restarted: a new process under this id"),
+                timeout=min(self.request_timeout, 3.0),
+            )
+        except ConsoleUnreachable as exc:  # joining again below retries until it is back
+            log.warning("could not leave the old membership: %s", exc)
+        await self._join_with_backoff()
 
     async def _join_with_backoff(self, *, max_wait: float | None = None) -> None:
         delay = 0.1
