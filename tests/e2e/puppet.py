@@ -34,7 +34,10 @@ ANY_HASH = "cd" * 32
 @dataclass
 class Refusal:
     what: str
-    expected: str  # the error code the console must answer with
+    # The codes the console may answer with: the first is what the request provokes; the
+    # others what it provokes when the round moved on meanwhile (e.g. the puppet's own report
+    # decided the round, so a second one finds it decided rather than a duplicate).
+    expected: tuple[str, ...]
     reply: str  # what it answered: "error:<code>: <reason>" or the reply type
 
 
@@ -141,7 +144,7 @@ class Puppet(threading.Thread):
         self.log.acked.append(what)
         return True
 
-    def _hostile(self, msg: m.Message, what: str, expected: str, key: object) -> None:
+    def _hostile(self, msg: m.Message, what: str, expected: tuple[str, ...], key: object) -> None:
         if (what, key) in self._done:
             return
         self._done.add((what, key))
@@ -169,7 +172,9 @@ class Puppet(threading.Thread):
             candidates = tuple((n, HEAVY - i) for i, n in enumerate(self.real_nodes))
             self._own(m.Vote(node_id=self.name_, round=round, candidates=candidates), "vote")
             again = m.Vote(node_id=self.name_, round=round, candidates=candidates)
-            self._hostile(again, "a second vote for the same round", "duplicate", round)
+            self._hostile(
+                again, "a second vote for the same round", ("duplicate", "wrong_round"), round
+            )
 
     def _act(self, snap: RunSnapshot) -> None:
         me = snap.client(self.name_)
@@ -183,12 +188,12 @@ class Puppet(threading.Thread):
                 self._hostile(
                     m.WarmedUp(node_id=self.name_, epoch=snap.epoch, model_hash=ANY_HASH),
                     "warmed_up with a model that is not the checkpoint",
-                    "hash_mismatch",
+                    ("hash_mismatch",),
                     snap.phase_started,
                 )
             warmed = m.WarmedUp(node_id=self.name_, epoch=snap.epoch, model_hash=digest)
             self._own(warmed, "warmed_up")
-            self._hostile(warmed, "warmed_up twice", "duplicate", snap.phase_started)
+            self._hostile(warmed, "warmed_up twice", ("duplicate",), snap.phase_started)
             return
         current = snap.current
         if snap.state not in (RunState.ROUND_TRAIN, RunState.ROUND_WITNESS) or current is None:
@@ -203,25 +208,25 @@ class Puppet(threading.Thread):
                 hash=model_hash(tensors),
                 tensors=tensors,
             )
-            self._hostile(upload, "a checkpoint upload nobody asked for", "wrong_state", r)
+            self._hostile(upload, "a checkpoint upload nobody asked for", ("wrong_state",), r)
         if current.outcome is RoundOutcome.OPEN and snap.state is RunState.ROUND_TRAIN:
             self._hostile(
                 m.Witness(node_id=self.name_, round=r + 7, attestations={}),
                 "a witness report for another round",
-                "wrong_round",
+                ("wrong_round", "wrong_state"),
                 r,
             )
             self._hostile(
                 m.Commit(node_id=self.name_, round=r, hash=ANY_HASH, samples=1, metrics={}),
                 "a commit from a member that does not train",
-                "not_member",
+                ("not_member", "wrong_state"),
                 r,
             )
             if self.name_ not in current.witnesses:
                 self._hostile(
                     m.Witness(node_id=self.name_, round=r, attestations={}),
                     "a witness report from a member that is no witness",
-                    "not_witness",
+                    ("not_witness", "wrong_state"),
                     r,
                 )
             else:
@@ -235,7 +240,9 @@ class Puppet(threading.Thread):
                     report = m.Witness(node_id=self.name_, round=r, attestations=attested)
                     if self._own(report, "witness"):
                         self.log.witnessed.append(r)
-                    self._hostile(report, "a second witness report", "duplicate", r)
+                    self._hostile(
+                        report, "a second witness report", ("duplicate", "wrong_state"), r
+                    )
         follows = (
             not snap.pending_pause
             and snap.epoch_rounds < snap.rounds_per_epoch
@@ -248,6 +255,6 @@ class Puppet(threading.Thread):
         self._hostile(
             m.Aggregate(node_id=self.name_, round=r + 50, hash=ANY_HASH, metrics={}),
             "an aggregate for a round that did not happen",
-            "wrong_round",
+            ("wrong_round",),
             r,
         )
