@@ -101,7 +101,7 @@ class ConsoleServer:
             ConsoleSecurity(config.security, self.events) if config.security.curve else None
         )
         self._factory: SocketFactory | None = None
-        self._view_recorded = float("-inf")
+        self._view_recorded: tuple[float, object] = (float("-inf"), None)  # time, (state, round)
         self.listeners: list[Callable[[], None]] = []
         self._stored: StoredCheckpoint | None = None
         self._resume = resume
@@ -553,14 +553,21 @@ class ConsoleServer:
         self._record_view(self.clock())
 
     def _record_view(self, now: float) -> None:
-        """Append the console's view to events.jsonl for ``--replay`` (throttled)."""
+        """Append the console's view to events.jsonl for ``--replay``: on every change of
+        state or round, else at most every ``VIEW_RECORD_INTERVAL`` seconds."""
         fh = self.events._fh  # the log's own file, so views and log lines stay in order
-        if fh is None or now - self._view_recorded < VIEW_RECORD_INTERVAL:
+        phase = (self.coordinator.state, self.coordinator.snapshot(now).round)
+        last, last_phase = self._view_recorded
+        if fh is None or (phase == last_phase and now - last < VIEW_RECORD_INTERVAL):
             return
-        self._view_recorded = now
-        view = view_to_dict(self.view(), with_log=False)
-        fh.write(json.dumps({"kind": "view", "t": round(now, 6), "view": view}, default=str) + "\n")
-        fh.flush()
+        self._view_recorded = (now, phase)
+        try:
+            view = view_to_dict(self.view(), with_log=False)
+            line = json.dumps({"kind": "view", "t": round(now, 6), "view": view}, default=str)
+            fh.write(line + "\n")
+            fh.flush()
+        except (OSError, TypeError, ValueError) as exc:  # a replay record never stops the run
+            log.warning("view record not written: %s", exc)
 
 
 def _fields(event: object) -> dict[str, object]:

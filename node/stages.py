@@ -207,6 +207,7 @@ def next_round_follows(snap: RunSnapshot) -> bool:
     """Whether a round can follow this one in the same epoch (so a vote for it can count)."""
     return (
         snap.state in ACTIVE_ROUND
+        and not snap.pending_pause
         and snap.epoch_rounds < snap.rounds_per_epoch
         and snap.accepted_rounds + 1 < snap.total_rounds
     )
