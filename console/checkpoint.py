@@ -85,7 +85,8 @@ def write_checkpoint(
     tensors: tuple[TensorPayload, ...],
     state: dict[str, Any],
 ) -> StoredCheckpoint:
-    """Store the weights and the coordinator state of one epoch (``epoch-NNNN.*``).
+    """Store the weights and the coordinator state of one accepted round
+    (``epoch-NNNN-round-NNNNNN.*``).
 
     latest.json is left alone: :func:`record_state` points it at this checkpoint once the
     coordinator has counted it, so a console killed in between resumes from the previous
@@ -103,7 +104,7 @@ def write_checkpoint(
         "epoch": str(epoch),
         "round": str(round),
     }
-    stem = f"epoch-{epoch:04d}"
+    stem = _stem(epoch, round)
     weights = directory / f"{stem}.safetensors"
     _atomic_write(weights, lambda tmp: save_file(arrays, str(tmp), metadata=metadata))
     record = {
@@ -118,10 +119,20 @@ def write_checkpoint(
     return StoredCheckpoint(epoch, round, digest, weights, state)
 
 
+def _stem(epoch: int, round: int) -> str:
+    return f"epoch-{epoch:04d}-round-{round:06d}"
+
+
 def record_state(
     directory: Path, stored: StoredCheckpoint, state: dict[str, Any]
 ) -> StoredCheckpoint:
-    """Record the coordinator state that counts ``stored`` and point latest.json at it."""
+    """Record the coordinator state that counts ``stored`` and point latest.json at it.
+
+    The checkpoint it replaces is deleted when it belongs to the same epoch, so the directory
+    keeps each epoch's last checkpoint (and nothing a crash could leave half-referenced: the
+    old files go only after latest.json names the new ones).
+    """
+    previous = _read_pointer(directory / "latest.json")
     record = {
         "epoch": stored.epoch,
         "round": stored.round,
@@ -129,8 +140,14 @@ def record_state(
         "weights": stored.weights_path.name,
         "state": state,
     }
-    _write_json(directory / f"epoch-{stored.epoch:04d}.json", record)
+    stem = _stem(stored.epoch, stored.round)
+    _write_json(directory / f"{stem}.json", record)
     _write_json(directory / "latest.json", record)
+    if previous is not None and previous.get("epoch") == stored.epoch:
+        old = str(previous.get("weights", ""))
+        if old.endswith(".safetensors") and old != stored.weights_path.name and "/" not in old:
+            for name in (old, old.removesuffix(".safetensors") + ".json"):
+                (directory / name).unlink(missing_ok=True)
     return StoredCheckpoint(stored.epoch, stored.round, stored.hash, stored.weights_path, state)
 
 
@@ -155,6 +172,15 @@ def read_weights(path: Path, *, expected_hash: str | None = None) -> tuple[Tenso
     if expected_hash is not None and model_hash(result) != expected_hash:
         raise CheckpointError(f"{path}: weights do not match their recorded hash")
     return result
+
+
+def _read_pointer(pointer: Path) -> dict[str, Any] | None:
+    """latest.json as a dict, or None when it is missing or unreadable."""
+    try:
+        record = json.loads(pointer.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def load_latest(directory: Path) -> StoredCheckpoint | None:

@@ -15,9 +15,12 @@ notes below record the choices it leaves open.
   are re-evaluated until nothing changes.
 * ``pause`` in Warmup is immediate (the epoch is abandoned: no round has run, nothing is
   lost); in RoundTrain/RoundWitness/Cooldown it is deferred through Cooldown.
-* Cooldown waits only for the checkpoint: it ends at once when there is nothing to save or
-  no live client left to upload it, when ``checkpoint_saved`` arrives, or at
-  ``cooldown_time``.
+* Every accepted round is checkpointed as soon as it is decided: a live epoch client (one of
+  the round's witnesses when it can) is asked to upload the aggregate while the next round
+  runs, so a console crash loses no accepted round whose upload arrived.
+* Cooldown waits only for the checkpoint of the epoch's last accepted round: it ends at once
+  when that one is already saved, when there is nothing to save or no live client left to
+  upload it, when ``checkpoint_saved`` arrives, or at ``cooldown_time``.
 * A Warmup never starts below ``min_clients`` (it would be abandoned at once), so
   WaitingForMembers needs ``max(init_min_clients, min_clients, 1)`` pending clients.
 """
@@ -97,6 +100,7 @@ MAX_AUTO_WITNESSES = 32  # witness_nodes = 0 means "every live client, up to thi
 _OK = Outcome()
 _S = RunState
 _ROUND_STATES = (RunState.ROUND_TRAIN, RunState.ROUND_WITNESS)
+_EPOCH_STATES = (RunState.WARMUP, *_ROUND_STATES, RunState.COOLDOWN)
 
 
 def _reject(code: str, reason: str) -> Outcome:
@@ -345,7 +349,7 @@ class Coordinator:
         self._rounds: list[_Round] = []
         self._last_accepted: _Round | None = None
         self._checkpoint: CheckpointRef | None = None
-        self._checkpoint_round: int | None = None  # in Cooldown: the round to be saved
+        self._checkpoint_round: int | None = None  # the accepted round still to be saved
         self._uploader: str | None = None
         if restore is not None:
             self._restore(restore, now)
@@ -386,7 +390,7 @@ class Coordinator:
             current=rounds[-1].view() if rounds else None,
             previous=rounds[-2].view() if len(rounds) > 1 else None,
             checkpoint=self._checkpoint,
-            checkpoint_uploader=self._uploader if self._state is _S.COOLDOWN else None,
+            checkpoint_uploader=self._uploader,
         )
 
     def waiting_on(self) -> WaitingOn:
@@ -685,7 +689,7 @@ class Coordinator:
             or not _is_id(ref.hash)
         ):
             return _reject("malformed", "a checkpoint needs an integer epoch and round and a hash")
-        if self._state is not _S.COOLDOWN or self._checkpoint_round is None:
+        if self._checkpoint_round is None:
             return _reject("wrong_state", f"no checkpoint is expected in {self._state}")
         if ref.epoch != self._epoch:
             return _reject("wrong_state", f"checkpoint of epoch {ref.epoch}; this is {self._epoch}")
@@ -695,8 +699,11 @@ class Coordinator:
                 f"checkpoint of round {ref.round}; round {self._checkpoint_round} was requested",
             )
         self._checkpoint = ref
+        self._checkpoint_round = None
+        self._uploader = None
         ev: list[Event] = [CheckpointSaved(ref.epoch, ref.round, ref.hash)]
-        self._end_cooldown(now, ev, f"checkpoint of round {ref.round} saved")
+        if self._state is _S.COOLDOWN:
+            self._end_cooldown(now, ev, f"checkpoint of round {ref.round} saved")
         self._settle(now, ev)
         return Outcome(tuple(ev))
 
@@ -770,7 +777,8 @@ class Coordinator:
             "version": STATE_VERSION,
             "run_id": self._run_id,
             "seed": self._seed,
-            "epoch": self._epoch,
+            # a console resumed from this state starts a new epoch
+            "epoch": self._epoch + (1 if self._state in _EPOCH_STATES else 0),
             "round": self._round,
             "accepted_rounds": self._accepted_rounds,
             "checkpoint": None if self._checkpoint is None else asdict(self._checkpoint),
@@ -961,7 +969,11 @@ class Coordinator:
             if not self._not_warmed:
                 self._start_round(now, ev, "every live epoch client warmed up")
                 return True
-        elif s is _S.ROUND_TRAIN:
+        if s in _ROUND_STATES and self._checkpoint_round is not None and self._uploader is None:
+            if not self._pick_uploader(ev):  # nobody left to ask: Cooldown asks again
+                self._checkpoint_round = None
+            return True
+        if s is _S.ROUND_TRAIN:
             if live < cfg.min_clients:
                 self._abandon_round(now, ev, f"fewer than min_clients ({live} live)")
                 return True
@@ -978,7 +990,12 @@ class Coordinator:
                 return True
         elif s is _S.COOLDOWN:
             if self._checkpoint_round is None:
-                self._end_cooldown(now, ev, "nothing to checkpoint")
+                saved = self._checkpoint
+                why = "nothing to checkpoint"
+                if saved is not None and self._last_accepted is not None:
+                    if saved.round == self._last_accepted.round:
+                        why = f"checkpoint of round {saved.round} saved"
+                self._end_cooldown(now, ev, why)
                 return True
             if self._uploader is None:
                 if not self._pick_uploader(ev):
@@ -1025,7 +1042,10 @@ class Coordinator:
         ev.append(EpochStarted(self._epoch, tuple(members)))
 
     def _release_epoch(self) -> None:
-        """Every live epoch client goes back to pending; the epoch's wait sets empty."""
+        """Every live epoch client goes back to pending; the epoch's wait sets empty, and a
+        checkpoint still asked of one of them is asked again in the next Cooldown."""
+        self._uploader = None
+        self._checkpoint_round = None
         for cid in self._epoch_live:
             c = self._clients[cid]
             c.status = ClientStatus.PENDING
@@ -1104,6 +1124,8 @@ class Coordinator:
         if r.accepted:
             self._accepted_rounds += 1
             self._last_accepted = r
+            self._checkpoint_round = r.round  # _settle asks a live client to upload it
+            self._uploader = None
         self._witness_waiting = set()
         self._commit_waiting = set()
         ev.append(RoundEnded(r.round, r.outcome, tuple(sorted(r.accepted))))
@@ -1145,12 +1167,14 @@ class Coordinator:
     def _enter_cooldown(self, now: float, ev: list[Event], reason: str) -> None:
         self._vote_waiting = set()
         self._reset_votes()
-        self._uploader = None
         last = self._last_accepted
         needed = last is not None and (
             self._checkpoint is None or self._checkpoint.round < last.round
         )
-        self._checkpoint_round = last.round if needed and last is not None else None
+        if not needed or last is None:
+            self._checkpoint_round = self._uploader = None
+        elif self._checkpoint_round != last.round:  # else: the round's upload is on its way
+            self._checkpoint_round, self._uploader = last.round, None
         self._change(now, ev, _S.COOLDOWN, reason)
 
     def _pick_uploader(self, ev: list[Event]) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from console.view import ClientRow, RoundRow, WitnessRow
-from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot
+from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot, RunState
 
 
 @dataclass
@@ -133,12 +133,15 @@ class RunRecords:
                     parts.append("witness")
                 role = "+".join(parts)
             live = view.status in (ClientStatus.PENDING, ClientStatus.ACTIVE)
+            stage = record.stage if live else view.status.value
+            if live and snap.state is RunState.FINISHED:
+                stage = "finished"  # the run is over: "pending" would suggest a next epoch
             rows.append(
                 ClientRow(
                     id=view.id,
                     address=view.gossip_endpoint or record.address,
                     status=view.status.value,
-                    stage=record.stage if live else view.status.value,
+                    stage=stage,
                     role=role,
                     heartbeat_age=max(0.0, snap.now - view.last_seen) if live else None,
                     rounds_trained=record.rounds_trained,

@@ -39,7 +39,7 @@ from console.settings import Config
 from console.view import ConsoleSnapshot
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import SocketFactory, peer_key
+from transport.sockets import PeerUnreachable, SocketFactory, peer_key, send_to
 from transport.spec import RunSpec
 from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
 from transport.tensors import model_hash
@@ -277,15 +277,14 @@ class ConsoleServer:
             identity = frames[0].bytes
             size = sum(len(f.buffer) for f in frames[1:])
             key = peer_key(frames[-1]) if self.security is not None else ""
-            replies = self.handle(identity, frames[1:], size, key=key)
-            for reply in replies:
+            sent = 0
+            for reply in self.handle(identity, frames[1:], size, key=key):
                 try:
-                    await sock.send_multipart([identity, *encode(reply)], copy=False)
-                except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY): nothing to answer
+                    sent += await send_to(sock, identity, reply)
+                except (PeerUnreachable, zmq.ZMQError) as exc:  # peer gone: nothing to answer
                     log.debug("reply to %r not delivered: %s", identity, exc)
                     break
-            if replies:
-                self.records.bytes_out(identity.decode("utf-8", "replace"), 0)
+            self.records.bytes_out(identity.decode("utf-8", "replace"), sent)
 
     def handle(self, identity: bytes, frames: list, size: int, *, key: str = "") -> list[m.Message]:
         """Decode, validate and apply one request; return the reply (always exactly one).

@@ -457,6 +457,8 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         ),
         f"aggregate of round {r}",
     )
+    if asked_to_upload(ctx, ctx.snapshot):  # the round's checkpoint, while the next one runs
+        await upload_checkpoint(ctx, ctx.snapshot)
     extra: dict[str, float] = {
         "bytes_sent": float(ctx.gossip.stats.bytes_sent),
         "bytes_received": float(ctx.gossip.stats.bytes_received),
@@ -468,6 +470,36 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
     ctx.gossip.forget_before(r)
 
 
+def asked_to_upload(ctx: NodeContext, snap: RunSnapshot) -> bool:
+    """The console asks this node for the global model it does not hold yet."""
+    return (
+        snap.checkpoint_uploader == ctx.node_id
+        and ctx.model is not None
+        and ctx.global_round > 0
+        and (snap.checkpoint is None or snap.checkpoint.hash != ctx.global_hash)
+    )
+
+
+async def upload_checkpoint(ctx: NodeContext, snap: RunSnapshot) -> bool:
+    """Send the global model (the last accepted round's aggregate) for the checkpoint."""
+    assert ctx.model is not None
+    payloads = weights.to_payloads(ctx.model)
+    digest = model_hash(payloads)
+    if digest != ctx.global_hash:
+        return False
+    return await send(
+        ctx,
+        m.CheckpointUpload(
+            node_id=ctx.node_id,
+            epoch=snap.epoch,
+            round=ctx.global_round,
+            hash=digest,
+            tensors=payloads,
+        ),
+        f"checkpoint upload of round {ctx.global_round}",
+    )
+
+
 class CooldownStage:
     """Epoch end: upload the global model if asked, then wait for the next epoch."""
 
@@ -476,36 +508,11 @@ class CooldownStage:
     async def run(self, ctx: NodeContext) -> Stage | None:
         ctx.set_stage("cooldown")
         snap = ctx.snapshot
-        if (
-            snap.state is RunState.COOLDOWN
-            and snap.checkpoint_uploader == ctx.node_id
-            and ctx.model is not None
-            and ctx.global_round > 0
-            and (snap.checkpoint is None or snap.checkpoint.hash != ctx.global_hash)
-        ):
-            payloads = weights.to_payloads(ctx.model)
-            digest = model_hash(payloads)
-            if digest == ctx.global_hash:
-                ctx.set_stage("checkpointing")
-                await send(
-                    ctx,
-                    m.CheckpointUpload(
-                        node_id=ctx.node_id,
-                        epoch=snap.epoch,
-                        round=ctx.global_round,
-                        hash=digest,
-                        tensors=payloads,
-                    ),
-                    "checkpoint upload",
-                )
+        if snap.state is RunState.COOLDOWN and asked_to_upload(ctx, snap):
+            ctx.set_stage("checkpointing")
+            await upload_checkpoint(ctx, snap)
         uploaded_or_moved = await ctx.link.wait_for(
-            lambda s: (
-                s.state is not RunState.COOLDOWN
-                or (
-                    s.checkpoint_uploader == ctx.node_id
-                    and (s.checkpoint is None or s.checkpoint.hash != ctx.global_hash)
-                )
-            ),
+            lambda s: s.state is not RunState.COOLDOWN or asked_to_upload(ctx, s),
             WAIT_SLICE,
         )
         snap = ctx.snapshot

@@ -53,6 +53,7 @@ _STAGE_STYLE = {
     "gossiping": "magenta",
     "aggregating": "cyan",
     "done": "green",
+    "finished": "bold green",
     "cooldown": "cyan",
     "checkpointing": "cyan",
     "dropped": "bold red",
@@ -142,7 +143,9 @@ def short_hash(value: str, length: int = 6) -> str:
 
 def client_state(row: ClientRow) -> str:
     """One of: pending, warming up, voting, training, waiting, gossiping, done, dropped, kicked..."""
-    if row.status in ("dropped", "kicked", "left", "pending"):
+    if row.status in ("dropped", "kicked", "left"):
+        return row.status
+    if row.status == "pending" and row.stage != "finished":
         return row.status
     return row.stage or row.status
 

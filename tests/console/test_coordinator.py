@@ -808,6 +808,58 @@ def test_epoch_ends_after_rounds_per_epoch_then_checkpoint_then_waiting() -> Non
     assert run.state is S.WARMUP and run.epoch_clients() == list(IDS)
 
 
+def test_each_accepted_round_is_checkpointed_while_the_next_one_runs() -> None:
+    run = Run()
+    run.start_epoch()
+    run.to_round_train()
+    run.honest_round()  # round 1 accepted; round 2 starts at once
+    snap = run.snap()
+    assert snap.state is S.ROUND_TRAIN and snap.round == 2
+    req = [e for e in run.events if isinstance(e, CheckpointRequested)][-1]
+    assert req == CheckpointRequested(0, 1, snap.checkpoint_uploader)  # type: ignore[arg-type]
+    assert snap.checkpoint_uploader in run.c.rounds[-2].witnesses
+    out = run.ok(run.c.checkpoint_saved(CheckpointRef(0, 1, "ckpt-1"), run.now))
+    assert run.kinds(out) == [CheckpointSaved]  # no state change mid-epoch
+    snap = run.snap()
+    assert snap.state is S.ROUND_TRAIN and snap.checkpoint == CheckpointRef(0, 1, "ckpt-1")
+    assert snap.checkpoint_uploader is None
+    # a console resumed from this state starts a new epoch
+    assert run.c.to_state()["epoch"] == 1 and run.c.to_state()["accepted_rounds"] == 1
+    run.honest_round()  # round 2 accepted, the epoch's last: Cooldown waits for its upload
+    assert run.state is S.COOLDOWN and run.snap().checkpoint_uploader is not None
+    run.ok(run.c.checkpoint_saved(CheckpointRef(0, 2, "ckpt-2"), run.now))
+    assert run.state is S.WAITING_FOR_MEMBERS and run.snap().checkpoint.round == 2  # type: ignore[union-attr]
+
+
+def test_a_round_saved_before_cooldown_ends_cooldown_at_once() -> None:
+    run = Run()
+    run.start_epoch()
+    run.to_round_train()
+    run.commit_all()
+    run.witness_all()  # decided; the state waits in RoundWitness for the next round's votes
+    assert run.state is S.ROUND_WITNESS and run.snap().checkpoint_uploader is not None
+    run.ok(run.c.checkpoint_saved(CheckpointRef(0, 1, "ckpt"), run.now))
+    assert run.state is S.ROUND_WITNESS
+    run.ok(run.c.pause(run.now))  # Cooldown, with round 1 already saved: Paused at once
+    assert run.state is S.PAUSED
+    changes = [e for e in run.events if isinstance(e, StateChanged)]
+    assert changes[-1].reason == "checkpoint of round 1 saved; pause requested"
+
+
+def test_a_dropped_uploader_mid_epoch_is_replaced() -> None:
+    run = Run()
+    run.start_epoch()
+    run.to_round_train()
+    run.honest_round()
+    first = run.snap().checkpoint_uploader
+    assert first is not None
+    run.ok(run.c.drop(first, "connection lost", run.now))
+    second = run.snap().checkpoint_uploader
+    assert second is not None and second != first
+    req = [e for e in run.events if isinstance(e, CheckpointRequested)][-1]
+    assert req == CheckpointRequested(0, 1, second)
+
+
 def test_checkpoint_saved_rejections() -> None:
     run = Run()
     run.start_epoch()

@@ -397,8 +397,12 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert (snap.deadline is None) == (snap.state in NO_EPOCH)
         if snap.pending_pause:
             assert snap.state in (S.ROUND_TRAIN, S.ROUND_WITNESS, S.COOLDOWN)
-        if snap.checkpoint_uploader is not None:
-            assert snap.state is S.COOLDOWN
+        if snap.checkpoint_uploader is not None:  # asked for an accepted round not yet saved
+            assert snap.state in (S.ROUND_TRAIN, S.ROUND_WITNESS, S.COOLDOWN)
+            uploader = next(c for c in snap.clients if c.id == snap.checkpoint_uploader)
+            assert uploader.status is ClientStatus.ACTIVE
+            accepted = [r.round for r in self.c.rounds if r.outcome is RoundOutcome.ACCEPTED]
+            assert accepted and (snap.checkpoint is None or snap.checkpoint.round < accepted[-1])
         assert RunSnapshot.from_dict(json.loads(json.dumps(snap.to_dict()))) == snap
 
     @invariant()

@@ -78,6 +78,8 @@ def test_headless_spawn_4_runs_to_finished_exits_0_and_leaves_no_process_behind(
     assert summary["accepted_rounds"] == 2
     assert len(summary["spawned_pids"]) == 4
     assert children == set(summary["spawned_pids"])
+    for client in summary["clients"]:  # every reply the console sent a node is counted
+        assert client["bytes_in"] > 0 and client["bytes_out"] > 0, client
     assert "run_finished" in [e["kind"] for e in read_events(run_dir / "events.jsonl")]
     _no_traceback(run_dir, console)
     assert [pid for pid in children if is_running(pid, "node.cli")] == []

@@ -54,7 +54,9 @@ def test_run_stopped_after_its_first_epoch_resumes_to_the_same_rounds(tmp_path: 
     config = write_config(tmp_path / "b", **settings)
     first = HeadlessConsole(config, tmp_path / "b" / "run1")
     try:
-        first.wait_for_event(lambda e: e.get("kind") == "checkpoint_saved", timeout=120)
+        first.wait_for_event(
+            lambda e: e.get("kind") == "checkpoint_saved" and e.get("round") == 5, timeout=120
+        )
         first.signal(signal.SIGTERM)
         assert first.wait(30) == 1  # stopped before Finished
         stopped = first.read_summary()

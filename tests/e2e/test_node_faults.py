@@ -294,18 +294,31 @@ def test_stalled_and_killed_nodes_in_round_witness_and_cooldown_do_not_stop_the_
 
         # Cooldown: the checkpoint directory cannot be written, so the upload is refused and
         # retried; kill the uploader while Cooldown waits, then let the disk recover.
-        next_round(
+        last_started = next_round(
             console,
             lambda e: e["epoch"] == epoch and e["round"] % ROUNDS_PER_EPOCH == 0,
             what=f"the last round of epoch {epoch}",
         )
+        last = last_started["round"]
+        console.wait_for(  # the round before it is on disk (it is uploaded during this one)
+            lambda e: e.get("kind") == "checkpoint_saved" and e["round"] == last - 1,
+            60,
+            f"the checkpoint of round {last - 1}",
+        )
         aside = run.checkpoint_dir.with_name(run.checkpoint_dir.name + ".aside")
         run.checkpoint_dir.rename(aside)
         run.checkpoint_dir.write_text("not a directory")
+        cooldown = console.wait_for(
+            lambda e: e.get("kind") == "state_changed" and e.get("new") == "Cooldown",
+            60,
+            "Cooldown",
+            after=console.log.events.index(last_started),
+        )
         failed = console.wait_for(
             lambda e: e.get("kind") == "checkpoint" and "write failed" in e.get("text", ""),
             60,
-            "a failed checkpoint write",
+            "a failed checkpoint write in Cooldown",
+            after=console.log.events.index(cooldown),
         )
         requested = [e for e in console.log.of("checkpoint_requested") if e["t"] <= failed["t"]]
         uploader = requested[-1]["uploader"]
