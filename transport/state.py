@@ -116,7 +116,7 @@ class RunSnapshot:
         None  # the round before it (its accepted set may still be aggregating)
     )
     checkpoint: CheckpointRef | None = None
-    checkpoint_uploader: str | None = None  # in Cooldown: the node asked to upload the aggregate
+    checkpoint_uploader: str | None = None  # the node asked to upload the last accepted aggregate
     data_server: str | None = None  # data.serve: where epoch clients fetch their shard
 
     def client(self, client_id: str) -> ClientView | None:

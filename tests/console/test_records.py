@@ -1,0 +1,65 @@
+"""The client table's rows, built from the coordinator's snapshot and the console's records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from console.app.cells import client_state
+from console.records import RunRecords
+from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
+
+
+def _snapshot(state: RunState) -> RunSnapshot:
+    return RunSnapshot(
+        run_id="r",
+        state=state,
+        now=10.0,
+        phase_started=9.0,
+        deadline=None,
+        epoch=1,
+        round=4,
+        epoch_rounds=0,
+        accepted_rounds=4,
+        total_rounds=4,
+        rounds_per_epoch=2,
+        init_min_clients=2,
+        min_clients=1,
+        pending_pause=False,
+        clients=(
+            ClientView("n1", ClientStatus.PENDING, last_seen=9.5),
+            ClientView("n2", ClientStatus.DROPPED, last_seen=3.0, drop_reason="silent"),
+        ),
+    )
+
+
+def test_live_clients_of_a_finished_run_read_finished_not_pending() -> None:
+    records = RunRecords()
+    for node in ("n1", "n2"):
+        records.joined(node, f"tcp://127.0.0.1:700{node[-1]}", 1, "host")
+
+    waiting = {r.id: r for r in records.client_rows(_snapshot(RunState.WAITING_FOR_MEMBERS))}
+    finished = {r.id: r for r in records.client_rows(_snapshot(RunState.FINISHED))}
+
+    assert client_state(waiting["n1"]) == "pending"
+    assert client_state(finished["n1"]) == "finished"
+    assert finished["n1"].heartbeat_age == 0.5
+    # a dropped client stays dropped, whatever the run's state
+    assert client_state(finished["n2"]) == "dropped"
+    assert finished["n2"].heartbeat_age is None
+
+
+def test_bytes_each_way_are_kept_per_client() -> None:
+    records = RunRecords()
+    records.joined("n1", "tcp://127.0.0.1:7001", 1, "host")
+    records.bytes_in("n1", 300)
+    records.bytes_out("n1", 120)
+    records.bytes_out("n1", 80)
+
+    (row,) = records.client_rows(
+        dataclasses.replace(
+            _snapshot(RunState.ROUND_TRAIN),
+            clients=(ClientView("n1", ClientStatus.ACTIVE),),
+        )
+    )
+
+    assert (row.bytes_in, row.bytes_out) == (300, 200)
