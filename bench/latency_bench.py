@@ -240,7 +240,6 @@ def run(
         "target_median_ms": TARGET_MEDIAN_MS,
         "max_median_ms": max(r["median_ms"] for r in rows),
     }
-    print(table(result))
     return result
 
 
@@ -303,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.members), args.subscribers, args.changes)
+    print(table(result))
     _save(result, args.json)
     print(f"wrote {args.json}")
     return result

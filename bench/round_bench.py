@@ -511,7 +511,7 @@ def _is_number(value: object) -> bool:
 
 
 def run(jobs: tuple[str, ...] = DEFAULT_JOBS, repeats: int = 3) -> dict[str, Any]:
-    """Measure every job; print the table; return the figures."""
+    """Measure every job; return the figures."""
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="round_bench-") as tmp:
         rows = [measure(JOBS[name], repeats, Path(tmp)) for name in jobs]
@@ -540,7 +540,6 @@ def run(jobs: tuple[str, ...] = DEFAULT_JOBS, repeats: int = 3) -> dict[str, Any
             r["gossip_ratio"] is not None and r["gossip_ratio"] <= GOSSIP_TARGET for r in measured
         ),
     }
-    print(table(result), flush=True)
     return result
 
 
@@ -679,6 +678,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(figures))
         return figures
     result = run(tuple(args.jobs), args.repeats)
+    print(table(result))
     _save(result, args.json)
     print(f"wrote {args.json}")
     return result

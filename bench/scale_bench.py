@@ -624,7 +624,7 @@ def node_run(n: int, work: Path) -> dict[str, Any]:
 
 
 def run(clients: tuple[int, ...] = CLIENTS, nodes: tuple[int, ...] = NODES) -> dict[str, Any]:
-    """Measure the simulated clients and the node processes; print the table; return figures."""
+    """Measure the simulated clients and the node processes; return the figures."""
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="scale_bench-") as tmp:
         work = Path(tmp)
@@ -652,7 +652,6 @@ def run(clients: tuple[int, ...] = CLIENTS, nodes: tuple[int, ...] = NODES) -> d
         "nodes": rows,
         "most_nodes_finished": most,
     }
-    print(table(result), flush=True)
     return result
 
 
@@ -773,6 +772,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), tuple(args.nodes))
+    print(table(result))
     _save(result, args.json)
     print(f"wrote {args.json}")
     return result

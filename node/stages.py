@@ -447,18 +447,6 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
     ctx.global_hash, ctx.global_round = digest, r
     work.aggregated = True
     ctx.set_stage("done", r)
-    await send(
-        ctx,
-        m.Aggregate(
-            node_id=ctx.node_id,
-            round=r,
-            hash=digest,
-            metrics={"test_loss": result.loss, "accuracy": result.accuracy},
-        ),
-        f"aggregate of round {r}",
-    )
-    if asked_to_upload(ctx, ctx.snapshot):  # the round's checkpoint, while the next one runs
-        await upload_checkpoint(ctx, ctx.snapshot)
     extra: dict[str, float] = {
         "bytes_sent": float(ctx.gossip.stats.bytes_sent),
         "bytes_received": float(ctx.gossip.stats.bytes_received),
@@ -466,8 +454,27 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
     if work.trained_state is not None:
         extra["update_norm"] = update_norm(work.trained_state, state)
         extra["train_time"] = work.metrics.get("train_time", 0.0)
-    await send(ctx, m.Metrics(node_id=ctx.node_id, round=r, metrics=extra), f"metrics of round {r}")
     ctx.gossip.forget_before(r)
+    aggregate_report = m.Aggregate(
+        node_id=ctx.node_id,
+        round=r,
+        hash=digest,
+        metrics={"test_loss": result.loss, "accuracy": result.accuracy},
+    )
+    # The next round trains at once: the reports (and the round's checkpoint, if this node is
+    # asked for it) travel meanwhile. ``state`` is the aggregate itself; training changes the
+    # model's own tensors, never these.
+    ctx.report_in_background(_report_round(ctx, aggregate_report, state, extra))
+
+
+async def _report_round(
+    ctx: NodeContext, report: m.Aggregate, state: dict[str, torch.Tensor], extra: dict[str, float]
+) -> None:
+    r = report.round
+    await send(ctx, report, f"aggregate of round {r}")
+    if asked_to_upload(ctx, ctx.snapshot) and ctx.global_hash == report.hash:
+        await upload_checkpoint(ctx, ctx.snapshot, state)
+    await send(ctx, m.Metrics(node_id=ctx.node_id, round=r, metrics=extra), f"metrics of round {r}")
 
 
 def asked_to_upload(ctx: NodeContext, snap: RunSnapshot) -> bool:
@@ -476,18 +483,22 @@ def asked_to_upload(ctx: NodeContext, snap: RunSnapshot) -> bool:
         snap.checkpoint_uploader == ctx.node_id
         and ctx.model is not None
         and ctx.global_round > 0
+        and ctx.checkpoint_acked != ctx.global_hash
         and (snap.checkpoint is None or snap.checkpoint.hash != ctx.global_hash)
     )
 
 
-async def upload_checkpoint(ctx: NodeContext, snap: RunSnapshot) -> bool:
-    """Send the global model (the last accepted round's aggregate) for the checkpoint."""
+async def upload_checkpoint(
+    ctx: NodeContext, snap: RunSnapshot, state: dict[str, torch.Tensor] | None = None
+) -> bool:
+    """Send the global model (the last accepted round's aggregate) for the checkpoint:
+    ``state`` when given, else the model's weights (not training: Cooldown)."""
     assert ctx.model is not None
-    payloads = weights.to_payloads(ctx.model)
+    payloads = weights.to_payloads(ctx.model if state is None else state)
     digest = model_hash(payloads)
     if digest != ctx.global_hash:
         return False
-    return await send(
+    acked = await send(
         ctx,
         m.CheckpointUpload(
             node_id=ctx.node_id,
@@ -498,6 +509,9 @@ async def upload_checkpoint(ctx: NodeContext, snap: RunSnapshot) -> bool:
         ),
         f"checkpoint upload of round {ctx.global_round}",
     )
+    if acked:
+        ctx.checkpoint_acked = digest
+    return acked
 
 
 class CooldownStage:
@@ -507,6 +521,7 @@ class CooldownStage:
 
     async def run(self, ctx: NodeContext) -> Stage | None:
         ctx.set_stage("cooldown")
+        await ctx.reports_sent()  # the last round's upload may be in flight already
         snap = ctx.snapshot
         if snap.state is RunState.COOLDOWN and asked_to_upload(ctx, snap):
             ctx.set_stage("checkpointing")

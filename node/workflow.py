@@ -9,11 +9,13 @@ heartbeating and serving gossip while it computes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -60,6 +62,8 @@ class NodeContext:
     history: list[str] = field(default_factory=list)
     last_round: int = 0  # the console's round number in the last snapshot followed
     warmed_up_in: float | None = None  # phase_started of the Warmup we last reported for
+    checkpoint_acked: str = ""  # hash of the last global model the console acked as checkpoint
+    reports: asyncio.Task[None] | None = None  # a round's reports still on their way, in order
     finished: bool = False
 
     @property
@@ -112,6 +116,25 @@ class NodeContext:
         me = snap.client(self.node_id)
         return me is not None and me.status is ClientStatus.ACTIVE
 
+    def report_in_background(self, report: Coroutine[Any, Any, None]) -> None:
+        """Send a round's reports while the next round trains; reports keep their order."""
+        previous = self.reports if self.reports is not None and not self.reports.done() else None
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await report
+
+        self.reports = asyncio.create_task(after_previous())
+
+    async def reports_sent(self) -> None:
+        """Wait for the reports in flight (each request is bounded by the link's timeout)."""
+        if self.reports is not None:
+            done = self.reports
+            await asyncio.gather(done, return_exceptions=True)
+            if self.reports is done:
+                self.reports = None
+
     def set_stage(self, stage: str, round: int | None = None) -> None:
         self.link.stage = stage
         if round is not None:
@@ -136,8 +159,13 @@ class LearningWorkflow:
 
     async def run(self) -> None:
         stage: Stage | None = self.first
-        while stage is not None:
-            self.ctx.history.append(stage.name)
-            log.debug("stage %s", stage.name)
-            stage = await stage.run(self.ctx)
+        try:
+            while stage is not None:
+                self.ctx.history.append(stage.name)
+                log.debug("stage %s", stage.name)
+                stage = await stage.run(self.ctx)
+            await self.ctx.reports_sent()  # the last round's aggregate and metrics still count
+        finally:
+            if self.ctx.reports is not None:
+                self.ctx.reports.cancel()
         self.ctx.finished = True
