@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 REPLY_LIMITS = Limits(max_frames=512, max_header_bytes=64 << 20, max_total_bytes=2 << 30)
 HANDSHAKE_CHECK = 0.1  # CURVE: seconds between two looks at the DEALER's handshakes
+REPLY_CHECK = 0.25  # seconds between two looks at the console's broadcasts while awaiting a reply
+# The console broadcasts its state at every tick (heartbeat_interval); a request stops waiting
+# for its reply when the console has been silent this many ticks (and at least SILENCE_MIN
+# seconds), instead of waiting out request_timeout for a console that is gone.
+SILENCE_TICKS = 8
+SILENCE_MIN = 2.0
 
 
 class JoinRejected(RuntimeError):
@@ -78,6 +84,7 @@ class ConsoleLink:
         self._factory = SocketFactory(context, security=security)
         self._watch: HandshakeWatch | None = None  # why the DEALER to the console fails
         self._handshakes: set[str] = set()  # the failed handshake outcomes seen on it
+        self._silent_for: float | None = None  # the last request gave up on a silent console
         self._dealer: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._lock = asyncio.Lock()
@@ -209,18 +216,25 @@ class ConsoleLink:
     async def request(self, msg: m.Message, *, timeout: float | None = None) -> m.Message:
         """Send one request and return its reply; rejoin if the console forgot us."""
         await asyncio.wait_for(self.connected.wait(), timeout or self.request_timeout)
-        reply = await self._request_raw(msg, timeout=timeout)
+        reply = await self._request_raw(msg, timeout=timeout, watch_silence=True)
         if isinstance(reply, m.Error) and reply.code == "not_member" and msg.TYPE == "heartbeat":
             log.warning("console no longer knows us (%s); joining again", reply.reason)
             await self._rejoin()
         return reply
 
-    async def _request_raw(self, msg: m.Message, *, timeout: float | None = None) -> m.Message:
+    async def _request_raw(
+        self, msg: m.Message, *, timeout: float | None = None, watch_silence: bool = False
+    ) -> m.Message:
+        """One request and its reply. ``watch_silence``: give up early when the console's
+        broadcasts stop (not for joins: a node that is not following yet hears none)."""
         async with self._lock:
             assert self._dealer is not None
             dealer = self._dealer
             await dealer.send_multipart(encode(msg), copy=False)
-            if not await self._wait_reply(dealer, timeout or self.request_timeout):
+            self._silent_for = None
+            if not await self._wait_reply(
+                dealer, timeout or self.request_timeout, watch_silence=watch_silence
+            ):
                 # Drop the socket so a late reply can never be taken for the next request's.
                 why = self._no_reply_reason()
                 self._reset_dealer()
@@ -233,18 +247,39 @@ class ConsoleLink:
         except DecodeError as exc:
             raise ConsoleUnreachable(f"unreadable reply to {msg.TYPE}: {exc.reason}") from exc
 
-    async def _wait_reply(self, dealer: zmq.asyncio.Socket, timeout: float) -> bool:
-        """Wait (bounded) for a reply; a refused CURVE key ends the wait at once."""
-        if self._watch is None:
+    async def _wait_reply(
+        self, dealer: zmq.asyncio.Socket, timeout: float, *, watch_silence: bool = False
+    ) -> bool:
+        """Wait (bounded) for a reply; a refused CURVE key ends the wait at once, and so does
+        a console whose broadcasts stopped (``watch_silence``)."""
+        if self._watch is None and not watch_silence:
             return bool(await dealer.poll(int(1000 * timeout), zmq.POLLIN))
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        check = HANDSHAKE_CHECK if self._watch is not None else REPLY_CHECK
         while True:
             remaining = deadline - time.monotonic()
-            if await dealer.poll(max(1, int(1000 * min(remaining, HANDSHAKE_CHECK))), zmq.POLLIN):
+            if await dealer.poll(max(1, int(1000 * min(remaining, check))), zmq.POLLIN):
                 return True
-            self._check_handshakes()
-            if remaining <= HANDSHAKE_CHECK:
+            if self._watch is not None:
+                self._check_handshakes()
+            if watch_silence and (silent := self._console_silence(started)) is not None:
+                self._silent_for = silent
                 return False
+            if remaining <= check:
+                return False
+
+    def _console_silence(self, since: float) -> float | None:
+        """How long the console has sent no state (counted from ``since`` at the earliest),
+        when that is longer than it ever is while the console runs; else None."""
+        if self.spec is None:
+            return None
+        if self._sub is not None and self._sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return None  # broadcasts are waiting to be read: a busy node, not a silent console
+        heard = since if self.latest is None else max(since, self.latest.at)
+        silent = time.monotonic() - heard
+        limit = max(SILENCE_MIN, SILENCE_TICKS * self.spec.heartbeat_interval)
+        return silent if silent > limit else None
 
     def _check_handshakes(self) -> None:
         assert self._watch is not None
@@ -261,6 +296,8 @@ class ConsoleLink:
 
     def _no_reply_reason(self) -> str:
         """What the failed handshakes (if any) say about a request that got no reply."""
+        if self._silent_for is not None:
+            return f": the console has broadcast nothing for {self._silent_for:.1f}s (it is down)"
         seen = self._handshakes
         if self.security is None:
             if seen:  # a plain (NULL) handshake fails only against a CURVE console

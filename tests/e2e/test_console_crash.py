@@ -77,6 +77,14 @@ def _crash(run: ControlledRun, target: str, at: float, checkpointed: int) -> dic
     return {"phase": phase, "lost": lost, "killed": at, "checkpoint": last_checkpoint}
 
 
+def _wait_until_on_disk(run: ControlledRun, round: int, timeout: float = 60.0) -> None:
+    """Until the latest checkpoint on disk holds ``round`` (saved by any console so far)."""
+    deadline = time.monotonic() + timeout
+    while (stored := load_latest(run.checkpoint_dir)) is None or stored.round < round:
+        assert time.monotonic() < deadline, f"round {round} not checkpointed in {timeout:.0f}s"
+        time.sleep(0.01)
+
+
 def _recovery(run: ControlledRun, crash: dict[str, Any]) -> None:
     """After a restart: every node joins again and training resumes; note the times."""
     console = run.console
@@ -174,21 +182,17 @@ def test_console_killed_in_every_phase_resumes_and_the_nodes_rejoin_on_their_own
         # retried; kill the console while it waits in Cooldown for a checkpoint.
         fourth = run.console
 
-        # a resumed console starts a fresh epoch, so its epochs need not align with round numbers
-        def _last_of_its_epoch(event: dict[str, Any]) -> bool:
+        # The next round that ends in Cooldown: its epoch's last, or the run's. A resumed
+        # console starts a fresh epoch, so epochs need not align with round numbers.
+        def _goes_to_cooldown(event: dict[str, Any]) -> bool:
             if event.get("kind") != "round_started":
                 return False
             same_epoch = fourth.log.of("round_started", epoch=event["epoch"])
-            return len(same_epoch) == ROUNDS_PER_EPOCH and same_epoch[-1] is event
+            last_of_epoch = len(same_epoch) == ROUNDS_PER_EPOCH and same_epoch[-1] is event
+            return last_of_epoch or event["round"] == TOTAL_ROUNDS
 
-        last_of_epoch = fourth.wait_for(_last_of_its_epoch, 60, "the last round of an epoch")[
-            "round"
-        ]
-        fourth.wait_for(  # the round before it is safe on disk before the disk fails
-            lambda e: e.get("kind") == "checkpoint_saved" and e["round"] == last_of_epoch - 1,
-            60,
-            f"the checkpoint of round {last_of_epoch - 1}",
-        )
+        last = fourth.wait_for(_goes_to_cooldown, 60, "a round that ends in Cooldown")["round"]
+        _wait_until_on_disk(run, last - 1)  # the round before it is safe before the disk fails
         aside = run.checkpoint_dir.with_name(run.checkpoint_dir.name + ".aside")
         run.checkpoint_dir.rename(aside)
         run.checkpoint_dir.write_text("not a directory")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import zmq.asyncio
 
-from node.link import ConsoleLink
+from node.link import ConsoleLink, ConsoleUnreachable
 from tests.e2e.helpers import RawClients, ServerThread, make_config
+from transport import messages as m
 from transport.state import ClientStatus, RunState
 
 
@@ -64,3 +65,45 @@ def test_a_restarted_node_leaves_its_dead_process_membership_and_joins_the_next_
     assert len(epochs) == 2 and epochs[1]["t"] >= left[0]["t"]
     me = snap.client("node-x")
     assert me is not None and me.joined_at >= left[0]["t"] and not me.warmed_up
+
+
+def test_a_request_to_a_console_that_died_gives_up_when_its_broadcasts_stop(
+    tmp_path: Path,
+) -> None:
+    """The console is gone mid-run: a request stops waiting once the state broadcasts have
+    been silent for several ticks (about 2 s here), not after ``request_timeout`` (30 s)."""
+    config = make_config(tmp_path, init_min_clients=2, heartbeat_interval=0.25)
+    console = ServerThread(config, tmp_path / "run")
+    endpoints = console.start()
+
+    async def request_after_the_console_died() -> tuple[float, str]:
+        ctx = zmq.asyncio.Context()
+        link = ConsoleLink(
+            node_id="node-x",
+            run_id=config.run_id,
+            control_endpoint=endpoints.control,
+            gossip_endpoint="tcp://127.0.0.1:2",
+            context=ctx,
+            request_timeout=30.0,
+        )
+        try:
+            await asyncio.wait_for(link.start(), 20)
+            await asyncio.sleep(0.5)  # following its broadcasts
+            console.stop()
+            started = time.monotonic()
+            try:
+                await link.request(m.Metrics(node_id="node-x", round=1, metrics={}))
+            except ConsoleUnreachable as exc:
+                return time.monotonic() - started, str(exc)
+            raise AssertionError("a dead console answered")
+        finally:
+            await link.close(leave=False)
+            ctx.destroy(linger=0)
+
+    try:
+        took, why = asyncio.run(request_after_the_console_died())
+    finally:
+        console.stop()
+
+    assert "broadcast nothing" in why
+    assert took < 15.0  # well before request_timeout, even behind a heartbeat's own attempt
