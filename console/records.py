@@ -143,7 +143,9 @@ class RunRecords:
                     status=view.status.value,
                     stage=stage,
                     role=role,
-                    heartbeat_age=max(0.0, snap.now - view.last_seen) if live else None,
+                    heartbeat_age=max(0.0, snap.now - view.last_seen)
+                    if live and stage != "finished"
+                    else None,  # no heartbeat is due after the run
                     rounds_trained=record.rounds_trained,
                     last_loss=record.last_loss,
                     last_accuracy=record.last_accuracy,

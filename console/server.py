@@ -369,8 +369,14 @@ class ConsoleServer:
         return snap
 
     def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:
+        if self._finished_client(msg.node_id):
+            return m.Ack(ref=msg.TYPE, seq=self.seq)  # racing the Finished broadcast: harmless
         self.records.stage(msg.node_id, msg.stage)
         return self._answer(msg, self.coordinator.heartbeat(msg.node_id, now), now)
+
+    def _finished_client(self, node_id: str) -> bool:
+        """The run is over and ``node_id`` took part: its last reports are not refusals."""
+        return self.coordinator.state is RunState.FINISHED and node_id in self.records.clients
 
     def _on_leave(self, msg: m.Leave, now: float) -> m.Message:
         return self._answer(msg, self.coordinator.leave(msg.node_id, now), now)
@@ -406,7 +412,18 @@ class ConsoleServer:
 
     def _on_aggregate(self, msg: m.Aggregate, now: float) -> m.Message:
         outcome = self.coordinator.report_aggregate(msg.node_id, msg.round, msg.hash, now)
-        if outcome.rejection is None or self._late_final_aggregate(msg):
+        if outcome.rejection is not None and self._late_final_aggregate(msg):
+            self.records.aggregated(msg.node_id, msg.round, msg.hash, msg.metrics)
+            self.events.write(
+                now,
+                "aggregate_reported",
+                f"round {msg.round}: {msg.node_id} aggregated to {msg.hash[:12]} (after the end)",
+                round=msg.round,
+                client_id=msg.node_id,
+                hash=msg.hash,
+            )
+            return m.Ack(ref=msg.TYPE, seq=self.seq)  # kept, not refused: the run just ended
+        if outcome.rejection is None:
             self.records.aggregated(msg.node_id, msg.round, msg.hash, msg.metrics)
         return self._answer(msg, outcome, now)
 
@@ -431,6 +448,8 @@ class ConsoleServer:
     def _on_metrics(self, msg: m.Metrics, now: float) -> m.Message:
         if msg.node_id in self.records.clients:  # a client that joined, not a stranger
             self.records.metrics(msg.node_id, msg.round, msg.metrics)
+        if self._finished_client(msg.node_id):  # the last round's metrics, after the end
+            return m.Ack(ref=msg.TYPE, seq=self.seq)
         return self._answer(msg, self.coordinator.heartbeat(msg.node_id, now), now)
 
     def _on_model_request(self, msg: m.ModelRequest, now: float) -> m.Message:

@@ -42,7 +42,8 @@ def test_live_clients_of_a_finished_run_read_finished_not_pending() -> None:
 
     assert client_state(waiting["n1"]) == "pending"
     assert client_state(finished["n1"]) == "finished"
-    assert finished["n1"].heartbeat_age == 0.5
+    assert waiting["n1"].heartbeat_age == 0.5
+    assert finished["n1"].heartbeat_age is None  # no heartbeat is due after the run
     # a dropped client stays dropped, whatever the run's state
     assert client_state(finished["n2"]) == "dropped"
     assert finished["n2"].heartbeat_age is None

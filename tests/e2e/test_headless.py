@@ -80,6 +80,9 @@ def test_headless_spawn_4_runs_to_finished_exits_0_and_leaves_no_process_behind(
     assert children == set(summary["spawned_pids"])
     for client in summary["clients"]:  # every reply the console sent a node is counted
         assert client["bytes_in"] > 0 and client["bytes_out"] > 0, client
+    # a clean run refuses nothing: not even the heartbeats and last metrics that race the end
+    refused = [e["text"] for e in read_events(run_dir / "events.jsonl") if e["kind"] == "reject"]
+    assert summary["rejected_messages"] == 0, refused
     assert "run_finished" in [e["kind"] for e in read_events(run_dir / "events.jsonl")]
     _no_traceback(run_dir, console)
     assert [pid for pid in children if is_running(pid, "node.cli")] == []
