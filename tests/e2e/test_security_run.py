@@ -111,15 +111,8 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
 
     try:
         console.wait_for_event(lambda e: "CURVE on" in e.get("text", ""), timeout=60)
-        site = node(
-            "site-a",
-            "--curve-key",
-            str(keys / "node-0.key_secret"),
-            "--server-key",
-            str(keys / "console.key"),
-            "--join-timeout",
-            "120",
-        )
+        # The refused nodes go first: the run waits for its fourth member (site-a) meanwhile,
+        # so the console is still serving when they knock, however fast the run is later.
         stranger = node(
             "stranger",
             "--curve-key",
@@ -147,6 +140,16 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
             lambda e: e.get("code") == "handshake" and "without CURVE" in e["text"], timeout=30
         )
         assert handshake["level"] == "warning"
+
+        site = node(
+            "site-a",
+            "--curve-key",
+            str(keys / "node-0.key_secret"),
+            "--server-key",
+            str(keys / "console.key"),
+            "--join-timeout",
+            "120",
+        )
 
         assert console.wait(timeout=200) == 0, console.text()[-3000:]
         assert site.wait(timeout=30)[0] == 0, site.text()
