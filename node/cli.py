@@ -30,7 +30,7 @@ from node.datafetch import DataFetchError
 from node.gossip import GossipService
 from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
 from node.security import NodeSecurity, load_node_keys
-from node.stages import StartLearningStage, expects_push
+from node.stages import StartLearningStage, committed_hash, expects_push
 from node.workflow import LearningWorkflow, NodeContext
 from transport.keys import KeyFileError
 
@@ -144,6 +144,7 @@ async def run_node(
             attack=args.attack,
         )
         gossip.expects = lambda r, t: expects_push(nctx, r, t)
+        gossip.committed = lambda r, t: committed_hash(nctx, r, t)
         import torch
 
         torch.set_num_threads(spec.learning.torch_threads)

@@ -3,8 +3,15 @@
 Each node binds a gossip ROUTER and announces it at join; peers' endpoints come in the
 broadcast. A trainer pushes its model directly to every live peer that lacks it, once per
 peer (a peer that acked a model is never sent it again). Every received push is decoded
-with its limits, checked (run, round, trainer, hash, shapes, dtypes, finite values) and
-answered: ``model_ack`` or an ``error`` that says what was wrong.
+with its limits, checked (run, round, trainer, hash, the hash the trainer committed to the
+console, shapes, dtypes, finite values, and that the trainer itself sent it) and answered:
+``model_ack`` or an ``error`` that says what was wrong.
+
+A trainer pushes only its own model, so a push is bound to its sender: its ``sender`` must be its
+``trainer`` and the connection's routing id; with CURVE, the connection must also have
+authenticated with that trainer's key from the console's broadcast. A peer cannot slip a model
+into another trainer's name, and once the trainer's commit is in the broadcast no other weights
+are taken for it either.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from node.security import NodeSecurity
 from node.weights import WeightsError, from_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import SocketFactory
+from transport.sockets import SocketFactory, peer_key
 from transport.tensors import TensorPayload, model_hash
 
 log = logging.getLogger(__name__)
@@ -83,8 +90,10 @@ class GossipService:
         self.stats = GossipStats()
         self._arrival = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Set by the workflow: which (round, trainer) pushes are welcome, and the shape reference.
+        # Set by the workflow: which (round, trainer) pushes are welcome, the hash a trainer
+        # committed for a round (None while the broadcast has none), and the shape reference.
         self.expects: Callable[[int, str], str | None] = lambda r, t: "not following a round yet"
+        self.committed: Callable[[int, str], str | None] = lambda r, t: None
         self.reference: dict[str, torch.Tensor] | None = None
 
     def start(self) -> str:
@@ -99,15 +108,15 @@ class GossipService:
         assert self._router is not None
         while True:
             frames = await self._router.recv_multipart(copy=False)
-            identity, body = frames[0].bytes, frames[1:]
+            identity, body = frames[0], frames[1:]
             self.stats.bytes_received += sum(len(f.buffer) for f in body)
-            reply = self._receive(body)
+            reply = self._receive(identity, body)
             try:
-                await self._router.send_multipart([identity, *encode(reply)], copy=False)
+                await self._router.send_multipart([identity.bytes, *encode(reply)], copy=False)
             except zmq.ZMQError as exc:
                 log.debug("gossip reply not delivered: %s", exc)
 
-    def _receive(self, frames: list) -> m.Message:
+    def _receive(self, identity: zmq.Frame, frames: list) -> m.Message:
         try:
             msg = decode(frames, self._limits)
         except DecodeError as exc:
@@ -124,15 +133,39 @@ class GossipService:
             return self._refuse(
                 msg.TYPE, "hash_mismatch", "weights do not match the announced hash"
             )
+        committed = self.committed(msg.round, msg.trainer)
+        if committed is not None and committed != msg.hash:
+            return self._refuse(
+                msg.TYPE,
+                "hash_mismatch",
+                f"{msg.trainer} committed {committed[:12]} for round {msg.round}, "
+                f"not {msg.hash[:12]}",
+            )
         if self.reference is None:
             return self._refuse(msg.TYPE, "unavailable", "model not built yet")
         try:
             state = from_payloads(msg.tensors, self.reference)
         except WeightsError as exc:
             return self._refuse(msg.TYPE, "bad_model", str(exc))
+        why = self._not_from_trainer(identity, msg)
+        if why is not None:
+            return self._refuse(msg.TYPE, "wrong_sender", why)
         self.store(msg.round, ReceivedModel(msg.trainer, msg.hash, msg.samples, state))
         self.stats.pushes_received += 1
         return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
+
+    def _not_from_trainer(self, identity: zmq.Frame, msg: m.ModelPush) -> str | None:
+        """Why ``msg`` did not come from its trainer's own connection, or None when it did."""
+        if msg.sender != msg.trainer:
+            return f"{msg.sender} pushed {msg.trainer}'s model: a trainer pushes only its own"
+        if identity.bytes != msg.sender.encode():
+            return f"the connection of {identity.bytes[:64]!r} sent a push in {msg.sender}'s name"
+        if self._security is not None:
+            key = peer_key(identity)
+            expected = self._security.peer_keys.get(msg.sender)
+            if expected is None or key.encode("ascii", "replace") != expected:
+                return f"the connection's CURVE key is not {msg.sender}'s in the broadcast"
+        return None
 
     def _refuse(self, ref: str, code: str, reason: str) -> m.Error:
         self.stats.rejected += 1

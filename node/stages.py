@@ -67,6 +67,14 @@ def expects_push(ctx: NodeContext, round: int, trainer: str) -> str | None:
     return f"round {round} is not open (current round {current})"
 
 
+def committed_hash(ctx: NodeContext, round: int, trainer: str) -> str | None:
+    """The hash ``trainer`` committed for ``round``, once the broadcast carries it."""
+    latest = ctx.link.latest
+    view = None if latest is None else round_view(latest.snapshot, round)
+    commit = None if view is None else view.commits.get(trainer)
+    return None if commit is None else commit.hash
+
+
 def phase_remaining(ctx: NodeContext, default: float = WAIT_SLICE) -> float:
     latest = ctx.link.latest
     deadline = None if latest is None else latest.local_deadline()

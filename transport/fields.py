@@ -38,6 +38,7 @@ ERROR_CODES = frozenset(
         "duplicate",
         "bad_model",
         "hash_mismatch",
+        "wrong_sender",
         "kicked",
         "unavailable",
     }

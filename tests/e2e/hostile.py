@@ -324,6 +324,16 @@ def gossip_messages(
             frozenset({"wrong_round"}),
         ),
         Hostile(
+            "a trainer's model pushed by another node",
+            push(model),
+            frozenset({"wrong_sender", "hash_mismatch"}),  # hash_mismatch: its commit is out
+        ),
+        Hostile(
+            "a push in a trainer's name from another connection",
+            push(model, sender=trainer),
+            frozenset({"wrong_sender", "hash_mismatch"}),
+        ),
+        Hostile(
             "a hash that does not match the weights",
             push(model, hash=HASH),
             frozenset({"hash_mismatch"}),

@@ -169,7 +169,7 @@ def test_hostile_input_on_every_socket_is_refused_with_a_reason_and_the_run_is_u
     # a node's gossip socket
     for what, codes in gossip.items():
         print(f"gossip: {what}: {codes}")
-    assert len(gossip) == 12
+    assert len(gossip) == 14
     assert sum(text.count("rejected gossip") for text in node_logs.values()) >= len(gossip)
 
     # counted, logged and shown per client; the run itself unaffected

@@ -16,6 +16,8 @@ import zmq.asyncio
 from node import weights
 from node.gossip import GossipService
 from node.security import NodeKeys, NodeSecurity
+from transport import messages as m
+from transport.codec import decode, encode
 from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
 from transport.tensors import model_hash
 
@@ -126,3 +128,53 @@ def test_follow_keeps_only_live_clients_keys() -> None:
 
     sec.follow(RunSnapshot(**{**snapshot.__dict__, "clients": dropped}))
     assert "b" not in sec.peer_keys and other.keys.public not in sec.peers
+
+
+def test_a_member_cannot_push_in_another_members_name_over_curve() -> None:
+    """Member a, admitted by its own key, claims to be trainer c (routing id and sender)."""
+
+    async def scenario() -> tuple[list[str], set[str]]:
+        sec = {name: node_security() for name in ("a", "b", "c")}
+        ctx_b, ctx_a = zmq.asyncio.Context(), zmq.asyncio.Context()
+        receiver = GossipService(node_id="b", run_id="r", context=ctx_b, security=sec["b"])
+        try:
+            where = receiver.start()
+            snapshot = broadcast(sec, {name: where for name in sec})
+            sec["b"].follow(snapshot)
+            receiver.reference = {"w": torch.zeros(4)}
+            receiver.expects = lambda r, t: None
+            payloads = weights.to_payloads({"w": torch.arange(4, dtype=torch.float32)})
+            got = []
+            for claimed in ("c", "a"):
+                sock = ctx_a.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.setsockopt(zmq.ROUTING_ID, claimed.encode())
+                sock.curve_publickey = sec["a"].keys.public
+                sock.curve_secretkey = sec["a"].keys.secret
+                sock.curve_serverkey = sec["b"].keys.public
+                sock.connect(where)
+                try:
+                    msg = m.ModelPush(
+                        run_id="r",
+                        sender=claimed,
+                        round=1,
+                        trainer=claimed,
+                        hash=model_hash(payloads),
+                        samples=4,
+                        tensors=payloads,
+                    )
+                    await sock.send_multipart(encode(msg), copy=False)
+                    reply = decode(await asyncio.wait_for(sock.recv_multipart(), 10))
+                    got.append(reply.code if isinstance(reply, m.Error) else reply.TYPE)
+                finally:
+                    sock.close(linger=0)
+            return got, set(receiver.inbox.get(1, {}))
+        finally:
+            await receiver.close()
+            ctx_a.destroy(linger=0)
+            ctx_b.destroy(linger=0)
+
+    got, kept = asyncio.run(scenario())
+
+    assert got == ["wrong_sender", "model_ack"]  # as c: refused; as itself: taken
+    assert kept == {"a"}
