@@ -55,6 +55,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -330,6 +331,10 @@ def run_once(job: Job, work: Path) -> dict[str, Any]:
                 out["metrics"] = list(csv.DictReader(fh))
     finally:
         _reap(console, pids)
+    if "error" in out:  # keep what the failed run wrote (config, event log, node logs)
+        kept = Path(tempfile.mkdtemp(prefix=f"round_bench-failed-{job.name}-"))
+        shutil.copytree(work, kept, dirs_exist_ok=True)
+        out["error"] += f"; its files: {kept}"
     return out
 
 

@@ -39,6 +39,7 @@ class RoundRecord:
     commits: dict[str, dict[str, float]] = field(default_factory=dict)  # trainer -> metrics
     aggregates: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
     node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    version: int = 0  # bumped on every change, so a round's row is rebuilt only when it changes
 
     def global_metrics(self) -> dict[str, float]:
         """Mean over nodes of what they measured on their aggregate (all should agree)."""
@@ -55,6 +56,9 @@ class RunRecords:
     def __init__(self) -> None:
         self.clients: dict[str, ClientRecord] = {}
         self.rounds: dict[int, RoundRecord] = defaultdict(RoundRecord)
+        # round -> (the coordinator's view, the record's version, the row built from them):
+        # decided rounds keep their view and record, so a refresh rebuilds only open rounds.
+        self._rows: dict[int, tuple[RoundView, int, RoundRow]] = {}
 
     def _client(self, client_id: str) -> ClientRecord:
         record = self.clients.get(client_id)
@@ -88,7 +92,9 @@ class RunRecords:
         record = self._client(client_id)
         record.rounds_trained += 1
         record.last_loss = metrics.get("train_loss", record.last_loss)
-        self.rounds[round].commits[client_id] = dict(metrics)
+        entry = self.rounds[round]
+        entry.commits[client_id] = dict(metrics)
+        entry.version += 1
 
     def aggregated(
         self, client_id: str, round: int, model_hash: str, metrics: dict[str, float]
@@ -97,11 +103,15 @@ class RunRecords:
         record.last_accuracy = metrics.get("accuracy", record.last_accuracy)
         if "test_loss" in metrics:
             record.last_loss = metrics["test_loss"]
-        self.rounds[round].aggregates[client_id] = (model_hash, dict(metrics))
+        entry = self.rounds[round]
+        entry.aggregates[client_id] = (model_hash, dict(metrics))
+        entry.version += 1
 
     def metrics(self, client_id: str, round: int, metrics: dict[str, float]) -> None:
         record = self._client(client_id)
-        self.rounds[round].node_metrics[client_id] = dict(metrics)
+        entry = self.rounds[round]
+        entry.node_metrics[client_id] = dict(metrics)
+        entry.version += 1
         if "update_norm" in metrics:
             record.update_norm = metrics["update_norm"]
         record.node_bytes_sent = int(metrics.get("bytes_sent", record.node_bytes_sent))
@@ -159,7 +169,17 @@ class RunRecords:
         return tuple(rows)
 
     def round_row(self, view: RoundView) -> RoundRow:
-        record = self.rounds.get(view.round, RoundRecord())
+        """The console's row for ``view``; the same object while neither view nor record change."""
+        record = self.rounds.get(view.round)
+        version = -1 if record is None else record.version
+        cached = self._rows.get(view.round)
+        if cached is not None and cached[0] is view and cached[1] == version:
+            return cached[2]
+        row = self._build_row(view, record or RoundRecord())
+        self._rows[view.round] = (view, version, row)
+        return row
+
+    def _build_row(self, view: RoundView, record: RoundRecord) -> RoundRow:
         metrics = record.global_metrics()
         witness_rows = []
         for witness in view.witnesses:

@@ -6,6 +6,11 @@ run's ``events.jsonl``, between the plain log lines (records with ``"text"``). L
 keeps both: each view is shown with the log lines written before it, as the live console
 showed them. Bad lines (not JSON, or not our shape) are skipped and counted, never fatal.
 
+Round rows are recorded as they change: a view with ``"rounds_delta": true`` carries only
+the rows that changed since the view before it (a new round, a round decided), so a long
+run's log grows with its rounds, not with rounds x views. Replay puts each view's rows back
+together from the last full view before it.
+
 No Textual and no zmq here: the server imports :func:`view_to_dict`.
 """
 
@@ -183,8 +188,9 @@ def _line(raw: Any) -> LogLine:
 @dataclass(frozen=True)
 class RecordedView:
     t: float
-    view: ConsoleSnapshot
+    view: ConsoleSnapshot  # with ``delta``, its ``rounds`` are only the rows that changed
     log_end: int  # how many log lines were written before it
+    delta: bool = False  # True: rows missing from ``view.rounds`` are those of the views before
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,8 @@ def parse_recording(lines: Iterable[str]) -> Recording:
             if record.get("kind") == "view" and "view" in record:
                 view = view_from_dict(record["view"])
                 t = float(_need(record.get("t", view.run.now), _NUMBER))
-                views.append(RecordedView(t, view, len(log_lines)))
+                delta = record["view"].get("rounds_delta") is True and bool(views)
+                views.append(RecordedView(t, view, len(log_lines), delta))
             elif isinstance(record.get("text"), str):
                 log_lines.append(
                     LogLine(
@@ -267,6 +274,8 @@ class ReplayBackend:
         self.playing = False
         self._anchor = 0.0  # clock time at which the current view was reached
         self._cache: tuple[tuple[object, ...], ConsoleSnapshot] | None = None
+        self._rows: dict[int, RoundRow] = {}  # the round rows as of view ``_rows_at``
+        self._rows_at = -1
 
     def __len__(self) -> int:
         return len(self.recording.views)
@@ -323,7 +332,28 @@ class ReplayBackend:
         if self.recording.skipped:
             note += f", {self.recording.skipped} bad lines skipped"
         view = replace(
-            recorded.view, log=tuple(lines), notes={**recorded.view.notes, "replay": note}
+            recorded.view,
+            rounds=self._rounds(self.index),
+            log=tuple(lines),
+            notes={**recorded.view.notes, "replay": note},
         )
         self._cache = (key, view)
         return view
+
+    def _rounds(self, index: int) -> tuple[RoundRow, ...]:
+        """The round rows as of view ``index``: its own when it is full, else the last full
+        view's with every later change up to ``index`` laid over them."""
+        views = self.recording.views
+        if not views[index].delta:
+            return views[index].view.rounds
+        if self._rows_at > index or self._rows_at < 0:  # start again from the last full view
+            start = index
+            while views[start].delta:
+                start -= 1
+            self._rows, self._rows_at = {}, start - 1
+        for k in range(self._rows_at + 1, index + 1):
+            if not views[k].delta:
+                self._rows = {}
+            self._rows.update((row.round, row) for row in views[k].view.rounds)
+        self._rows_at = index
+        return tuple(self._rows[r] for r in sorted(self._rows))

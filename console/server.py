@@ -36,7 +36,7 @@ from console.records import RunRecords
 from console.replay import view_to_dict
 from console.security import ConsoleSecurity
 from console.settings import Config
-from console.view import ConsoleSnapshot
+from console.view import ConsoleSnapshot, RoundRow
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.sockets import PeerUnreachable, SocketFactory, peer_key, send_to
@@ -102,6 +102,7 @@ class ConsoleServer:
         )
         self._factory: SocketFactory | None = None
         self._view_recorded: tuple[float, object] = (float("-inf"), None)  # time, (state, round)
+        self._rows_recorded: dict[int, RoundRow] = {}  # round -> its row as last recorded
         self.listeners: list[Callable[[], None]] = []
         self._stored: StoredCheckpoint | None = None
         self._resume = resume
@@ -580,7 +581,16 @@ class ConsoleServer:
             return
         self._view_recorded = (now, phase)
         try:
-            view = view_to_dict(self.view(), with_log=False)
+            # Round rows are written when they change, not with every view (a long run's
+            # views would grow with its rounds): the first view of this server has them all,
+            # the later ones only the rows that changed since the last recorded view.
+            current = self.view()
+            full = not self._rows_recorded
+            changed = [r for r in current.rounds if self._rows_recorded.get(r.round) is not r]
+            self._rows_recorded.update((r.round, r) for r in changed)
+            view = view_to_dict(dataclasses.replace(current, rounds=tuple(changed)), with_log=False)
+            if not full:
+                view["rounds_delta"] = True
             line = json.dumps({"kind": "view", "t": round(now, 6), "view": view}, default=str)
             fh.write(line + "\n")
             fh.flush()

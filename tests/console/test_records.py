@@ -64,3 +64,18 @@ def test_bytes_each_way_are_kept_per_client() -> None:
     )
 
     assert (row.bytes_in, row.bytes_out) == (300, 200)
+
+
+def test_a_round_row_is_rebuilt_only_when_its_round_or_its_record_changes() -> None:
+    from transport.state import RoundOutcome, RoundView
+
+    records = RunRecords()
+    view = RoundView(round=3, epoch=0, seed=1, train_set=("n1",), witnesses=("n1",), quorum=1,
+                     started=1.0, ended=2.0, outcome=RoundOutcome.ACCEPTED)  # fmt: skip
+    first = records.round_row(view)
+    assert records.round_row(view) is first  # nothing changed: the same row, not rebuilt
+    records.aggregated("n1", 3, "ab" * 32, {"accuracy": 0.5})
+    second = records.round_row(view)
+    assert second is not first and second.accuracy == 0.5
+    decided_again = dataclasses.replace(view, ended=3.0)  # the coordinator's view changed
+    assert records.round_row(decided_again).duration == 2.0

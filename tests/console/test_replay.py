@@ -217,3 +217,71 @@ def test_run_replay_of_a_log_without_views_fails_with_2(tmp_path: Path, capsys) 
     only_log.write_text(_log_record(1.0, "serving run") + "\n")
     assert run_replay(only_log) == 2
     assert "no view records" in capsys.readouterr().err
+
+
+def _delta_record(t: float, view: ConsoleSnapshot, rows: tuple) -> str:
+    raw = view_to_dict(replace(view, rounds=rows), with_log=False)
+    raw["rounds_delta"] = True
+    return json.dumps({"kind": "view", "t": t, "view": raw})
+
+
+def test_round_rows_recorded_as_changes_are_put_back_together_in_any_order(
+    tmp_path: Path,
+) -> None:
+    full = mid_round_view()
+    first, *rest = full.rounds
+    assert rest, "the fixture needs two rounds or more"
+    older = replace(first, loss=9.0)  # round 1 as it was before it changed
+    lines = [
+        _view_record(1.0, replace(full, rounds=(older,))),
+        _delta_record(2.0, full, tuple(rest)),  # later rounds appear
+        _delta_record(3.0, full, (first,)),  # round 1 changes
+        _view_record(4.0, replace(full, rounds=(first,))),  # a new server: full again
+        _delta_record(5.0, full, ()),  # nothing changed
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    backend = ReplayBackend(path, clock=FakeClock())
+    expected = [(older,), (older, *rest), (first, *rest), (first,), (first,)]
+    for index in [0, 1, 2, 3, 4, 2, 1, 4, 0, 2]:  # forwards, backwards, jumps
+        backend.seek(index)
+        assert backend.view().rounds == expected[index], index
+
+
+def test_a_long_run_records_each_round_row_about_once(tmp_path: Path) -> None:
+    """The log grows with rounds, not rounds x views: rows are written when they change."""
+    from console.server import ConsoleServer
+    from tests.console.test_app_pilot import make_config
+
+    server = ConsoleServer(make_config(tmp_path), run_dir=tmp_path / "run")
+    full_rows = {r.round: r for r in mid_round_view().rounds}
+    rows = dict(full_rows)  # what server.view() shows: one more round at a time
+    original = server.view
+
+    def view() -> ConsoleSnapshot:
+        return replace(original(), rounds=tuple(rows[r] for r in sorted(rows)))
+
+    server.view = view  # type: ignore[method-assign]
+
+    async def main() -> None:
+        server.start()
+        last = max(full_rows)
+        for n in range(1, 41):  # forty more rounds, each recorded in three views
+            rows[last + n] = replace(full_rows[last], round=last + n)
+            for _ in range(3):
+                server._view_recorded = (float("-inf"), None)  # past the throttle
+                server._record_view(server.clock())
+        await server.stop()
+
+    asyncio.run(main())
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+        if '"kind": "view"' in line
+    ]
+    written = sum(len(r["view"]["rounds"]) for r in records)
+    assert len(records) >= 120
+    assert written == len(full_rows) + 40  # every row once, however many views
+    backend = ReplayBackend(tmp_path / "run" / "events.jsonl", clock=FakeClock())
+    backend.seek(-1)
+    assert [r.round for r in backend.view().rounds] == sorted(rows)
