@@ -151,6 +151,35 @@ def record_state(
     return StoredCheckpoint(stored.epoch, stored.round, stored.hash, stored.weights_path, state)
 
 
+def history_name(first: int, last: int) -> str:
+    """The file of rounds ``first``..``last`` of the run's round history."""
+    return f"rounds-{first:06d}-{last:06d}.json"
+
+
+def write_round_history(directory: Path, rounds: list[dict[str, Any]]) -> str:
+    """Store settled rounds (the coordinator's ``round_to_dict``) once, atomically; returns
+    the file's name, which the states written after it list under ``history``."""
+    name = history_name(rounds[0]["round"], rounds[-1]["round"])
+    _write_json(directory / name, {"rounds": rounds})
+    return name
+
+
+def read_round_history(directory: Path, names: list[Any]) -> list[dict[str, Any]]:
+    """The rounds stored in ``names``, oldest first; CheckpointError says which file is bad."""
+    rounds: list[dict[str, Any]] = []
+    for name in names:
+        if not isinstance(name, str) or "/" in name or not name.startswith("rounds-"):
+            raise CheckpointError(f"{directory}: bad round history file name {name!r:.80}")
+        try:
+            stored = json.loads((directory / name).read_text())["rounds"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{directory / name}: unreadable round history ({exc})") from exc
+        if not isinstance(stored, list):
+            raise CheckpointError(f"{directory / name}: round history is not a list")
+        rounds.extend(stored)
+    return rounds
+
+
 def read_weights(path: Path, *, expected_hash: str | None = None) -> tuple[TensorPayload, ...]:
     """Read a checkpoint's tensors back in their original order, checking the hash."""
     from safetensors import safe_open

@@ -261,7 +261,7 @@ class _Round:
         return self._view
 
 
-def _round_from_dict(raw: Any) -> RoundView:
+def round_from_dict(raw: Any) -> RoundView:
     """Parse one round of a saved state (``to_state``); ValueError names what is wrong."""
     try:
         return _parse_round(raw)
@@ -771,8 +771,19 @@ class Coordinator:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_state(self) -> dict[str, Any]:
-        """JSON-able progress: enough to resume the run in a new console process."""
+    def rounds_after(self, round: int) -> list[RoundView]:
+        """The rounds numbered above ``round``, oldest first (read-only views)."""
+        start = len(self._rounds)
+        while start > 0 and self._rounds[start - 1].round > round:
+            start -= 1
+        return [r.view() for r in self._rounds[start:]]
+
+    def to_state(self, since: int = 0) -> dict[str, Any]:
+        """JSON-able progress: enough to resume the run in a new console process.
+
+        ``since``: leave out the rounds numbered up to it (the caller keeps them elsewhere and
+        hands them back to ``restore``), so the state's size does not grow with the run.
+        """
         return {
             "version": STATE_VERSION,
             "run_id": self._run_id,
@@ -782,7 +793,7 @@ class Coordinator:
             "round": self._round,
             "accepted_rounds": self._accepted_rounds,
             "checkpoint": None if self._checkpoint is None else asdict(self._checkpoint),
-            "rounds": [_round_to_dict(r.view()) for r in self._rounds],
+            "rounds": [round_to_dict(view) for view in self.rounds_after(since)],
             "kicked": sorted(
                 cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED
             ),
@@ -798,7 +809,7 @@ class Coordinator:
         for key in ("epoch", "round", "accepted_rounds"):
             if not _is_int(raw.get(key)) or raw[key] < 0:
                 raise ValueError(f"saved state: {key} must be an integer >= 0")
-        rounds = [_Round(_round_from_dict(x)) for x in raw.get("rounds", [])]
+        rounds = [_Round(round_from_dict(x)) for x in raw.get("rounds", [])]
         numbers = [r.round for r in rounds]
         if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
             raise ValueError("saved state: round numbers must increase")
@@ -1209,7 +1220,7 @@ class Coordinator:
             self._change(now, ev, _S.WAITING_FOR_MEMBERS, reason)
 
 
-def _round_to_dict(view: RoundView) -> dict[str, Any]:
+def round_to_dict(view: RoundView) -> dict[str, Any]:
     out = asdict(view)
     out["train_set"] = list(view.train_set)
     out["witnesses"] = list(view.witnesses)
