@@ -217,6 +217,7 @@ class _Round:
         "aggregates",
         "members",
         "_view",
+        "_dict",
     )
 
     def __init__(self, view: RoundView, members: frozenset[str] = frozenset()) -> None:
@@ -237,9 +238,17 @@ class _Round:
         self.aggregates: dict[str, str] = dict(view.aggregates)
         self.members = members  # live epoch clients at the start (not persisted)
         self._view: RoundView | None = None
+        self._dict: dict[str, Any] | None = None
 
     def changed(self) -> None:
         self._view = None
+        self._dict = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """:func:`round_to_dict` of the view, cached like it (treat it as read-only)."""
+        if self._dict is None:
+            self._dict = round_to_dict(self.view())
+        return self._dict
 
     def view(self) -> RoundView:
         if self._view is None:
@@ -773,10 +782,13 @@ class Coordinator:
 
     def rounds_after(self, round: int) -> list[RoundView]:
         """The rounds numbered above ``round``, oldest first (read-only views)."""
+        return [r.view() for r in self._rounds_after(round)]
+
+    def _rounds_after(self, round: int) -> list[_Round]:
         start = len(self._rounds)
         while start > 0 and self._rounds[start - 1].round > round:
             start -= 1
-        return [r.view() for r in self._rounds[start:]]
+        return self._rounds[start:]
 
     def to_state(self, since: int = 0) -> dict[str, Any]:
         """JSON-able progress: enough to resume the run in a new console process.
@@ -793,7 +805,7 @@ class Coordinator:
             "round": self._round,
             "accepted_rounds": self._accepted_rounds,
             "checkpoint": None if self._checkpoint is None else asdict(self._checkpoint),
-            "rounds": [round_to_dict(view) for view in self.rounds_after(since)],
+            "rounds": [r.as_dict() for r in self._rounds_after(since)],
             "kicked": sorted(
                 cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED
             ),
@@ -1221,11 +1233,26 @@ class Coordinator:
 
 
 def round_to_dict(view: RoundView) -> dict[str, Any]:
-    out = asdict(view)
-    out["train_set"] = list(view.train_set)
-    out["witnesses"] = list(view.witnesses)
-    out["outcome"] = str(view.outcome)
-    return out
+    """One round of a saved state (JSON-able; :func:`round_from_dict` reads it back)."""
+
+    def results(refs: dict[str, ResultRef]) -> dict[str, dict[str, Any]]:
+        return {t: {"hash": r.hash, "samples": r.samples} for t, r in refs.items()}
+
+    return {
+        "round": view.round,
+        "epoch": view.epoch,
+        "seed": view.seed,
+        "train_set": list(view.train_set),
+        "witnesses": list(view.witnesses),
+        "quorum": view.quorum,
+        "started": view.started,
+        "ended": view.ended,
+        "outcome": str(view.outcome),
+        "commits": results(view.commits),
+        "attestations": {w: dict(a) for w, a in view.attestations.items()},
+        "accepted": results(view.accepted),
+        "aggregates": dict(view.aggregates),
+    }
 
 
 def _parse_candidates(raw: object, limit: int) -> tuple[tuple[str, int], ...] | str:

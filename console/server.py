@@ -70,7 +70,7 @@ URGENT_EVENTS = frozenset(
 COALESCE_SECONDS = 0.005
 CONTROL_LIMITS = Limits(max_frames=512, max_header_bytes=1 << 20, max_total_bytes=1 << 30)
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
-HISTORY_CHUNK = 50  # rounds per round-history file next to the checkpoints
+HISTORY_CHUNK = 20  # rounds per round-history file next to the checkpoints
 HISTORY_LAG = 4  # the most recent rounds stay in the checkpoint's state (they may still change)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from console.checkpoint import CheckpointError, record_state, write_checkpoint
+from console.checkpoint import CheckpointError, history_name, record_state, write_checkpoint
 from console.coordinator import STATE_VERSION, round_to_dict
 from console.server import HISTORY_CHUNK, HISTORY_LAG, ConsoleServer
 from console.settings import Config
@@ -77,9 +77,13 @@ def test_settled_rounds_move_to_history_files_and_resume_brings_them_all_back(
 
     state = resumed._state()
 
-    assert state["history"] == ["rounds-000001-000050.json", "rounds-000051-000100.json"]
-    assert [r["round"] for r in state["rounds"]] == list(range(2 * HISTORY_CHUNK + 1, ROUNDS + 1))
-    assert len(state["rounds"]) >= HISTORY_LAG
+    files = (ROUNDS - HISTORY_LAG) // HISTORY_CHUNK
+    archived = files * HISTORY_CHUNK
+    assert state["history"] == [
+        history_name(1 + i * HISTORY_CHUNK, (i + 1) * HISTORY_CHUNK) for i in range(files)
+    ]
+    assert [r["round"] for r in state["rounds"]] == list(range(archived + 1, ROUNDS + 1))
+    assert HISTORY_LAG <= len(state["rounds"]) < HISTORY_LAG + HISTORY_CHUNK
     stored = json.loads((server.checkpoint_dir / state["history"][0]).read_text())["rounds"]
     assert [r["round"] for r in stored] == list(range(1, HISTORY_CHUNK + 1))
     # The next state writes no history file again and carries the same few rounds.
@@ -100,5 +104,28 @@ def test_a_missing_history_file_is_a_clear_resume_error(tmp_path: Path) -> None:
     checkpoint(server.checkpoint_dir, state)
     (server.checkpoint_dir / state["history"][1]).unlink()
 
-    with pytest.raises(CheckpointError, match="rounds-000051-000100.json: unreadable"):
+    with pytest.raises(CheckpointError, match=f"{state['history'][1]}: unreadable"):
         ConsoleServer(config, run_dir=tmp_path / "run", resume=True)
+
+
+def test_a_saved_round_is_every_field_of_its_view_and_reads_back_the_same() -> None:
+    from console.coordinator import round_from_dict
+
+    view = RoundView(
+        round=7,
+        epoch=1,
+        seed=3,
+        train_set=("a", "b"),
+        witnesses=("b",),
+        quorum=1,
+        started=1.0,
+        ended=2.0,
+        outcome=RoundOutcome.ACCEPTED,
+        commits={"a": ResultRef("aa" * 32, 5), "b": ResultRef("bb" * 32, 6)},
+        attestations={"b": {"a": "aa" * 32, "b": "bb" * 32}},
+        accepted={"a": ResultRef("aa" * 32, 5)},
+        aggregates={"a": "cc" * 32},
+    )
+    saved = round_to_dict(view)
+    assert set(saved) == {f.name for f in dataclasses.fields(RoundView)}
+    assert round_from_dict(json.loads(json.dumps(saved))) == view
