@@ -249,7 +249,7 @@ def table(result: dict[str, Any]) -> str:
     lines.append(
         f"slowest coordinator call at {result['rows'][-1]['clients']} clients: "
         f"{result['max_ms_at_largest']:.3f} ms (target < {result['target_ms']} ms); "
-        "to_dict is transport.state's asdict, paid by the server per broadcast"
+        "to_dict is RunSnapshot.to_dict, paid by the server per broadcast"
     )
     return "\n".join(lines)
 
