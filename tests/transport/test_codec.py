@@ -248,6 +248,14 @@ def test_non_finite_floats_are_refused(dtype: str, bad: float) -> None:
     assert decode(encode(msg), check_finite=False) == msg
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_huge_finite_values_pass(dtype: str) -> None:
+    big = np.finfo(np.dtype(dtype)).max
+    values = np.full(300_000, big / 2, dtype=dtype)  # x.x overflows; every x is finite
+    values[::7] = -big
+    assert is_finite(TensorPayload("w", dtype, (values.size,), values.tobytes()))
+
+
 def test_integer_tensors_need_no_finiteness() -> None:
     t = TensorPayload("y", "uint8", (4,), b"\xff" * 4)
     assert is_finite(t)
