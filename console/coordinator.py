@@ -80,6 +80,7 @@ from transport.state import (
     RoundView,
     RunSnapshot,
     RunState,
+    round_to_dict,  # a saved state keeps its rounds in the broadcast's form
 )
 
 __all__ = [
@@ -1230,29 +1231,6 @@ class Coordinator:
             ev.append(Paused())
         else:
             self._change(now, ev, _S.WAITING_FOR_MEMBERS, reason)
-
-
-def round_to_dict(view: RoundView) -> dict[str, Any]:
-    """One round of a saved state (JSON-able; :func:`round_from_dict` reads it back)."""
-
-    def results(refs: dict[str, ResultRef]) -> dict[str, dict[str, Any]]:
-        return {t: {"hash": r.hash, "samples": r.samples} for t, r in refs.items()}
-
-    return {
-        "round": view.round,
-        "epoch": view.epoch,
-        "seed": view.seed,
-        "train_set": list(view.train_set),
-        "witnesses": list(view.witnesses),
-        "quorum": view.quorum,
-        "started": view.started,
-        "ended": view.ended,
-        "outcome": str(view.outcome),
-        "commits": results(view.commits),
-        "attestations": {w: dict(a) for w, a in view.attestations.items()},
-        "accepted": results(view.accepted),
-        "aggregates": dict(view.aggregates),
-    }
 
 
 def _parse_candidates(raw: object, limit: int) -> tuple[tuple[str, int], ...] | str:

@@ -204,8 +204,11 @@ def _results_dict(results: dict[str, ResultRef]) -> dict[str, Any]:
 
 
 def _round_dict(view: RoundView | None) -> dict[str, Any] | None:
-    if view is None:
-        return None
+    return None if view is None else round_to_dict(view)
+
+
+def round_to_dict(view: RoundView) -> dict[str, Any]:
+    """A round as plain JSON-able data (the broadcast's and a checkpoint state's form)."""
     return {
         "round": view.round,
         "epoch": view.epoch,

@@ -16,6 +16,7 @@ import zmq.asyncio
 from node import weights
 from node.gossip import GossipService
 from node.security import NodeKeys, NodeSecurity
+from tests.node.test_gossip import push
 from transport import messages as m
 from transport.codec import decode, encode
 from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
@@ -154,16 +155,7 @@ def test_a_member_cannot_push_in_another_members_name_over_curve() -> None:
                 sock.curve_serverkey = sec["b"].keys.public
                 sock.connect(where)
                 try:
-                    msg = m.ModelPush(
-                        run_id="r",
-                        sender=claimed,
-                        round=1,
-                        trainer=claimed,
-                        hash=model_hash(payloads),
-                        samples=4,
-                        tensors=payloads,
-                    )
-                    await sock.send_multipart(encode(msg), copy=False)
+                    await sock.send_multipart(encode(push(claimed, claimed, payloads)), copy=False)
                     reply = decode(await asyncio.wait_for(sock.recv_multipart(), 10))
                     got.append(reply.code if isinstance(reply, m.Error) else reply.TYPE)
                 finally:
