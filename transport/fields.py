@@ -160,28 +160,56 @@ def _attestations(value: Any, what: str) -> dict[str, str]:
     return {_node_id(k, f"{what} key"): _hash(v, f"{what}.{k}") for k, v in value.items()}
 
 
-def _json(value: Any, what: str, depth: int = 0) -> Any:
+def _json(value: Any, what: str) -> Any:
     """A copy of ``value`` in JSON's own shapes (tuples become lists); rejects anything else."""
+    try:
+        return _json_copy(value, 0)
+    except _NotJson as exc:
+        raise MessageError(f"{what}{''.join(reversed(exc.path))}: {exc.reason}") from None
+
+
+class _NotJson(Exception):
+    """Raised deep in :func:`_json_copy`; the path is added on the way out, so the walk
+    formats no strings unless something is wrong (a snapshot has thousands of values)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def _json_copy(value: Any, depth: int) -> Any:
     if depth > MAX_JSON_DEPTH:
-        raise MessageError(f"{what}: nested deeper than {MAX_JSON_DEPTH}")
+        raise _NotJson(f"nested deeper than {MAX_JSON_DEPTH}")
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise MessageError(f"{what}: {value} is not finite")
+            raise _NotJson(f"{value} is not finite")
         return float(value)
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise MessageError(f"{what}: key {k!r:.80} is not a string")
-            out[str(k)] = _json(v, f"{what}.{k}", depth + 1)
+                raise _NotJson(f"key {k!r:.80} is not a string")
+            try:
+                out[str(k)] = _json_copy(v, depth + 1)
+            except _NotJson as exc:
+                exc.path.append(f".{k}")
+                raise
         return out
     if isinstance(value, list | tuple):
-        return [_json(v, f"{what}[]", depth + 1) for v in value]
-    raise MessageError(f"{what}: {type(value).__name__} is not JSON data")
+        items = []
+        for v in value:
+            try:
+                items.append(_json_copy(v, depth + 1))
+            except _NotJson as exc:
+                exc.path.append("[]")
+                raise
+        return items
+    raise _NotJson(f"{type(value).__name__} is not JSON data")
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
