@@ -125,7 +125,7 @@ def _synthetic(name: str, nodes: int, hidden: list[int]) -> Job:
             "model": {"hidden": hidden},
             "data": {"source": "synthetic", "partition": "iid"},
         },
-        timeout=300.0,
+        timeout=150.0,  # a run takes ~50 s here; a stuck one must not push `make bench` past 10 min
         baseline_rounds=1,
     )
 
