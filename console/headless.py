@@ -59,6 +59,7 @@ def build_summary(
                 "bytes_sent_p2p": record.node_bytes_sent if record else 0,
                 "bytes_received_p2p": record.node_bytes_received if record else 0,
                 "rejected_messages": row.rejected,
+                "gossip_refused": row.gossip_refused,
             }
         )
     durations = [r["duration"] for r in rounds if r["duration"] is not None]

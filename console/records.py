@@ -32,6 +32,7 @@ class ClientRecord:
     update_norm: float | None = None
     node_bytes_sent: int = 0  # what the node says it sent and received peer to peer
     node_bytes_received: int = 0
+    gossip_refused: int = 0  # model pushes the node's gossip ROUTER refused (it says)
 
 
 @dataclass
@@ -83,6 +84,16 @@ class RunRecords:
     def rejected(self, client_id: str) -> None:
         if client_id in self.clients:
             self.clients[client_id].rejected += 1
+
+    def gossip_refused(self, client_id: str, count: int) -> int:
+        """Record the node's running count of refused model pushes; returns how many are new
+        since it last said (a restarted node counts from 0 again)."""
+        record = self.clients.get(client_id)
+        if record is None:
+            return 0
+        new = count - record.gossip_refused if count >= record.gossip_refused else count
+        record.gossip_refused = count
+        return new
 
     def stage(self, client_id: str, stage: str) -> None:
         if stage and client_id in self.clients:
@@ -163,6 +174,7 @@ class RunRecords:
                     bytes_in=record.bytes_in,
                     bytes_out=record.bytes_out,
                     rejected=record.rejected,
+                    gossip_refused=record.gossip_refused,
                     drop_reason=view.drop_reason,
                 )
             )

@@ -97,6 +97,7 @@ _CLIENT_TYPES: dict[str, tuple[type, ...]] = {
     "bytes_out": (int,),
     "rejected": (int,),
     "drop_reason": (str,),
+    "gossip_refused": (int,),
 }
 
 

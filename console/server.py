@@ -413,7 +413,21 @@ class ConsoleServer:
         if self._finished_client(msg.node_id):
             return m.Ack(ref=msg.TYPE, seq=self.seq)  # racing the Finished broadcast: harmless
         self.records.stage(msg.node_id, msg.stage)
-        return self._answer(msg, self.coordinator.heartbeat(msg.node_id, now), now)
+        outcome = self.coordinator.heartbeat(msg.node_id, now)
+        if outcome.rejection is None and (
+            new := self.records.gossip_refused(msg.node_id, msg.gossip_refused)
+        ):
+            self.events.write(
+                now,
+                "reject",
+                f"{msg.node_id} refused {new} model push{'es' if new != 1 else ''} "
+                f"({msg.gossip_refused} in all; latest: {msg.gossip_refusal or '?'})",
+                level="warning",
+                code="gossip",
+                client_id=msg.node_id,
+                count=msg.gossip_refused,
+            )
+        return self._answer(msg, outcome, now)
 
     def _finished_client(self, node_id: str) -> bool:
         """The run is over and ``node_id`` took part: its last reports are not refusals."""

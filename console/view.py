@@ -28,6 +28,7 @@ class ClientRow:
     bytes_out: int = 0
     rejected: int = 0  # messages of this client the console rejected
     drop_reason: str = ""
+    gossip_refused: int = 0  # model pushes this node refused from its peers (or strangers)
 
 
 @dataclass(frozen=True)

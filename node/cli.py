@@ -123,6 +123,7 @@ async def run_node(
             context=ctx,
             security=security.console() if security is not None else None,
         )
+        link.gossip_stats = gossip.stats  # its refusals go to the console with heartbeats
         if security is not None:
             link.on_snapshot.append(security.follow)  # peers' keys, for gossip
         joining = asyncio.create_task(link.start(max_wait=args.join_timeout))

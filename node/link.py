@@ -16,15 +16,20 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.asyncio
 
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.fields import MAX_TEXT_LEN
 from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory, connectable
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot, SnapshotError
+
+if TYPE_CHECKING:
+    from node.gossip import GossipStats
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,7 @@ class ConsoleLink:
         self.spec: RunSpec | None = None
         self.stage = "joining"
         self.round = 0
+        self.gossip_stats: GossipStats | None = None  # reported with every heartbeat
         self.connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -362,14 +368,27 @@ class ConsoleLink:
             await asyncio.sleep(interval)
             try:
                 await self.request(
-                    m.Heartbeat(node_id=self.node_id, stage=self.stage, round=self.round),
-                    timeout=max(1.0, self.spec.health_timeout),
+                    self._heartbeat_message(), timeout=max(1.0, self.spec.health_timeout)
                 )
             except (ConsoleUnreachable, TimeoutError):
                 if self._closing:
                     return
                 log.warning("console unreachable; reconnecting")
                 await self._rejoin()
+
+    def _heartbeat_message(self) -> m.Heartbeat:
+        """Alive, what it is doing, and what its gossip ROUTER refused (so the operator sees
+        hostile pushes to nodes too, not only those to the console)."""
+        stats = self.gossip_stats
+        return m.Heartbeat(
+            node_id=self.node_id,
+            stage=self.stage,
+            round=self.round,
+            gossip_refused=stats.rejected if stats is not None else 0,
+            gossip_refusal=stats.rejections[-1][:MAX_TEXT_LEN]
+            if stats and stats.rejections
+            else "",
+        )
 
     async def wait_for(
         self, predicate: Callable[[RunSnapshot], bool], timeout: float

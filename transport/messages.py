@@ -132,6 +132,8 @@ class Heartbeat(Message):
     node_id: NodeId
     stage: str = ""  # the node's current workflow stage, shown in the console
     round: int = 0
+    gossip_refused: int = 0  # model pushes its gossip ROUTER refused so far
+    gossip_refusal: str = ""  # the latest of them, "code: reason"
 
 
 @_register

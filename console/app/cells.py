@@ -161,8 +161,12 @@ def client_cells(row: ClientRow) -> tuple[Cell, ...]:
     state = client_state(row)
     live = row.status in ("pending", "active")
     note = row.drop_reason if not live else ""
+    extra = []
     if row.rejected:
-        note = f"{note}; {row.rejected} rejected" if note else f"{row.rejected} rejected"
+        extra.append(f"{row.rejected} rejected")
+    if row.gossip_refused:
+        extra.append(f"refused {row.gossip_refused} push{'es' if row.gossip_refused != 1 else ''}")
+    note = "; ".join([note, *extra] if note else extra)
     return (
         (row.id, "bold" if live else "dim"),
         (address(row.address), "" if live else "dim"),

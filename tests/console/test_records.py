@@ -79,3 +79,18 @@ def test_a_round_row_is_rebuilt_only_when_its_round_or_its_record_changes() -> N
     assert second is not first and second.accuracy == 0.5
     decided_again = dataclasses.replace(view, ended=3.0)  # the coordinator's view changed
     assert records.round_row(decided_again).duration == 2.0
+
+
+def test_refused_pushes_a_node_reports_are_counted_once_and_shown_in_its_row() -> None:
+    from console.app.cells import client_cells
+
+    records = RunRecords()
+    records.joined("n1", "tcp://127.0.0.1:7001", 1, "host")
+    assert records.gossip_refused("n1", 0) == 0
+    assert records.gossip_refused("n1", 3) == 3
+    assert records.gossip_refused("n1", 3) == 0  # the same count again: nothing new
+    assert records.gossip_refused("n1", 1) == 1  # a restarted node counts from 0
+    assert records.gossip_refused("stranger", 5) == 0  # not a client: nothing kept
+    row = records.client_rows(_snapshot(RunState.WAITING_FOR_MEMBERS))[0]
+    assert row.gossip_refused == 1
+    assert client_cells(row)[-1][0] == "refused 1 push"

@@ -171,6 +171,10 @@ def test_hostile_input_on_every_socket_is_refused_with_a_reason_and_the_run_is_u
         print(f"gossip: {what}: {codes}")
     assert len(gossip) == 14
     assert sum(text.count("rejected gossip") for text in node_logs.values()) >= len(gossip)
+    # ... and the nodes tell the console with their heartbeats: the operator sees them too
+    told = [e for e in rejects if e.get("code") == "gossip"]
+    assert told and all("latest: " in e["text"] for e in told), told[:3]
+    assert sum(c["gossip_refused"] for c in summary["clients"]) >= len(gossip)
 
     # counted, logged and shown per client; the run itself unaffected
     assert summary["rejected_messages"] >= FUZZ_COUNT + len(log.refusals)
