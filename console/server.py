@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -27,14 +26,13 @@ from console.checkpoint import (
     CheckpointError,
     StoredCheckpoint,
     load_latest,
-    read_round_history,
     record_state,
     write_checkpoint,
-    write_round_history,
 )
 from console.config_schema import is_loopback
-from console.coordinator import Coordinator, Outcome, round_to_dict
+from console.coordinator import Coordinator, Outcome
 from console.eventlog import EventLog
+from console.history import RoundHistory
 from console.records import RunRecords
 from console.replay import view_to_dict
 from console.security import ConsoleSecurity
@@ -70,8 +68,6 @@ URGENT_EVENTS = frozenset(
 COALESCE_SECONDS = 0.005
 CONTROL_LIMITS = Limits(max_frames=512, max_header_bytes=1 << 20, max_total_bytes=1 << 30)
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
-HISTORY_CHUNK = 20  # rounds per round-history file next to the checkpoints
-HISTORY_LAG = 4  # the most recent rounds stay in the checkpoint's state (they may still change)
 
 
 @dataclass(frozen=True)
@@ -108,9 +104,7 @@ class ConsoleServer:
         self._factory: SocketFactory | None = None
         self._view_recorded: tuple[float, object] = (float("-inf"), None)  # time, (state, round)
         self._rows_recorded: dict[int, RoundRow] = {}  # round -> its row as last recorded
-        # Settled rounds go to history files once, so a checkpoint's state stays small:
-        self._history: list[str] = []  # their names, oldest first
-        self._history_through = 0  # the last round they hold
+        self.history = RoundHistory(self.checkpoint_dir)  # settled rounds, beside checkpoints
         self.listeners: list[Callable[[], None]] = []
         self._stored: StoredCheckpoint | None = None
         self._resume = resume
@@ -127,38 +121,6 @@ class ConsoleServer:
         self.data_server: str | None = config.run_spec().data_endpoint or None
         self.coordinator = self._make_coordinator()
 
-    # ----------------------------------------------------------------- checkpointed state
-
-    def _with_history(self, state: dict[str, Any]) -> dict[str, Any]:
-        """A saved state with the rounds of its history files put back in front."""
-        names = state.get("history", [])
-        if not names:
-            return state
-        if not isinstance(names, list):
-            raise CheckpointError(f"{self.checkpoint_dir}: saved state's history is not a list")
-        rounds = read_round_history(self.checkpoint_dir, names)
-        self._history = list(names)
-        self._history_through = max((r.get("round", 0) for r in rounds), default=0)
-        return {**state, "rounds": [*rounds, *state.get("rounds", [])]}
-
-    def _state(self) -> dict[str, Any]:
-        """The coordinator's state for a checkpoint: recent rounds in it, settled ones in
-        history files (written once each), so writing it costs the same at round 10 and
-        round 10,000."""
-        coordinator = self.coordinator
-        recent = coordinator.rounds_after(self._history_through)
-        # A round may still change shortly after it ends (late aggregates): leave the last few.
-        settled = recent[: max(0, len(recent) - HISTORY_LAG)]
-        while len(settled) >= HISTORY_CHUNK:
-            chunk, settled = settled[:HISTORY_CHUNK], settled[HISTORY_CHUNK:]
-            name = write_round_history(self.checkpoint_dir, [round_to_dict(v) for v in chunk])
-            self._history.append(name)
-            self._history_through = chunk[-1].round
-        state = coordinator.to_state(since=self._history_through)
-        if self._history:
-            state["history"] = list(self._history)
-        return state
-
     # ----------------------------------------------------------------- lifecycle
 
     def _make_coordinator(self) -> Coordinator:
@@ -168,7 +130,7 @@ class ConsoleServer:
             self._stored = load_latest(self.checkpoint_dir)
             if self._stored is None:
                 raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
-            restore = self._with_history(self._stored.state)
+            restore = self.history.restore(self._stored.state)
         coordinator = Coordinator(
             cfg.coordinator,
             run_id=cfg.run_id,
@@ -558,7 +520,7 @@ class ConsoleServer:
                 epoch=msg.epoch,
                 round=msg.round,
                 tensors=msg.tensors,
-                state=self._state(),
+                state=self.history.state(self.coordinator),
             )
         except (OSError, CheckpointError) as exc:
             self.events.write(now, "checkpoint", f"checkpoint write failed: {exc}", level="error")
@@ -567,7 +529,8 @@ class ConsoleServer:
         if outcome.rejection is None:
             # The state a --resume restores is the one after the checkpoint counted: the
             # next epoch's number, the checkpoint itself recorded.
-            self._stored = record_state(self.checkpoint_dir, stored, self._state())
+            state = self.history.state(self.coordinator)
+            self._stored = record_state(self.checkpoint_dir, stored, state)
         return self._answer(msg, outcome, now)
 
     # ----------------------------------------------------------------- ticking and broadcast

@@ -166,6 +166,12 @@ async def run_node(
         print(f"fl-node: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     finally:
+        # Leaving now. A stop request that comes late (the console stopping its nodes just as
+        # this one finishes) must not land while asyncio closes its self-pipe: it would print
+        # "Exception ignored ... Bad file descriptor". The rest of the way out is bounded.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
         if link is not None:
             finished = link.latest is not None and link.latest.snapshot.state.value == "Finished"
             await link.close(leave=not finished)

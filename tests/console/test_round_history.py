@@ -12,7 +12,8 @@ import pytest
 
 from console.checkpoint import CheckpointError, history_name, record_state, write_checkpoint
 from console.coordinator import STATE_VERSION, round_to_dict
-from console.server import HISTORY_CHUNK, HISTORY_LAG, ConsoleServer
+from console.history import HISTORY_CHUNK, HISTORY_LAG
+from console.server import ConsoleServer
 from console.settings import Config
 from tests.console.test_app_pilot import make_config
 from transport.state import ResultRef, RoundOutcome, RoundView
@@ -75,7 +76,7 @@ def test_settled_rounds_move_to_history_files_and_resume_brings_them_all_back(
     everything = resumed.coordinator.rounds
     assert len(everything) == ROUNDS
 
-    state = resumed._state()
+    state = resumed.history.state(resumed.coordinator)
 
     files = (ROUNDS - HISTORY_LAG) // HISTORY_CHUNK
     archived = files * HISTORY_CHUNK
@@ -87,20 +88,23 @@ def test_settled_rounds_move_to_history_files_and_resume_brings_them_all_back(
     stored = json.loads((server.checkpoint_dir / state["history"][0]).read_text())["rounds"]
     assert [r["round"] for r in stored] == list(range(1, HISTORY_CHUNK + 1))
     # The next state writes no history file again and carries the same few rounds.
-    again = resumed._state()
+    again = resumed.history.state(resumed.coordinator)
     assert again["history"] == state["history"] and again["rounds"] == state["rounds"]
 
     checkpoint(server.checkpoint_dir, state)
     back = ConsoleServer(config, run_dir=tmp_path / "run", resume=True)
     assert back.coordinator.rounds == everything
-    assert back._state()["history"] == state["history"]  # it goes on from the same files
+    assert (
+        back.history.state(back.coordinator)["history"] == state["history"]
+    )  # it goes on from the same files
 
 
 def test_a_missing_history_file_is_a_clear_resume_error(tmp_path: Path) -> None:
     config = long_run_config(tmp_path)
     server = ConsoleServer(config, run_dir=tmp_path / "run")
     checkpoint(server.checkpoint_dir, long_run_state(config))
-    state = ConsoleServer(config, run_dir=tmp_path / "run", resume=True)._state()
+    resumed = ConsoleServer(config, run_dir=tmp_path / "run", resume=True)
+    state = resumed.history.state(resumed.coordinator)
     checkpoint(server.checkpoint_dir, state)
     (server.checkpoint_dir / state["history"][1]).unlink()
 
