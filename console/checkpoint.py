@@ -117,7 +117,7 @@ def write_checkpoint(
         "state": state,
     }
     _write_json(directory / f"{stem}.json", record)
-    log.info("checkpoint for epoch %d (round %d) written to %s", epoch, round, weights)
+    log.debug("checkpoint for epoch %d (round %d) written to %s", epoch, round, weights)
     return StoredCheckpoint(epoch, round, digest, weights, state)
 
 

@@ -43,12 +43,20 @@ class EventLog:
             self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(
-        self, t: float, kind: str, text: str, *, level: str = "info", **fields: Any
+        self,
+        t: float,
+        kind: str,
+        text: str,
+        *,
+        level: str = "info",
+        detail: bool = False,
+        **fields: Any,
     ) -> LogLine:
+        """Record one line; ``detail``: a routine line, on the terminal only with --verbose."""
         line = LogLine(t, kind, text, level)
         self.tail.append(line)
         severity = _LEVELS.get(level, logging.INFO)
-        if severity == logging.INFO and kind in DETAIL_KINDS:
+        if severity == logging.INFO and (detail or kind in DETAIL_KINDS):
             severity = logging.DEBUG
         if log.isEnabledFor(severity):
             log.log(severity, text)

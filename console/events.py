@@ -53,6 +53,12 @@ class Event:
     def describe(self) -> str:  # pragma: no cover - every subclass overrides it
         return self.kind
 
+    @property
+    def routine(self) -> bool:
+        """Part of every round: always in the event log and the console's pane, on a headless
+        terminal only with --verbose."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict: ``kind`` plus the fields (tuples become lists, enums strings)."""
         out: dict[str, Any] = {"kind": self.kind}
@@ -92,6 +98,10 @@ class StateChanged(Event):
 
     def describe(self) -> str:
         return f"{self.old} -> {self.new}: {self.reason}"
+
+    @property
+    def routine(self) -> bool:
+        return {self.old, self.new} <= {RunState.ROUND_TRAIN, RunState.ROUND_WITNESS}
 
 
 @dataclass(frozen=True)
@@ -268,6 +278,10 @@ class CheckpointRequested(Event):
 
     def describe(self) -> str:
         return f"checkpoint of round {self.round} requested from {self.uploader}"
+
+    @property
+    def routine(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)

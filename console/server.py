@@ -555,7 +555,9 @@ class ConsoleServer:
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""
         for event in outcome.events:
-            self.events.write(now, event.kind, event.describe(), **_fields(event))
+            self.events.write(
+                now, event.kind, event.describe(), detail=event.routine, **_fields(event)
+            )
             self.records.on_event(event, now)
         if force_broadcast or any(e.kind in URGENT_EVENTS for e in outcome.events):
             self._broadcast()
