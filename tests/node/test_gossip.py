@@ -36,6 +36,15 @@ def push(sender: str, trainer: str, tensors: tuple[TensorPayload, ...]) -> m.Mod
     )
 
 
+async def answer_to(sock: zmq.asyncio.Socket, msg: m.Message) -> m.Message:
+    """Send ``msg`` from a connected DEALER and return the reply (bounded); closes ``sock``."""
+    try:
+        await sock.send_multipart(encode(msg), copy=False)
+        return decode(await asyncio.wait_for(sock.recv_multipart(), 10))
+    finally:
+        sock.close(linger=0)
+
+
 def exchange(
     pushes: list[tuple[str, m.ModelPush]], committed: dict[str, str] | None = None
 ) -> tuple[list[m.Message], set[str]]:
@@ -55,12 +64,7 @@ def exchange(
                 sock.linger = 0
                 sock.setsockopt(zmq.ROUTING_ID, identity.encode())
                 sock.connect(where)
-                try:
-                    await sock.send_multipart(encode(msg), copy=False)
-                    frames = await asyncio.wait_for(sock.recv_multipart(), 10)
-                    replies.append(decode(frames))
-                finally:
-                    sock.close(linger=0)
+                replies.append(await answer_to(sock, msg))
             return replies, set(receiver.inbox.get(1, {}))
         finally:
             await receiver.close()

@@ -16,9 +16,8 @@ import zmq.asyncio
 from node import weights
 from node.gossip import GossipService
 from node.security import NodeKeys, NodeSecurity
-from tests.node.test_gossip import push
+from tests.node.test_gossip import answer_to, push
 from transport import messages as m
-from transport.codec import decode, encode
 from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
 from transport.tensors import model_hash
 
@@ -154,12 +153,8 @@ def test_a_member_cannot_push_in_another_members_name_over_curve() -> None:
                 sock.curve_secretkey = sec["a"].keys.secret
                 sock.curve_serverkey = sec["b"].keys.public
                 sock.connect(where)
-                try:
-                    await sock.send_multipart(encode(push(claimed, claimed, payloads)), copy=False)
-                    reply = decode(await asyncio.wait_for(sock.recv_multipart(), 10))
-                    got.append(reply.code if isinstance(reply, m.Error) else reply.TYPE)
-                finally:
-                    sock.close(linger=0)
+                reply = await answer_to(sock, push(claimed, claimed, payloads))
+                got.append(reply.code if isinstance(reply, m.Error) else reply.TYPE)
             return got, set(receiver.inbox.get(1, {}))
         finally:
             await receiver.close()
