@@ -22,7 +22,14 @@ from typing import Any
 
 from console.settings import Config
 from transport.keys import is_z85_key
-from transport.spec import AGGREGATORS, BUILTIN_DATA, BUILTIN_MODELS, OPTIMIZERS, PARTITIONS
+from transport.spec import (
+    AGGREGATORS,
+    BUILTIN_DATA,
+    BUILTIN_MODELS,
+    COMPRESSIONS,
+    OPTIMIZERS,
+    PARTITIONS,
+)
 
 TOP = ""  # the section of the top-level keys (run_id, seed)
 NOT_IN_FILE = frozenset({"source"})  # Config fields the loader fills in itself (top level)
@@ -279,6 +286,9 @@ VALUE_RULES: dict[str, Check] = {
     "learning.trim_fraction": between(0, 0.5, open_high=True),
     "learning.byzantine_f": at_least(0),
     "learning.torch_threads": COUNT,
+    "learning.compression": one_of(*COMPRESSIONS),
+    "learning.topk_fraction": between(0, 1, open_low=True),
+    "learning.gossip_fanout": at_least(0),
     "model.name": model_name,
     "model.hidden": every_entry(COUNT),
     "model.channels": every_entry(COUNT),

@@ -30,7 +30,7 @@ from node.datafetch import DataFetchError
 from node.gossip import GossipService
 from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
 from node.security import NodeSecurity, load_node_keys
-from node.stages import StartLearningStage, committed_hash, expects_push
+from node.stages import StartLearningStage, follow_gossip
 from node.workflow import LearningWorkflow, NodeContext
 from transport.keys import KeyFileError
 
@@ -100,6 +100,7 @@ async def run_node(
     endpoint: str,
     security: NodeSecurity | None = None,
 ) -> int:
+    """Join the run at ``endpoint`` and take part until it finishes or we are stopped."""
     ctx = zmq.asyncio.Context()
     gossip = GossipService(
         node_id=node_id,
@@ -144,8 +145,7 @@ async def run_node(
             rng=random.Random(seed),
             attack=args.attack,
         )
-        gossip.expects = lambda r, t: expects_push(nctx, r, t)
-        gossip.committed = lambda r, t: committed_hash(nctx, r, t)
+        follow_gossip(gossip, nctx)
         import torch
 
         torch.set_num_threads(spec.learning.torch_threads)

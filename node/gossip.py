@@ -1,17 +1,21 @@
-"""Model gossip between nodes: a ROUTER that receives pushes, DEALERs that push.
+"""Update gossip between nodes: a ROUTER that receives pushes and fetches, DEALERs that send.
 
 Each node binds a gossip ROUTER and announces it at join; peers' endpoints come in the
-broadcast. A trainer pushes its model directly to every live peer that lacks it, once per
-peer (a peer that acked a model is never sent it again). Every received push is decoded
-with its limits, checked (run, round, trainer, hash, the hash the trainer committed to the
-console, shapes, dtypes, finite values, and that the trainer itself sent it) and answered:
-``model_ack`` or an ``error`` that says what was wrong.
+broadcast. A trainer's update (encoded by the run's codec, ``node/compression.py``) reaches
+every live peer once: pushed by the trainer itself (``gossip_fanout = 0``), or along a relay
+tree (``node/relay.py``): the trainer pushes to K peers, and a node that receives an update
+forwards the same bytes to its children in the route the push carries. A node that a dead
+relay left out fetches the update (``model_fetch``) from the nearest live holder.
 
-A trainer pushes only its own model, so a push is bound to its sender: its ``sender`` must be its
-``trainer`` and the connection's routing id; with CURVE, the connection must also have
-authenticated with that trainer's key from the console's broadcast. A peer cannot slip a model
-into another trainer's name, and once the trainer's commit is in the broadcast no other weights
-are taken for it either.
+Every received push is decoded with its limits, checked (run, round, trainer, hash, the hash
+the trainer committed to the console, the codec's own checks: names, shapes, dtypes, finite
+values, index ranges) and answered: ``model_ack`` or an ``error`` that says what was wrong.
+
+A push is bound to its sender: its ``sender`` must be the connection's routing id, and with
+CURVE the connection must have authenticated with that sender's key from the console's
+broadcast. Only the trainer may push an update before its commit is in the broadcast; a relay's
+push (``sender`` != ``trainer``) is taken only when its hash is the one the trainer committed,
+so a relay can forward an update but never forge or alter one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 import zmq
 import zmq.asyncio
 
+from node import relay
 from node.security import NodeSecurity
 from node.weights import WeightsError, from_payloads
 from transport import messages as m
@@ -41,10 +46,15 @@ WANTED_SLICE = 0.05  # how often a waiting push re-checks that its peer is still
 
 @dataclass(frozen=True)
 class ReceivedModel:
+    """A trainer's update for one round: the payloads as sent (what is forwarded and what the
+    hash covers) and their decoded fp32 form (what is aggregated)."""
+
     trainer: str
     hash: str
     samples: int
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]  # the decoded update (node/compression.py decode_update)
+    payloads: tuple[TensorPayload, ...] = ()
+    route: tuple[str, ...] = ()  # the relay order its trainer chose (empty: no relaying)
 
 
 @dataclass
@@ -53,8 +63,24 @@ class GossipStats:
     bytes_received: int = 0
     pushes_sent: int = 0
     pushes_received: int = 0
+    duplicates: int = 0  # pushes of an update this node already held (bytes spent for nothing)
+    fetches: int = 0  # updates this node fetched because a relay on its path was gone
     rejected: int = 0
     rejections: list[str] = field(default_factory=list)
+    round_bytes: dict[int, list[int]] = field(default_factory=dict)  # round -> [up, down]
+    receipts: dict[tuple[int, str], int] = field(default_factory=dict)  # (round, trainer) -> n
+
+    def count(self, round: int, *, up: int = 0, down: int = 0) -> None:
+        """Gossip bytes of ``round`` this node sent (``up``) and received (``down``)."""
+        pair = self.round_bytes.setdefault(round, [0, 0])
+        pair[0] += up
+        pair[1] += down
+        self.bytes_sent += up
+        self.bytes_received += down
+
+    def of_round(self, round: int) -> tuple[int, int]:
+        up, down = self.round_bytes.get(round, (0, 0))
+        return up, down
 
 
 class GossipService:
@@ -95,6 +121,18 @@ class GossipService:
         self.expects: Callable[[int, str], str | None] = lambda r, t: "not following a round yet"
         self.committed: Callable[[int, str], str | None] = lambda r, t: None
         self.reference: dict[str, torch.Tensor] | None = None
+        # Decodes a push's payloads into the update to aggregate (WeightsError on bad input);
+        # None: plain weights checked against ``reference``. Set by the workflow's codec.
+        self.decoder: Callable[[tuple[TensorPayload, ...]], dict[str, torch.Tensor]] | None = None
+        # Relaying (set by the workflow): fanout, the round's members and the seed the route is
+        # drawn from, whether a peer is live, and a live peer's gossip endpoint.
+        self.fanout = 0
+        self.seed = 0
+        self.members: Callable[[int], tuple[str, ...]] = lambda r: ()
+        self.is_live: Callable[[str], bool] = lambda peer: False
+        self.endpoint_of: Callable[[str], str | None] = lambda peer: None
+        self._relays: set[asyncio.Task[None]] = set()
+        self._fetching: dict[tuple[int, str], asyncio.Task[None]] = {}
 
     def start(self) -> str:
         self._router = self._factory.model_router(f"tcp://{self._bind_host}:0")
@@ -109,30 +147,43 @@ class GossipService:
         while True:
             frames = await self._router.recv_multipart(copy=False)
             identity, body = frames[0], frames[1:]
-            self.stats.bytes_received += sum(len(f.buffer) for f in body)
-            reply = self._receive(identity, body)
+            size = sum(len(f.buffer) for f in body)
+            reply, round = self._receive(identity, body)
+            if round is not None:
+                self.stats.count(round, down=size)
+            else:
+                self.stats.bytes_received += size
+            reply_frames = encode(reply)
             try:
-                await self._router.send_multipart([identity.bytes, *encode(reply)], copy=False)
+                await self._router.send_multipart([identity.bytes, *reply_frames], copy=False)
             except zmq.ZMQError as exc:
                 log.debug("gossip reply not delivered: %s", exc)
+                continue
+            if isinstance(reply, m.ModelPush):  # a fetch answered with the update
+                self.stats.count(reply.round, up=sum(len(memoryview(f)) for f in reply_frames))
 
-    def _receive(self, identity: zmq.Frame, frames: list) -> m.Message:
+    def _receive(self, identity: zmq.Frame, frames: list) -> tuple[m.Message, int | None]:
+        """The reply to one received message, and the round it belongs to (None: unknown)."""
         try:
             msg = decode(frames, self._limits)
         except DecodeError as exc:
-            return self._refuse("?", exc.code, exc.reason)
+            return self._refuse("?", exc.code, exc.reason), None
+        if isinstance(msg, m.ModelFetch):
+            return self._answer_fetch(identity, msg), msg.round
         if not isinstance(msg, m.ModelPush):
-            return self._refuse(msg.TYPE, "malformed", f"{msg.TYPE} is not a gossip message")
+            return self._refuse(msg.TYPE, "malformed", f"{msg.TYPE} is not a gossip message"), None
+        why = self._not_from_sender(identity, msg.sender)
+        if why is not None:
+            return self._refuse(msg.TYPE, "wrong_sender", why), msg.round
+        return self.take(msg), msg.round
+
+    def take(self, msg: m.ModelPush) -> m.Message:
+        """Check a push (or a fetch's answer) and keep its update; the reply for its sender."""
         if msg.run_id != self.run_id:
             return self._refuse(msg.TYPE, "wrong_run_id", f"run {msg.run_id!r} is not ours")
         why = self.expects(msg.round, msg.trainer)
         if why is not None:
             return self._refuse(msg.TYPE, "wrong_round", why)
-        actual = model_hash(msg.tensors)
-        if actual != msg.hash:
-            return self._refuse(
-                msg.TYPE, "hash_mismatch", "weights do not match the announced hash"
-            )
         committed = self.committed(msg.round, msg.trainer)
         if committed is not None and committed != msg.hash:
             return self._refuse(
@@ -141,30 +192,82 @@ class GossipService:
                 f"{msg.trainer} committed {committed[:12]} for round {msg.round}, "
                 f"not {msg.hash[:12]}",
             )
+        if msg.sender != msg.trainer and not self.is_live(msg.sender):
+            return self._refuse(
+                msg.TYPE,
+                "wrong_sender",
+                f"{msg.sender} relayed {msg.trainer}'s update but is not a live member",
+            )
+        if msg.sender != msg.trainer and committed is None:
+            # A relay can only pass on what the trainer committed; it retries once the commit
+            # is broadcast (a race, not a fault: not counted as a refusal).
+            return m.Error(
+                ref=msg.TYPE,
+                code="unavailable",
+                reason=f"{msg.sender} relayed {msg.trainer}'s update before its commit reached us",
+            )
+        held = self.inbox.get(msg.round, {}).get(msg.trainer)
+        if held is not None and held.hash == msg.hash:
+            self.stats.duplicates += 1
+            self._receipt(msg.round, msg.trainer)
+            return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
+        if model_hash(msg.tensors) != msg.hash:
+            return self._refuse(
+                msg.TYPE, "hash_mismatch", "the payload does not match the announced hash"
+            )
         if self.reference is None:
             return self._refuse(msg.TYPE, "unavailable", "model not built yet")
         try:
-            state = from_payloads(msg.tensors, self.reference)
+            update = self.decode_payloads(msg.tensors)
         except WeightsError as exc:
             return self._refuse(msg.TYPE, "bad_model", str(exc))
-        why = self._not_from_trainer(identity, msg)
-        if why is not None:
-            return self._refuse(msg.TYPE, "wrong_sender", why)
-        self.store(msg.round, ReceivedModel(msg.trainer, msg.hash, msg.samples, state))
+        model = ReceivedModel(
+            msg.trainer, msg.hash, msg.samples, update, tuple(msg.tensors), tuple(msg.route)
+        )
+        self.store(msg.round, model)
         self.stats.pushes_received += 1
+        self._receipt(msg.round, msg.trainer)
+        if msg.route and self.fanout > 0:
+            self._spawn(self._forward(msg.round, model))
         return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
 
-    def _not_from_trainer(self, identity: zmq.Frame, msg: m.ModelPush) -> str | None:
-        """Why ``msg`` did not come from its trainer's own connection, or None when it did."""
-        if msg.sender != msg.trainer:
-            return f"{msg.sender} pushed {msg.trainer}'s model: a trainer pushes only its own"
-        if identity.bytes != msg.sender.encode():
-            return f"the connection of {identity.bytes[:64]!r} sent a push in {msg.sender}'s name"
+    def decode_payloads(self, payloads: tuple[TensorPayload, ...]) -> dict[str, torch.Tensor]:
+        """A push's payloads as the update to aggregate (:class:`WeightsError` when bad)."""
+        if self.decoder is not None:
+            return self.decoder(payloads)
+        assert self.reference is not None
+        return from_payloads(payloads, self.reference)
+
+    def _receipt(self, round: int, trainer: str) -> None:
+        key = (round, trainer)
+        self.stats.receipts[key] = self.stats.receipts.get(key, 0) + 1
+
+    def _answer_fetch(self, identity: zmq.Frame, msg: m.ModelFetch) -> m.Message:
+        why = self._not_from_sender(identity, msg.sender)
+        if why is not None:
+            return self._refuse(msg.TYPE, "wrong_sender", why)
+        if msg.run_id != self.run_id:
+            return self._refuse(msg.TYPE, "wrong_run_id", f"run {msg.run_id!r} is not ours")
+        if not self.is_live(msg.sender):
+            return self._refuse(msg.TYPE, "not_member", f"{msg.sender} is not a live member")
+        held = self.inbox.get(msg.round, {}).get(msg.trainer)
+        if held is None or not held.payloads:
+            return m.Error(
+                ref=msg.TYPE,
+                code="unavailable",
+                reason=f"no update of {msg.trainer} for round {msg.round} here (yet)",
+            )
+        return self._push_message(msg.round, held, route=())
+
+    def _not_from_sender(self, identity: zmq.Frame, sender: str) -> str | None:
+        """Why the connection did not belong to ``sender``, or None when it did."""
+        if identity.bytes != sender.encode():
+            return f"the connection of {identity.bytes[:64]!r} sent in {sender}'s name"
         if self._security is not None:
             key = peer_key(identity)
-            expected = self._security.peer_keys.get(msg.sender)
+            expected = self._security.peer_keys.get(sender)
             if expected is None or key.encode("ascii", "replace") != expected:
-                return f"the connection's CURVE key is not {msg.sender}'s in the broadcast"
+                return f"the connection's CURVE key is not {sender}'s in the broadcast"
         return None
 
     def _refuse(self, ref: str, code: str, reason: str) -> m.Error:
@@ -180,21 +283,35 @@ class GossipService:
         self._arrival = asyncio.Event()
 
     async def wait_for_models(
-        self, round: int, trainers: Callable[[], set[str]], timeout: float
+        self,
+        round: int,
+        trainers: Callable[[], set[str]],
+        timeout: float,
+        *,
+        fetch_after: float | None = None,
     ) -> bool:
         """Wait (bounded) until the inbox holds every model of ``trainers()`` for ``round``.
 
         ``trainers`` is re-read on every wake-up, so a trainer that drops stops being waited for.
+        A missing update is fetched from a holder as soon as a relay on our path is gone, and
+        in any case once ``fetch_after`` seconds have passed (default: 60 % of ``timeout``).
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        start = loop.time()
+        deadline = start + timeout
+        fetch_at = start + (0.6 * timeout if fetch_after is None else fetch_after)
         while True:
             arrival = self._arrival
-            if trainers() <= set(self.inbox.get(round, {})):
+            missing = trainers() - set(self.inbox.get(round, {}))
+            if not missing:
                 return True
-            remaining = deadline - loop.time()
+            now = loop.time()
+            remaining = deadline - now
             if remaining <= 0:
                 return False
+            for trainer in sorted(missing):
+                if now >= fetch_at or self._relay_lost(round, trainer):
+                    self._start_fetch(round, trainer, deadline)
             try:
                 # Short slices: membership changes (a dropped trainer) arrive by broadcast.
                 await asyncio.wait_for(arrival.wait(), min(remaining, 0.05))
@@ -206,42 +323,123 @@ class GossipService:
             del self.inbox[r]
         for key in [k for k in self.acked if k[0] < round]:
             del self.acked[key]
+        for key in [k for k in self.stats.receipts if k[0] < round - 8]:
+            del self.stats.receipts[key]
+        for r in [r for r in self.stats.round_bytes if r < round - 8]:
+            del self.stats.round_bytes[r]
+
+    # ----------------------------------------------------------------- relaying and fetching
+
+    def route_for(self, round: int, trainer: str) -> tuple[str, ...]:
+        """The relay order of ``trainer``'s update in ``round`` (empty without relaying)."""
+        if self.fanout < 1:
+            return ()
+        return relay.make_route(round, trainer, self.members(round), self.seed)
+
+    def _relay_lost(self, round: int, trainer: str) -> bool:
+        if self.fanout < 1:
+            return False
+        route = self.route_for(round, trainer)
+        return relay.relay_lost(route, self.node_id, self.fanout, self.is_live)
+
+    async def send_update(self, round: int, model: ReceivedModel, timeout: float) -> dict[str, str]:
+        """The trainer's own push: to every live peer, or to its first relays."""
+        if self.fanout < 1:
+            peers = [p for p in sorted(self.members(round)) if p != self.node_id]
+            targets = [p for p in peers if self.is_live(p)]
+        else:
+            targets = relay.targets(model.route, None, self.fanout, self.is_live)
+        return await self.push_to(targets, round, model, timeout)
+
+    async def _forward(self, round: int, model: ReceivedModel) -> None:
+        """A relay's part: pass the update on to our children in its route."""
+        targets = relay.targets(model.route, self.node_id, self.fanout, self.is_live)
+        if targets:
+            outcome = await self.push_to(targets, round, model, timeout=30.0)
+            failed = {p: r for p, r in outcome.items() if r != "ok"}
+            if failed:
+                log.warning(
+                    "round %d: relaying %s's update failed for %s", round, model.trainer, failed
+                )
+
+    def _start_fetch(self, round: int, trainer: str, deadline: float) -> None:
+        key = (round, trainer)
+        task = self._fetching.get(key)
+        if task is not None and not task.done():
+            return
+        self._fetching[key] = self._spawn(self._fetch(round, trainer, deadline))
+
+    async def _fetch(self, round: int, trainer: str, deadline: float) -> None:
+        """Ask holders in turn (nearest live relay, the trainer, anyone) until one answers."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline and trainer not in self.inbox.get(round, {}):
+            route = self.route_for(round, trainer)
+            members = self.members(round)
+            asked = relay.holders(route, self.node_id, trainer, self.fanout, members, self.is_live)
+            for holder in asked:
+                endpoint = self.endpoint_of(holder)
+                if endpoint is None:
+                    continue
+                reply = await self._request(
+                    holder,
+                    endpoint,
+                    m.ModelFetch(
+                        run_id=self.run_id, sender=self.node_id, round=round, trainer=trainer
+                    ),
+                    round,
+                    min(10.0, max(0.1, deadline - loop.time())),
+                )
+                if trainer in self.inbox.get(round, {}):
+                    return  # a push arrived meanwhile
+                if isinstance(reply, m.ModelPush) and reply.trainer == trainer:
+                    answer = self.take(reply)
+                    if isinstance(answer, m.ModelAck):
+                        self.stats.fetches += 1
+                        log.info("round %d: fetched %s's update from %s", round, trainer, holder)
+                        return
+            await asyncio.sleep(0.2)  # nobody holds it yet: a relay may still be receiving it
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+        return task
 
     # ----------------------------------------------------------------- pushing
 
-    async def push(
-        self,
-        peers: dict[str, str],
-        *,
-        round: int,
-        trainer: str,
-        model_hash_: str,
-        samples: int,
-        tensors: tuple[TensorPayload, ...],
-        timeout: float,
-        wanted: Callable[[str], bool] = lambda peer: True,
-    ) -> dict[str, str]:
-        """Push one model to every peer that has not acked it yet; returns peer -> outcome.
-
-        ``wanted(peer)`` is re-read while a push waits: a peer that stops being wanted (it was
-        dropped from the run) is given up at once instead of holding the push until ``timeout``.
-        """
-        held = self.acked.setdefault((round, trainer), set())
-        todo = {p: ep for p, ep in peers.items() if p not in held and p != self.node_id}
-        msg = m.ModelPush(
+    def _push_message(
+        self, round: int, model: ReceivedModel, route: tuple[str, ...]
+    ) -> m.ModelPush:
+        return m.ModelPush(
             run_id=self.run_id,
             sender=self.node_id,
             round=round,
-            trainer=trainer,
-            hash=model_hash_,
-            samples=samples,
-            tensors=tensors,
+            trainer=model.trainer,
+            hash=model.hash,
+            samples=model.samples,
+            tensors=model.payloads,
+            route=route,
         )
-        frames = encode(msg)
+
+    async def push_to(
+        self, targets: list[str], round: int, model: ReceivedModel, timeout: float
+    ) -> dict[str, str]:
+        """Push ``model`` to each of ``targets`` that has not acked it yet; peer -> outcome.
+
+        A peer that stops being live while a push waits is given up at once instead of holding
+        the push until ``timeout``.
+        """
+        held = self.acked.setdefault((round, model.trainer), set())
+        todo = {}
+        for peer in targets:
+            endpoint = self.endpoint_of(peer)
+            if peer not in held and peer != self.node_id and endpoint:
+                todo[peer] = endpoint
+        frames = encode(self._push_message(round, model, model.route))
         size = sum(len(memoryview(f)) for f in frames)
         results = await asyncio.gather(
             *(
-                self._push_one(peer, ep, frames, size, timeout, wanted)
+                self._push_one(peer, ep, frames, size, round, timeout)
                 for peer, ep in sorted(todo.items())
             )
         )
@@ -250,30 +448,49 @@ class GossipService:
         return outcome
 
     async def _push_one(
-        self,
-        peer: str,
-        endpoint: str,
-        frames: list,
-        size: int,
-        timeout: float,
-        wanted: Callable[[str], bool],
+        self, peer: str, endpoint: str, frames: list, size: int, round: int, timeout: float
     ) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            reply = await self._exchange(peer, endpoint, frames, size, round, deadline)
+            if isinstance(reply, str):
+                return reply
+            if isinstance(reply, m.ModelAck):
+                self.stats.pushes_sent += 1
+                return "ok"
+            if isinstance(reply, m.Error):
+                if reply.code == "unavailable" and loop.time() + 0.1 < deadline:
+                    await asyncio.sleep(0.1)  # it has no commit or model yet: try again shortly
+                    continue
+                log.warning("peer %s refused our push: %s", peer, reply.reason)
+                return f"refused: {reply.reason}"
+            return f"unexpected reply {reply.TYPE}"
+
+    async def _request(
+        self, peer: str, endpoint: str, msg: m.Message, round: int, timeout: float
+    ) -> m.Message | None:
+        frames = encode(msg)
+        size = sum(len(memoryview(f)) for f in frames)
+        deadline = asyncio.get_running_loop().time() + timeout
+        reply = await self._exchange(peer, endpoint, frames, size, round, deadline)
+        return None if isinstance(reply, str) else reply
+
+    async def _exchange(
+        self, peer: str, endpoint: str, frames: list, size: int, round: int, deadline: float
+    ) -> m.Message | str:
+        """Send ``frames`` to ``peer`` and return its decoded reply, or why there was none."""
         lock = self._dealer_locks.setdefault(endpoint, asyncio.Lock())
+        wanted = lambda: self.is_live(peer)  # noqa: E731 - a dropped peer: stop waiting
         async with lock:
             sock = self._dealers.get(endpoint)
             if sock is None:
                 sock = self._dealers[endpoint] = self._dealer_to(peer, endpoint)
-            deadline = asyncio.get_running_loop().time() + timeout
             try:
-                await _while_wanted(
-                    sock.send_multipart(frames, copy=False), deadline, lambda: wanted(peer)
-                )
-                self.stats.bytes_sent += size
-                self.stats.pushes_sent += 1
-                received = await _while_wanted(
-                    sock.recv_multipart(copy=False), deadline, lambda: wanted(peer)
-                )
-                reply = decode(received, self._limits)
+                await _while_wanted(sock.send_multipart(frames, copy=False), deadline, wanted)
+                received = await _while_wanted(sock.recv_multipart(copy=False), deadline, wanted)
+                self.stats.count(round, up=size, down=sum(len(f.buffer) for f in received))
+                return decode(received, self._limits)
             except _NotWanted:
                 self._drop_dealer(endpoint)
                 return "given up: the peer left the run"
@@ -283,12 +500,6 @@ class GossipService:
             except (zmq.ZMQError, DecodeError) as exc:
                 self._drop_dealer(endpoint)
                 return f"failed: {exc}"
-        if isinstance(reply, m.ModelAck):
-            return "ok"
-        if isinstance(reply, m.Error):
-            log.warning("peer %s refused our model: %s", peer, reply.reason)
-            return f"refused: {reply.reason}"
-        return f"unexpected reply {reply.TYPE}"
 
     def _drop_dealer(self, endpoint: str) -> None:
         sock = self._dealers.pop(endpoint, None)
@@ -305,6 +516,8 @@ class GossipService:
         return self._factory.model_dealer(self.node_id, endpoint, server_key=key)
 
     async def close(self) -> None:
+        for task in list(self._relays):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

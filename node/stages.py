@@ -16,9 +16,17 @@ import torch
 
 from node import weights
 from node.aggregators import Update, aggregate, update_norm
+from node.compression import (
+    CodecSpec,
+    UpdateEncoder,
+    apply_update,
+    decode_update,
+    raw_bytes,
+    trainable_names,
+)
 from node.data import Dataset, Shard, load_dataset, node_index_for, shard
 from node.datafetch import fetch_served_data
-from node.gossip import ReceivedModel
+from node.gossip import GossipService, ReceivedModel
 from node.models import build_model
 from node.training import evaluate, train_local
 from node.workflow import NodeContext, Stage
@@ -73,6 +81,31 @@ def committed_hash(ctx: NodeContext, round: int, trainer: str) -> str | None:
     view = None if latest is None else round_view(latest.snapshot, round)
     commit = None if view is None else view.commits.get(trainer)
     return None if commit is None else commit.hash
+
+
+def follow_gossip(gossip: GossipService, ctx: NodeContext) -> None:
+    """Let the gossip service judge pushes and route updates by what the node follows."""
+    gossip.expects = lambda r, t: expects_push(ctx, r, t)
+    gossip.committed = lambda r, t: committed_hash(ctx, r, t)
+    gossip.fanout = ctx.spec.learning.gossip_fanout
+    gossip.seed = ctx.spec.seed
+    gossip.members = ctx.members_of
+
+    def is_live(peer: str) -> bool:
+        member = ctx.snapshot.client(peer)
+        return member is not None and member.status is ClientStatus.ACTIVE
+
+    def endpoint_of(peer: str) -> str | None:
+        member = ctx.snapshot.client(peer)
+        return member.gossip_endpoint if member is not None and member.gossip_endpoint else None
+
+    gossip.is_live = is_live
+    gossip.endpoint_of = endpoint_of
+
+
+def codec_of(ctx: NodeContext) -> CodecSpec:
+    learning = ctx.spec.learning
+    return CodecSpec(name=learning.compression, topk_fraction=learning.topk_fraction)
 
 
 def phase_remaining(ctx: NodeContext, default: float = WAIT_SLICE) -> float:
@@ -150,9 +183,14 @@ class StartLearningStage:
                 image_shape=ds.image_shape,
                 seed=spec.seed,
             )
-            ctx.gossip.reference = {
-                k: v.detach().clone() for k, v in ctx.model.state_dict().items()
-            }
+            reference = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+            trainable = trainable_names(ctx.model)
+            codec = codec_of(ctx)
+            ctx.encoder = UpdateEncoder(codec, reference, trainable)
+            ctx.gossip.reference = reference
+            ctx.gossip.decoder = lambda payloads: decode_update(
+                payloads, codec, reference, trainable
+            )
             # Pay torch's first-call costs now, in Warmup, not in the first round's training.
             await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
         members = tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
@@ -297,16 +335,25 @@ class TrainStage:
         weights.load_into(model, start)
         if ctx.attack is not None:  # a byzantine trainer, for robustness tests (node/attacks.py)
             trained = ctx.attack.apply(trained, start)
-        payloads = weights.to_payloads(trained)
+        assert ctx.encoder is not None
+        # The update as sent; this node aggregates its own update decoded from the same bytes
+        # its peers receive, so every node holds the same fp32 values.
+        payloads = await asyncio.to_thread(ctx.encoder.encode, trained, start)
+        update = ctx.gossip.decode_payloads(payloads)
         digest = model_hash(payloads)
         work.trained_hash, work.trained_state, work.samples = digest, trained, result.samples
+        sent = sum(p.nbytes for p in payloads)
         work.metrics = {
             "train_loss": result.train_loss,
             "train_time": result.train_time,
             "local_test_loss": local_eval.loss,
             "local_accuracy": local_eval.accuracy,
+            "update_bytes": float(sent),
+            "compression_ratio": raw_bytes(start) / max(1, sent),
         }
-        ctx.gossip.store(self.round, ReceivedModel(ctx.node_id, digest, result.samples, trained))
+        route = ctx.gossip.route_for(self.round, ctx.node_id)
+        work.update = ReceivedModel(ctx.node_id, digest, result.samples, update, payloads, route)
+        ctx.gossip.store(self.round, work.update)
         await send(
             ctx,
             m.Commit(
@@ -354,16 +401,9 @@ class GossipModelStage:
     async def run(self, ctx: NodeContext) -> Stage | None:
         ctx.set_stage("gossiping", self.round)
         work = ctx.round_work(self.round)
-        if work.trained_hash is not None and work.trained_state is not None:
-            outcome = await ctx.gossip.push(
-                ctx.live_peers(),
-                round=self.round,
-                trainer=ctx.node_id,
-                model_hash_=work.trained_hash,
-                samples=work.samples,
-                tensors=weights.to_payloads(work.trained_state),
-                timeout=max(1.0, phase_remaining(ctx)),
-                wanted=lambda peer: peer in ctx.live_peers(),  # a dropped peer: stop waiting
+        if work.update is not None:
+            outcome = await ctx.gossip.send_update(
+                self.round, work.update, timeout=max(1.0, phase_remaining(ctx))
             )
             failed = {p: r for p, r in outcome.items() if r != "ok"}
             if failed:
@@ -429,8 +469,8 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         held = ctx.gossip.inbox.get(r, {})
         return all(t in held and held[t].hash == ref.hash for t, ref in accepted.items())
 
-    if not have_all():
-        await ctx.gossip.wait_for_models(r, lambda: set(accepted), 5.0)
+    if not have_all():  # fetch what is missing from any holder at once
+        await ctx.gossip.wait_for_models(r, lambda: set(accepted), 5.0, fetch_after=0.0)
     if not have_all():
         log.error("round %d: missing accepted models %s; cannot aggregate", r, sorted(accepted))
         return
@@ -442,26 +482,35 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
     ]
     learning = ctx.spec.learning
     ctx.set_stage("aggregating", r)
-    state = await asyncio.to_thread(
+    base = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    delta = await asyncio.to_thread(
         aggregate,
         learning.aggregator,
         updates,
         trim_fraction=learning.trim_fraction,
         byzantine_f=learning.byzantine_f,
     )
+    state = apply_update(base, delta)
     weights.load_into(ctx.model, state)
     digest = weights.model_hash_of(ctx.model)
     result = await asyncio.to_thread(evaluate, ctx.model, ctx.dataset.x_test, ctx.dataset.y_test)
     ctx.global_hash, ctx.global_round = digest, r
     work.aggregated = True
     ctx.set_stage("done", r)
+    stats = ctx.gossip.stats
+    up, down = stats.of_round(r)
     extra: dict[str, float] = {
-        "bytes_sent": float(ctx.gossip.stats.bytes_sent),
-        "bytes_received": float(ctx.gossip.stats.bytes_received),
+        "bytes_sent": float(stats.bytes_sent),
+        "bytes_received": float(stats.bytes_received),
+        "round_bytes_up": float(up),
+        "round_bytes_down": float(down),
+        "duplicates": float(stats.duplicates),
+        "fetches": float(stats.fetches),
     }
     if work.trained_state is not None:
         extra["update_norm"] = update_norm(work.trained_state, state)
-        extra["train_time"] = work.metrics.get("train_time", 0.0)
+        for key in ("train_time", "update_bytes", "compression_ratio"):
+            extra[key] = work.metrics.get(key, 0.0)
     ctx.gossip.forget_before(r)
     aggregate_report = m.Aggregate(
         node_id=ctx.node_id,

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import torch
 
 from node.attacks import Attack
+from node.compression import UpdateEncoder
 from node.data import Dataset, Shard
-from node.gossip import GossipService
+from node.gossip import GossipService, ReceivedModel
 from node.link import ConsoleLink
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
@@ -36,6 +37,7 @@ class RoundWork:
     round: int
     trained_hash: str | None = None
     trained_state: dict[str, torch.Tensor] | None = None
+    update: ReceivedModel | None = None  # this node's encoded update, as its peers get it
     samples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     witnessed: bool = False
@@ -63,6 +65,8 @@ class NodeContext:
     last_round: int = 0  # the console's round number in the last snapshot followed
     warmed_up_in: float | None = None  # phase_started of the Warmup we last reported for
     checkpoint_acked: str = ""  # hash of the last global model the console acked as checkpoint
+    encoder: UpdateEncoder | None = None  # encodes this node's updates (keeps top-k's residual)
+    round_members: dict[int, tuple[str, ...]] = field(default_factory=dict)  # at round start
     reports: asyncio.Task[None] | None = None  # a round's reports still on their way, in order
     finished: bool = False
 
@@ -91,10 +95,26 @@ class NodeContext:
             log.info("the console went back to round %d: forgetting later rounds", snap.round)
             self.forget_rounds_after(snap.round)
         self.last_round = snap.round
+        current = snap.current
+        if current is not None and current.round not in self.round_members:
+            # Who the round's updates go to, as the round started: relay routes are drawn
+            # from it, the same on every node that saw the same broadcast.
+            self.round_members[current.round] = tuple(c.id for c in snap.epoch_clients)
+            for old in [r for r in self.round_members if r < current.round - 4]:
+                del self.round_members[old]
+
+    def members_of(self, round: int) -> tuple[str, ...]:
+        """The members round ``round`` started with (the live ones now if it was not seen)."""
+        members = self.round_members.get(round)
+        if members is None:
+            return tuple(c.id for c in self.snapshot.epoch_clients)
+        return members
 
     def forget_rounds_after(self, round: int) -> None:
         """Drop what this node did and received for the rounds after ``round``."""
         self.voted = {r for r in self.voted if r <= round}
+        for r in [r for r in self.round_members if r > round]:
+            del self.round_members[r]
         for r in [r for r in self.work if r > round]:
             del self.work[r]
         for r in [r for r in self.gossip.inbox if r > round]:

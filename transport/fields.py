@@ -55,6 +55,7 @@ MetricMap: TypeAlias = dict[str, float]
 ErrorCode: TypeAlias = str
 Candidates: TypeAlias = tuple[tuple[NodeId, int], ...]
 Attestations: TypeAlias = dict[NodeId, Hash]
+NodeIds: TypeAlias = tuple[NodeId, ...]
 JsonObject: TypeAlias = dict[str, Any]
 Tensors: TypeAlias = tuple[TensorPayload, ...]
 
@@ -150,6 +151,18 @@ def _candidates(value: Any, what: str) -> tuple[tuple[str, int], ...]:
             raise MessageError(f"{what}[{i}]: expected a [node_id, integer] pair")
         out.append((_node_id(pair[0], f"{what}[{i}]"), _int(pair[1], f"{what}[{i}]")))
     return tuple(out)
+
+
+def _node_ids(value: Any, what: str) -> tuple[str, ...]:
+    """A list of distinct node ids (a relay route)."""
+    if not isinstance(value, list | tuple):
+        raise MessageError(f"{what}: expected a list, got {type(value).__name__}")
+    if len(value) > MAX_ENTRIES:
+        raise MessageError(f"{what}: {len(value)} entries, at most {MAX_ENTRIES}")
+    out = tuple(_node_id(v, f"{what}[{i}]") for i, v in enumerate(value))
+    if len(set(out)) != len(out):
+        raise MessageError(f"{what}: a node id appears twice")
+    return out
 
 
 def _attestations(value: Any, what: str) -> dict[str, str]:
@@ -271,6 +284,7 @@ VALIDATORS = {
     "ErrorCode": _code,
     "Candidates": _candidates,
     "Attestations": _attestations,
+    "NodeIds": _node_ids,
     "JsonObject": _object,
     "Tensors": _tensors,
 }

@@ -26,6 +26,7 @@ from transport.fields import (
     MessageError,
     MetricMap,
     NodeId,
+    NodeIds,
     Tensors,
     check_node_id,
     check_tensor,
@@ -61,6 +62,7 @@ __all__ = [
     "StateUpdate",
     "ModelPush",
     "ModelAck",
+    "ModelFetch",
 ]
 
 # ----------------------------------------------------------------------------- messages
@@ -274,6 +276,13 @@ class StateUpdate(Message):
 @_register
 @dataclass(frozen=True)
 class ModelPush(Message):
+    """A trainer's encoded update for one round, from the trainer or a relay (``sender``).
+
+    ``hash`` is the hash of ``tensors`` as sent (what witnesses attest). ``route`` is the relay
+    order the trainer chose (``[learning] gossip_fanout`` > 0): receivers forward to their
+    children in it; empty when the trainer pushes to every peer itself.
+    """
+
     TYPE: ClassVar[str] = "model_push"
     run_id: str
     sender: NodeId
@@ -282,6 +291,7 @@ class ModelPush(Message):
     hash: Hash
     samples: int
     tensors: Tensors
+    route: NodeIds = ()
 
 
 @_register
@@ -291,3 +301,18 @@ class ModelAck(Message):
     round: int
     trainer: NodeId
     hash: Hash
+
+
+@_register
+@dataclass(frozen=True)
+class ModelFetch(Message):
+    """Ask a peer for a trainer's update it holds (a relay on the way died, or it is late).
+
+    Answered with a ``model_push`` from the holder, or an ``error`` (``unavailable``).
+    """
+
+    TYPE: ClassVar[str] = "model_fetch"
+    run_id: str
+    sender: NodeId
+    round: int
+    trainer: NodeId

@@ -16,6 +16,7 @@ AGGREGATORS = ("fedavg", "fedmedian", "trimmed_mean", "krum")
 BUILTIN_MODELS = ("mlp", "cnn")
 BUILTIN_DATA = ("digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
+COMPRESSIONS = ("none", "fp16", "int8", "topk")  # how a trainer's update is encoded for gossip
 
 
 class SpecError(ValueError):
@@ -54,6 +55,9 @@ class LearningSpec:
     trim_fraction: float = 0.2  # trimmed_mean: fraction cut at each end
     byzantine_f: int = 1  # krum: assumed number of bad updates
     torch_threads: int = 1
+    compression: str = "none"  # none | fp16 | int8 | topk: how trainers encode their update
+    topk_fraction: float = 0.1  # topk: share of each tensor's entries sent per round
+    gossip_fanout: int = 0  # 0: a trainer pushes to every peer; K: to K peers, who relay
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def test_a_model_in_another_trainers_name_is_refused_as_wrong_sender() -> None:
         ]
     )
     assert codes(replies) == ["wrong_sender", "wrong_sender"]
-    assert "a trainer pushes only its own" in replies[0].reason  # type: ignore[union-attr]
+    assert "not a live member" in replies[0].reason  # type: ignore[union-attr]
     assert "b'mallory'" in replies[1].reason  # type: ignore[union-attr]
     assert kept == set()
 

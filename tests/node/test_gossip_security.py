@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from node import weights
-from node.gossip import GossipService
+from node.gossip import GossipService, ReceivedModel
 from node.security import NodeKeys, NodeSecurity
 from tests.node.test_gossip import answer_to, push
 from transport import messages as m
@@ -83,15 +83,11 @@ def test_members_push_to_each_other_and_an_outsider_is_not_heard() -> None:
             receiver.expects = lambda r, t: None
 
             async def push(sender: str, timeout: float) -> str:
-                outcome = await services[sender].push(
-                    {"b": endpoints["b"]},
-                    round=1,
-                    trainer=sender,
-                    model_hash_=model_hash(payloads),
-                    samples=4,
-                    tensors=payloads,
-                    timeout=timeout,
-                )
+                pusher = services[sender]
+                pusher.is_live = lambda peer: True
+                pusher.endpoint_of = endpoints.get
+                model = ReceivedModel(sender, model_hash(payloads), 4, state, payloads)
+                outcome = await pusher.push_to(["b"], 1, model, timeout)
                 return outcome["b"]
 
             member = await asyncio.wait_for(push("a", 5.0), 10)
