@@ -183,14 +183,7 @@ class StartLearningStage:
                 image_shape=ds.image_shape,
                 seed=spec.seed,
             )
-            reference = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-            trainable = trainable_names(ctx.model)
-            codec = codec_of(ctx)
-            ctx.encoder = UpdateEncoder(codec, reference, trainable)
-            ctx.gossip.reference = reference
-            ctx.gossip.decoder = lambda payloads: decode_update(
-                payloads, codec, reference, trainable
-            )
+            prepare_codec(ctx)
             # Pay torch's first-call costs now, in Warmup, not in the first round's training.
             await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
         members = tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
@@ -227,6 +220,17 @@ class StartLearningStage:
             log.error("could not fetch the checkpointed model: %s", reason)
         if not ctx.global_hash:
             ctx.global_hash = weights.model_hash_of(ctx.model)
+
+
+def prepare_codec(ctx: NodeContext) -> None:
+    """The run's update codec for this node's model: its encoder, and the gossip's decoder."""
+    assert ctx.model is not None
+    reference = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    trainable = trainable_names(ctx.model)
+    codec = codec_of(ctx)
+    ctx.encoder = UpdateEncoder(codec, reference, trainable)
+    ctx.gossip.reference = reference
+    ctx.gossip.decoder = lambda payloads: decode_update(payloads, codec, reference, trainable)
 
 
 def warm_up_torch(model: torch.nn.Module, ds: Dataset, learning: LearningSpec) -> None:

@@ -20,7 +20,7 @@ from node.attacks import Attack, parse_attack
 from node.data import load_dataset, shard
 from node.gossip import ReceivedModel
 from node.models import build_model
-from node.stages import TrainStage
+from node.stages import TrainStage, prepare_codec
 from node.workflow import NodeContext
 from transport import messages as m
 from transport.spec import DataSpec, LearningSpec, ModelSpec, RunSpec
@@ -64,6 +64,14 @@ class _FakeGossip:
     def __init__(self) -> None:
         self.inbox: dict[int, dict[str, ReceivedModel]] = {}
         self.acked: dict[tuple[int, str], set[str]] = {}
+        self.reference: dict[str, torch.Tensor] | None = None
+        self.decoder: Any = None
+
+    def decode_payloads(self, payloads: Any) -> dict[str, torch.Tensor]:
+        return self.decoder(payloads)
+
+    def route_for(self, round: int, trainer: str) -> tuple[str, ...]:
+        return ()
 
     def store(self, round: int, model: ReceivedModel) -> None:
         self.inbox.setdefault(round, {})[model.trainer] = model
@@ -86,6 +94,7 @@ def _context(attack: Attack | None = None) -> NodeContext:
     ctx.model, ctx.dataset = model, dataset
     ctx.shard = shard(dataset, 0, 4, data, 3)
     ctx.global_hash = weights.model_hash_of(model)
+    prepare_codec(ctx)
     return ctx
 
 
@@ -121,8 +130,8 @@ def test_a_node_forgets_its_later_rounds_when_the_console_goes_back_in_rounds() 
         ctx.round_work(r).witnessed = True
         ctx.gossip.inbox[r] = {}
         ctx.gossip.acked[(r, "node-1")] = {"node-2"}
-    ctx.follow_rounds(SimpleNamespace(round=5))  # type: ignore[arg-type]
+    ctx.follow_rounds(SimpleNamespace(round=5, current=None))  # type: ignore[arg-type]
     assert ctx.voted == {4, 5, 6}  # rounds only went forward: nothing forgotten
-    ctx.follow_rounds(SimpleNamespace(round=3))  # type: ignore[arg-type]  # a resumed console
+    ctx.follow_rounds(SimpleNamespace(round=3, current=None))  # type: ignore[arg-type]  # a resumed console
     assert ctx.voted == set()
     assert not ctx.work and not ctx.gossip.inbox and not ctx.gossip.acked
