@@ -30,6 +30,7 @@ _NUMPY_DTYPES = {
     "int64": np.int64,
     "int32": np.int32,
     "uint8": np.uint8,
+    "int8": np.int8,
 }
 
 

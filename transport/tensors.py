@@ -21,6 +21,7 @@ DTYPE_SIZES: dict[str, int] = {
     "int64": 8,
     "int32": 4,
     "uint8": 1,
+    "int8": 1,  # int8-quantised model updates (node/compression.py)
 }
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 

@@ -256,6 +256,18 @@ def test_huge_finite_values_pass(dtype: str) -> None:
     assert is_finite(TensorPayload("w", dtype, (values.size,), values.tobytes()))
 
 
+def test_int8_tensors_round_trip_bit_exact() -> None:
+    values = np.arange(-128, 128, dtype=np.int8)  # every int8 value, -128 included
+    t = TensorPayload("w|q", "int8", (values.size,), values.tobytes())
+    got = decode([zmq.Frame(bytes(f)) for f in encode(push(t))])
+    assert isinstance(got, m.ModelPush)
+    (back,) = got.tensors
+    assert (back.name, back.dtype, back.shape) == ("w|q", "int8", (256,))
+    assert np.array_equal(np.frombuffer(back.data, np.int8), values)
+    assert model_hash(got.tensors) == got.hash == model_hash((t,))
+    assert is_finite(back)
+
+
 def test_integer_tensors_need_no_finiteness() -> None:
     t = TensorPayload("y", "uint8", (4,), b"\xff" * 4)
     assert is_finite(t)
