@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -26,6 +27,8 @@ from node.compression import (
 )
 from node.models import build_model
 from node.weights import WeightsError
+from transport.codec import decode, encode
+from transport.messages import ModelPush
 from transport.spec import ModelSpec
 from transport.tensors import DTYPE_SIZES, TensorPayload, model_hash, total_bytes
 
@@ -338,6 +341,21 @@ def test_decoding_is_bit_identical_across_calls_and_thread_counts(spec: CodecSpe
         torch.set_num_threads(threads)
     for other in results[1:]:
         assert all(_bits(other[k]) == _bits(results[0][k]) for k in base)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_update_payloads_cross_the_wire_codec_unchanged(spec: CodecSpec) -> None:
+    base, trained, trainable = _trained_pair()
+    payloads = UpdateEncoder(spec, base, trainable).encode(trained, base)
+    digest = model_hash(payloads)
+    push = ModelPush(
+        run_id="r", sender="a", round=1, trainer="a", hash=digest, samples=16, tensors=payloads
+    )
+    got = decode([zmq.Frame(bytes(f)) for f in encode(push)])
+    assert isinstance(got, ModelPush) and model_hash(got.tensors) == digest
+    sent = decode_update(payloads, spec, base, trainable)
+    received = decode_update(got.tensors, spec, base, trainable)
+    assert all(_bits(received[k]) == _bits(sent[k]) for k in base)
 
 
 # ----------------------------------------------------------------------------- hostile input
