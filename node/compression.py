@@ -82,7 +82,10 @@ class CodecSpec:
             raise CompressionError(f"topk_fraction must be in (0, 1], got {f!r:.40}")
 
     def topk_k(self, numel: int) -> int:
-        """How many elements top-k sends for a tensor of ``numel`` (all of them at most)."""
+        """How many elements top-k sends for a tensor of ``numel`` (all of them at most).
+
+        ``ceil(fraction * numel)`` in float64 as written, the same on every node (so 0.07 of
+        100 is 8, not 7: 0.07 * 100 is 7.000000000000001)."""
         return min(numel, max(1, math.ceil(self.topk_fraction * numel)))
 
 
@@ -111,7 +114,7 @@ def trainable_names(model: nn.Module) -> frozenset[str]:
     """The entries the codec compresses: float parameters with ``requires_grad``."""
     return frozenset(
         name
-        for name, p in model.named_parameters()
+        for name, p in model.named_parameters(remove_duplicate=False)  # tied weights: every name
         if p.requires_grad and p.dtype.is_floating_point
     )
 
@@ -165,10 +168,10 @@ def _layout(spec: CodecSpec, reference: StateDict, trainable: frozenset[str]) ->
 
 
 def _check_state(state: StateDict, entries: list[_Entry], what: str) -> None:
-    keys = [e.key for e in entries]
-    if set(state.keys()) != set(keys):
+    keys = {e.key: e for e in entries}
+    if state.keys() != keys.keys():
         missing = [k for k in keys if k not in state]
-        extra = [k for k in state if k not in set(keys)]
+        extra = [k for k in state if k not in keys]
         raise CompressionError(f"{what} state: missing {missing[:8]}, unexpected {extra[:8]}")
     for e in entries:
         t = state[e.key]
@@ -289,9 +292,9 @@ def decode_update(
         if p.name in received:
             raise CompressionError(f"tensor {p.name!r:.80} appears twice")
         received[p.name] = p
-    expected = [part.name for e in entries for part in e.parts]
+    expected = {part.name: part for e in entries for part in e.parts}
     missing = [n for n in expected if n not in received]
-    extra = [n for n in received if n not in set(expected)]
+    extra = [n for n in received if n not in expected]
     if missing or extra:
         raise CompressionError(
             f"update payloads do not match the {spec.name} codec for this model: "
