@@ -50,11 +50,12 @@ from torch import nn
 
 from node.weights import WeightsError, dtype_name, to_payloads
 from transport.fields import MAX_TENSOR_NAME
+from transport.spec import COMPRESSIONS
 from transport.tensors import DTYPE_SIZES, TensorPayload
 
 StateDict = Mapping[str, torch.Tensor]
 
-CODECS: tuple[str, ...] = ("none", "fp16", "int8", "topk")
+CODECS: tuple[str, ...] = COMPRESSIONS  # declared with the run's spec: [learning] compression
 # 256 elements per int8 scale: 4 scale bytes per 256 q bytes adds 1.6% to the int8 payload
 # (ratio 0.254 of fp32 instead of 0.251 at 1024), and one outlier coarsens only 256 neighbours.
 INT8_CHUNK = 256

@@ -57,6 +57,7 @@ KIND_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "MetricMap": metric_maps,
     "Candidates": st.lists(st.tuples(node_ids, counts), max_size=5).map(tuple),
     "Attestations": st.dictionaries(node_ids, hashes, max_size=5),
+    "NodeIds": st.lists(node_ids, max_size=5, unique=True).map(tuple),
     "JsonObject": json_objects,
     "ErrorCode": st.from_regex(r"[a-z_]{1,64}", fullmatch=True),
     "Tensors": tensor_tuples(),
