@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import torch
 import zmq
 import zmq.asyncio
 
 from node import weights
+from node.compression import CodecSpec, decode_update
 from node.gossip import GossipService
 from transport import messages as m
 from transport.codec import decode, encode
@@ -104,3 +106,69 @@ def test_weights_other_than_the_committed_ones_are_refused() -> None:
     assert codes(replies) == ["hash_mismatch", "model_ack"]
     assert f"a committed {committed[:12]}" in replies[0].reason  # type: ignore[union-attr]
     assert kept == {"a"}
+
+
+# --------------------------------------------------------------- compressed updates
+
+
+def _topk_payloads(indices: list[int], values: list[float]) -> tuple[TensorPayload, ...]:
+    idx = np.asarray(indices, dtype=np.int32)
+    val = np.asarray(values, dtype=np.float32)
+    return (
+        TensorPayload("w|idx", "int32", (len(idx),), idx.tobytes()),
+        TensorPayload("w|val", "float32", (len(val),), val.tobytes()),
+    )
+
+
+def test_hostile_compressed_updates_are_refused_with_the_reason_and_never_kept() -> None:
+    """A node on a top-k run (k = 2 of 8): an honest update is kept; updates with indices out
+    of range, repeated or unsorted, the wrong k, or a relay's altered bytes are refused."""
+    spec = CodecSpec("topk", 0.25)
+    reference = {"w": torch.zeros(8)}
+    honest = _topk_payloads([1, 6], [0.5, -2.0])
+    cases = [
+        ("b", "b", _topk_payloads([1, 8], [0.5, 1.0])),  # index past the end
+        ("c", "c", _topk_payloads([3, 3], [0.5, 1.0])),  # the same index twice
+        ("d", "d", _topk_payloads([6, 1], [0.5, 1.0])),  # unsorted
+        ("e", "e", _topk_payloads([1, 2, 3], [0.5, 1.0, 2.0])),  # k = 3, the run sends 2
+        ("a", "a", honest),
+    ]
+
+    async def scenario() -> tuple[list[m.Message], set[str]]:
+        ctx = zmq.asyncio.Context()
+        receiver = GossipService(node_id="me", run_id=RUN, context=ctx)
+        receiver.reference = reference
+        receiver.decoder = lambda p: decode_update(p, spec, reference, frozenset({"w"}))
+        receiver.expects = lambda r, t: None
+        receiver.committed = lambda r, t: model_hash(honest) if t == "a" else None
+        receiver.is_live = lambda peer: True
+        replies: list[m.Message] = []
+        try:
+            where = receiver.start()
+            pushes = [(i, push(i, t, p)) for i, t, p in cases]
+            # a relay passing on trainer a's update with one value changed
+            forged = _topk_payloads([1, 6], [0.5, 2.0])
+            pushes.insert(0, ("relay", push("relay", "a", forged)))
+            for identity, msg in pushes:
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.setsockopt(zmq.ROUTING_ID, identity.encode())
+                sock.connect(where)
+                replies.append(await answer_to(sock, msg))
+            return replies, set(receiver.inbox.get(1, {}))
+        finally:
+            await receiver.close()
+            ctx.destroy(linger=0)
+
+    replies, kept = asyncio.run(scenario())
+    assert codes(replies) == [
+        "hash_mismatch",  # the relay's bytes are not what trainer a committed
+        "bad_model",
+        "bad_model",
+        "bad_model",
+        "bad_model",
+        "model_ack",
+    ]
+    assert kept == {"a"}
+    reasons = [r.reason for r in replies if isinstance(r, m.Error)]
+    assert all("w" in reason for reason in reasons[1:])  # each names the tensor it refused
