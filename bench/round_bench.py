@@ -154,6 +154,13 @@ def pure_compute(config_path: Path, nodes: int, rounds: int) -> dict[str, Any]:
 
     from console.config import load_config
     from node.aggregators import Update, aggregate
+    from node.compression import (
+        CodecSpec,
+        UpdateEncoder,
+        apply_update,
+        decode_update,
+        trainable_names,
+    )
     from node.data import load_dataset, shard
     from node.models import build_model
     from node.stages import warm_up_torch
@@ -183,6 +190,10 @@ def pure_compute(config_path: Path, nodes: int, rounds: int) -> dict[str, Any]:
     setup = time.perf_counter() - started
     global_state = {k: v.detach().clone() for k, v in models[ids[0]].state_dict().items()}
     model_bytes = sum(t.numel() * t.element_size() for t in global_state.values())
+    # Nodes send encoded updates and aggregate what they decode: the baseline does the same.
+    codec = CodecSpec(spec.learning.compression, spec.learning.topk_fraction)
+    trainable = trainable_names(models[ids[0]])
+    encoders = {nid: UpdateEncoder(codec, global_state, trainable) for nid in ids}
     params = sum(p.numel() for p in models[ids[0]].parameters())
     learning = spec.learning
     out_rounds = []
@@ -201,16 +212,19 @@ def pure_compute(config_path: Path, nodes: int, rounds: int) -> dict[str, Any]:
             evaluate(model, ds.x_test, ds.y_test)
             local_eval[nid] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            payloads = encoders[nid].encode(trained, global_state)
+            delta = decode_update(payloads, codec, global_state, trainable)
             model_hash_of(trained)
             hashing[nid] = time.perf_counter() - t0
-            updates.append(Update(nid, result.samples, trained))
+            updates.append(Update(nid, result.samples, delta))
         t0 = time.perf_counter()
-        global_state = aggregate(
+        aggregated = aggregate(
             learning.aggregator,
             updates,
             trim_fraction=learning.trim_fraction,
             byzantine_f=learning.byzantine_f,
         )
+        global_state = apply_update(global_state, aggregated)
         agg = time.perf_counter() - t0
         probe = models[ids[0]]
         load_into(probe, global_state)

@@ -218,6 +218,7 @@ def summary(config: Config) -> list[tuple[str, str]]:
         ("model", _model(config)),
         ("data", _data(config)),
         ("learning", _learning(config)),
+        ("gossip", _gossip(config)),
         ("nodes", _nodes(config)),
         ("security", _security(config)),
         ("checkpoints", str(config.checkpoint.dir)),
@@ -284,6 +285,19 @@ def _learning(config: Config) -> str:
         f"{learning.optimizer} lr {learning.learning_rate:g}, {epochs}, "
         f"batch {learning.batch_size}, aggregator {aggregator}"
     )
+
+
+def _gossip(config: Config) -> str:
+    learning = config.learning
+    codec = {
+        "none": "float32 updates",
+        "fp16": "fp16 updates",
+        "int8": "int8 updates (a scale per 256 values)",
+        "topk": f"top-{learning.topk_fraction:g} updates with error feedback",
+    }[learning.compression]
+    if learning.gossip_fanout == 0:
+        return f"{codec}, each trainer pushes to every peer"
+    return f"{codec}, each trainer uploads to {learning.gossip_fanout}, peers relay"
 
 
 def _nodes(config: Config) -> str:
