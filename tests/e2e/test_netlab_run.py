@@ -3,7 +3,8 @@
 A network lab (bench/netlab.py) gives the console and four ``fl-node`` processes a network
 namespace each: the console binds the bridge's address in the hub namespace (``[local] spawn
 = 0``), every node joins with ``--connect tcp://HUB:PORT --gossip-host ITS_OWN_ADDRESS``, and
-every link is rate-limited. Nodes in different namespaces can only reach each other through
+every link is rate-limited. The same again with the console and the nodes' gossip sockets
+bound on every interface (``0.0.0.0``). Nodes in different namespaces can only reach each other through
 the bridge, so a finished run whose nodes announced their own addresses and exchanged models
 proves that joining, the state broadcast and the gossip all crossed it.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -79,10 +79,16 @@ def _keys(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+@pytest.mark.parametrize(
+    ("curve", "wildcard"),
+    [(False, False), (True, False), (False, True)],
+    ids=["plain", "curve", "every-interface"],
+)
 def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the_bridge(
-    tmp_path: Path, lab: NetLab, curve: bool
+    tmp_path: Path, lab: NetLab, curve: bool, wildcard: bool
 ) -> None:
+    """``wildcard``: the console and every node's gossip socket bind ``0.0.0.0``, not an address
+    (README's first choice); peers must still be told each node's own address."""
     security: dict[str, Any] = {}
     node_keys: list[list[str]] = [[] for _ in range(NODES)]
     if curve:
@@ -99,7 +105,7 @@ def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the
         ]
     config = write_config(
         tmp_path,
-        server={"host": lab.hub_address},
+        server={"host": "0.0.0.0" if wildcard else lab.hub_address},
         coordinator={
             "init_min_clients": NODES,
             "total_rounds": ROUNDS,
@@ -111,19 +117,18 @@ def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the
     doc = tomlkit.parse(config.read_text())
     control = f"tcp://{lab.hub_address}:{doc['server']['control_port']}"
     run_id = str(doc["run_id"])
-    started = time.monotonic()
     console = HeadlessConsole(config, tmp_path / "run", prefix=lab.exec_args(lab.hub_ns))
     nodes: list[LabNode] = []
     try:
         for i, (ns, address) in enumerate(zip(lab.node_ns, lab.node_address, strict=True)):
             args = ["--connect", control, "--run-id", run_id, "--name", f"site-{i}"]
-            args += ["--gossip-host", address, "--join-timeout", "60", *node_keys[i]]
+            gossip_host = "0.0.0.0" if wildcard else address
+            args += ["--gossip-host", gossip_host, "--join-timeout", "60", *node_keys[i]]
             nodes.append(LabNode(lab, ns, tmp_path / f"site-{i}.log", args))
 
         assert console.wait(timeout=100) == 0, console.text()[-3000:]
         for node in nodes:
             assert node.process.wait(timeout=30) == 0, node.text()[-3000:]
-        took = time.monotonic() - started
 
         summary = console.read_summary()
         assert summary["final_state"] == "Finished", summary
@@ -148,7 +153,6 @@ def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the
             received, sent = lab.link_bytes(i)
             assert sent >= client["bytes_sent_p2p"], (sent, client)
             assert received >= client["bytes_received_p2p"], (received, client)
-        assert took < 120, f"the run took {took:.0f}s"
     finally:
         for node in nodes:
             node.close()
