@@ -30,6 +30,7 @@ def needs_lab() -> None:
     why = lab_unavailable()
     if why is not None:
         pytest.skip(why)
+    cleanup_stale()  # namespaces of an earlier run that was killed before it could tear down
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import IO, Any
 import pytest
 import tomlkit
 
-from bench.netlab import NetLab, lab_unavailable
+from bench.netlab import NetLab, cleanup_stale, lab_unavailable
 from tests.e2e.runs import REPO, HeadlessConsole, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -63,6 +63,7 @@ def lab() -> Iterator[NetLab]:
     why = lab_unavailable()
     if why is not None:
         pytest.skip(why)
+    cleanup_stale()  # namespaces of an earlier run that was killed before it could tear down
     with NetLab(NODES, rate_mbit=RATE_MBIT) as made:
         yield made
 
@@ -139,6 +140,7 @@ def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the
             assert len(set(r["aggregates"].values())) == 1, r  # every node holds the same model
         assert summary["spawned_pids"] == []
         if curve:
+            assert any("CURVE on" in e.get("text", "") for e in console.events_seen())
             assert summary["refused_connections"] == 0
 
         clients = {c["id"]: c for c in summary["clients"]}
