@@ -37,7 +37,8 @@ namespaces (which takes their veths, the bridge and the qdiscs with them).
 :func:`lab_unavailable` says why no lab can be built here (tests skip with it).
 
 ``python -m bench.netlab [--rate 20] [--seconds 3]``: builds a 2-node lab, measures TCP
-throughput node 0 -> node 1 limited and unlimited, prints it and tears the lab down.
+throughput node 0 -> node 1 limited and unlimited (bench/throughput.py), prints it and tears
+the lab down.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ import logging
 import os
 import random
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -61,6 +61,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
+
+from bench.throughput import measure_mbit
 
 log = logging.getLogger(__name__)
 
@@ -157,27 +159,30 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """Tear every lab down, then do what the handler before ours would have done."""
-    previous = _saved_handlers.get(signum, signal.SIG_DFL)
+    previous = _saved_handlers.get(signum)
     _teardown_all()  # restores the previous handlers too
     if callable(previous):
         previous(signum, frame)
-    elif previous == signal.SIG_IGN:
-        return
     else:  # SIG_DFL (or None: set from C): let the default action happen
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
 
 def _register(lab: NetLab) -> None:
+    """Count ``lab`` as live; the first live lab installs the signal handlers (main thread)."""
     with _lock:
-        if not _live and threading.current_thread() is threading.main_thread():
+        if not _saved_handlers and threading.current_thread() is threading.main_thread():
             for sig in _SIGNALS:
-                _saved_handlers[sig] = signal.getsignal(sig)
+                previous = signal.getsignal(sig)
+                if previous == signal.SIG_IGN:  # ignored (a background job's SIGINT): keep so
+                    continue
+                _saved_handlers[sig] = previous
                 signal.signal(sig, _on_signal)
         _live.append(lab)
 
 
 def _unregister(lab: NetLab) -> None:
+    """``lab`` is gone; the last one restores the handlers that were there before (main thread)."""
     with _lock:
         if lab in _live:
             _live.remove(lab)
@@ -191,6 +196,7 @@ def _unregister(lab: NetLab) -> None:
 
 
 def _teardown_all() -> None:
+    """Tear down every live lab (at a signal and at interpreter exit)."""
     for lab in list(_live):
         lab.teardown()
 
@@ -448,96 +454,6 @@ def lab_unavailable() -> str | None:
     except (LabError, OSError, subprocess.SubprocessError) as exc:
         return f"cannot build a network lab here: {exc}"
     return None
-
-
-# ----------------------------------------------------------------------------- throughput
-
-_SINK = """
-import socket, sys, time
-address, timeout = sys.argv[1], float(sys.argv[2])
-server = socket.create_server((address, 0))
-server.settimeout(timeout)
-print(server.getsockname()[1], flush=True)
-conn, _ = server.accept()
-conn.settimeout(timeout)
-first = last = None
-counted = 0
-while True:
-    chunk = conn.recv(1 << 20)
-    if not chunk:
-        break
-    last = time.monotonic()
-    if first is None:
-        first = last  # the clock starts with the first chunk, which is not counted
-    else:
-        counted += len(chunk)
-print(counted, (last or 0.0) - (first or 0.0), flush=True)
-"""
-
-_SOURCE = """
-import socket, sys, time
-address, port, seconds, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-block = b"x" * (1 << 16)
-sent = 0
-with socket.create_connection((address, port), timeout=seconds + 10) as conn:
-    end = time.monotonic() + seconds
-    while sent < limit and time.monotonic() < end:
-        conn.sendall(block)
-        sent += len(block)
-"""
-
-
-def measure_mbit(
-    lab: NetLab,
-    source_ns: str,
-    sink_ns: str,
-    sink_address: str,
-    *,
-    seconds: float = 3.0,
-    max_bytes: int = 2 << 30,
-) -> float:
-    """TCP throughput ``source_ns`` -> ``sink_address`` (in ``sink_ns``), in Mbit/s.
-
-    A plain Python sender streams for ``seconds`` (at most ``max_bytes``); the receiver times
-    from its first chunk to the last. Every wait is bounded; both processes are reaped.
-    """
-    timeout = seconds + 20.0
-    sink = lab.popen(
-        sink_ns,
-        [sys.executable, "-c", _SINK, sink_address, str(timeout)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert sink.stdout is not None
-        ready, _, _ = select.select([sink.stdout], [], [], 20.0)
-        line = sink.stdout.readline() if ready else ""
-        if not line.strip().isdigit():
-            sink.kill()
-            _, err = sink.communicate(timeout=REAP_TIMEOUT)
-            raise LabError(f"throughput sink did not start: {err.strip()[-500:]}")
-        source = lab.run(
-            source_ns,
-            [sys.executable, "-c", _SOURCE, sink_address, line.strip(), str(seconds)]
-            + [str(max_bytes)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if source.returncode != 0:
-            raise LabError(f"throughput source failed: {source.stderr.strip()[-500:]}")
-        out, err = sink.communicate(timeout=timeout)
-        if sink.returncode != 0:
-            raise LabError(f"throughput sink failed: {err.strip()[-500:]}")
-        counted, elapsed = out.split()
-        if float(elapsed) <= 0:
-            raise LabError("throughput sink received too little to time")
-        return int(counted) * 8 / float(elapsed) / 1e6
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait(timeout=REAP_TIMEOUT)
 
 
 # ----------------------------------------------------------------------------- self-check

@@ -18,10 +18,10 @@ from bench.netlab import (
     NetLab,
     cleanup_stale,
     lab_unavailable,
-    measure_mbit,
     namespaces,
     tbf_args,
 )
+from bench.throughput import measure_mbit
 from tests.e2e.runs import REPO
 
 
@@ -139,27 +139,53 @@ def test_exec_args_refuses_a_namespace_that_is_not_the_labs(lab: NetLab) -> None
         lab.exec_args("some-other-ns")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_tears_the_lab_down_then_acts_as_before(needs_lab: None, sig: int) -> None:
+def _child_with_a_lab(prelude: str = "") -> tuple[subprocess.Popen[str], str, list[str]]:
+    """A Python child that builds a lab and sleeps: (child, a process in the lab, its names)."""
     script = textwrap.dedent(
         """
-        import time
+        import signal, time
         from bench.netlab import NetLab
+        PRELUDE
         lab = NetLab(2, rate_mbit=10)
         sleeper = lab.popen(lab.node_ns[0], ["sleep", "60"])
         print(sleeper.pid, *lab.namespaces, flush=True)
         time.sleep(60)
         """
-    )
+    ).replace("PRELUDE", prelude)
     child = subprocess.Popen(
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
+    assert child.stdout is not None
+    pid, *names = child.stdout.readline().split()
+    return child, pid, names
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_tears_the_lab_down_then_acts_as_before(needs_lab: None, sig: int) -> None:
+    child, pid, names = _child_with_a_lab()
     try:
-        assert child.stdout is not None
-        pid, *names = child.stdout.readline().split()
         assert names and set(names) <= set(namespaces())
         child.send_signal(sig)
         assert child.wait(timeout=30) == -sig  # the previous handler's way out, after teardown
+        assert not set(names) & set(namespaces())
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        cleanup_stale()
+
+
+def test_an_ignored_sigint_stays_ignored_and_sigterm_still_tears_down(needs_lab: None) -> None:
+    # a background job of a shell starts with SIGINT ignored: the lab must not change that
+    child, pid, names = _child_with_a_lab("signal.signal(signal.SIGINT, signal.SIG_IGN)")
+    try:
+        child.send_signal(signal.SIGINT)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)
+        assert set(names) <= set(namespaces())
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == -signal.SIGTERM
         assert not set(names) & set(namespaces())
         assert not os.path.exists(f"/proc/{pid}")
     finally:
