@@ -222,3 +222,14 @@ def test_cleanup_stale_deletes_only_dead_labs_namespaces(needs_lab: None) -> Non
         for ns in stale + kept:
             if ns in namespaces():
                 subprocess.run(["ip", "netns", "del", ns], timeout=20)
+
+
+def test_lab_unavailable_says_why_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    lab_unavailable.cache_clear()
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        why = lab_unavailable()
+        assert why is not None and "root" in why
+    finally:
+        monkeypatch.undo()
+        lab_unavailable.cache_clear()  # the next test probes the real machine again
