@@ -48,6 +48,7 @@ def build_summary(
         clients.append(
             {
                 "id": row.id,
+                "address": row.address,
                 "status": row.status,
                 "drop_reason": row.drop_reason,
                 "rounds_trained": row.rounds_trained,

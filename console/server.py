@@ -40,7 +40,14 @@ from console.settings import Config
 from console.view import ConsoleSnapshot, RoundRow
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import PeerUnreachable, SocketFactory, peer_key, send_to
+from transport.sockets import (
+    PeerUnreachable,
+    SocketFactory,
+    announced_from,
+    peer_address,
+    peer_key,
+    send_to,
+)
 from transport.spec import RunSpec
 from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
 from transport.tensors import model_hash
@@ -280,8 +287,9 @@ class ConsoleServer:
             identity = frames[0].bytes
             size = sum(len(f.buffer) for f in frames[1:])
             key = peer_key(frames[-1]) if self.security is not None else ""
+            address = peer_address(frames[-1])
             sent = 0
-            for reply in self.handle(identity, frames[1:], size, key=key):
+            for reply in self.handle(identity, frames[1:], size, key=key, address=address):
                 try:
                     sent += await send_to(sock, identity, reply)
                 except (PeerUnreachable, zmq.ZMQError) as exc:  # peer gone: nothing to answer
@@ -289,11 +297,14 @@ class ConsoleServer:
                     break
             self.records.bytes_out(identity.decode("utf-8", "replace"), sent)
 
-    def handle(self, identity: bytes, frames: list, size: int, *, key: str = "") -> list[m.Message]:
+    def handle(
+        self, identity: bytes, frames: list, size: int, *, key: str = "", address: str = ""
+    ) -> list[m.Message]:
         """Decode, validate and apply one request; return the reply (always exactly one).
 
         ``key``: the sender's CURVE public key (with ``[security] curve``); a node id is bound
-        to the key it joined with.
+        to the key it joined with. ``address``: the IP the request came from ("" if unknown);
+        a join's gossip endpoint on every interface (``0.0.0.0``) is announced at it.
         """
         now = self.clock()
         sender = identity.decode("utf-8", "replace")
@@ -313,7 +324,7 @@ class ConsoleServer:
                 )
             ]
         if isinstance(msg, m.Join):
-            return [self._on_join(msg, now, key=key)]
+            return [self._on_join(msg, now, key=key, address=address)]
         if self.security is not None and (why := self.security.check(sender, key)) is not None:
             return [self._reject(now, sender, ref, "malformed", why)]
         handler = getattr(self, f"_on_{ref}", None)
@@ -340,15 +351,16 @@ class ConsoleServer:
         self._after(outcome, now)
         return reply
 
-    def _on_join(self, msg: m.Join, now: float, *, key: str = "") -> m.Message:
+    def _on_join(self, msg: m.Join, now: float, *, key: str = "", address: str = "") -> m.Message:
+        gossip = announced_from(msg.gossip_endpoint, address)
         outcome = self.coordinator.join(
-            msg.node_id, msg.run_id, now, gossip_endpoint=msg.gossip_endpoint, public_key=key
+            msg.node_id, msg.run_id, now, gossip_endpoint=gossip, public_key=key
         )
         if outcome.rejection is not None:
             return self._answer(msg, outcome, now)
         if self.security is not None:
             self.security.joined(msg.node_id, key)
-        self.records.joined(msg.node_id, msg.gossip_endpoint, msg.pid, msg.host)
+        self.records.joined(msg.node_id, gossip, msg.pid, msg.host)
         self._after(outcome, now)
         return m.JoinAck(
             node_id=msg.node_id,

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gossip-host",
         default="127.0.0.1",
-        help="address to bind the gossip socket on and announce to peers (default 127.0.0.1)",
+        help="address to bind the gossip socket on and announce to peers (default 127.0.0.1); "
+        "with 0.0.0.0 (every interface) peers are told the address the console sees this node at",
     )
     p.add_argument(
         "--join-timeout",

@@ -312,6 +312,31 @@ def connectable(announced: str, via: str) -> str:
     return f"{scheme}://{via_host}:{port}"
 
 
+def announced_from(announced: str, peer_address: str) -> str:
+    """``announced`` as other peers can connect to it, given the address it was announced from.
+
+    A node whose gossip socket is bound on every interface (``--gossip-host 0.0.0.0``) announces
+    ``tcp://0.0.0.0:PORT``, which no peer can use; the console knows where the node's join came
+    from (:func:`peer_address`) and passes that on instead. Any other endpoint, or an unknown
+    ``peer_address`` (""), leaves ``announced`` unchanged.
+    """
+    if not peer_address:
+        return announced
+    host = f"[{peer_address}]" if ":" in peer_address else peer_address
+    return connectable(announced, f"tcp://{host}:0")
+
+
+def peer_address(frame: zmq.Frame) -> str:
+    """The IP address the peer that sent ``frame`` (``recv(copy=False)``) connected from, or "".
+
+    libzmq's ``Peer-Address`` message property: set for TCP connections, absent otherwise.
+    """
+    try:
+        return frame.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+
+
 def peer_key(frame: zmq.Frame) -> str:
     """The Z85 CURVE public key of the peer that sent ``frame`` (``recv(copy=False)``), or "".
 

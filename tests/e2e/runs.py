@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,15 @@ def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
 
 
 class HeadlessConsole:
-    """``fl-console CONFIG --headless`` as a child process, always reaped."""
+    """``fl-console CONFIG --headless`` as a child process, always reaped.
 
-    def __init__(self, config: Path, run_dir: Path, *extra: str) -> None:
+    ``prefix``: a command that runs the console, e.g. ``ip netns exec NS`` to start it inside
+    a network namespace (one that execs the program, so the child's pid is the console's).
+    """
+
+    def __init__(
+        self, config: Path, run_dir: Path, *extra: str, prefix: Sequence[str] = ()
+    ) -> None:
         self.summary = run_dir / "summary.json"
         self.events = run_dir / "events.jsonl"
         self.output = run_dir.parent / f"{run_dir.name}.out"
@@ -63,6 +69,7 @@ class HeadlessConsole:
         self._out = open(self.output, "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "console.cli",
