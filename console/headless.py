@@ -42,27 +42,7 @@ def build_summary(
     rounds = server.records.summary_rounds(coordinator.rounds)
     accepted = [r for r in rounds if r["outcome"] == "accepted" and r["metrics"]]
     final = accepted[-1]["metrics"] if accepted else {}
-    clients = []
-    for row in server.records.client_rows(snap):
-        record = server.records.clients.get(row.id)
-        clients.append(
-            {
-                "id": row.id,
-                "address": row.address,
-                "status": row.status,
-                "drop_reason": row.drop_reason,
-                "rounds_trained": row.rounds_trained,
-                "last_loss": row.last_loss,
-                "last_accuracy": row.last_accuracy,
-                "update_norm": row.update_norm,
-                "bytes_in": row.bytes_in,
-                "bytes_out": row.bytes_out,
-                "bytes_sent_p2p": record.node_bytes_sent if record else 0,
-                "bytes_received_p2p": record.node_bytes_received if record else 0,
-                "rejected_messages": row.rejected,
-                "gossip_refused": row.gossip_refused,
-            }
-        )
+    clients = server.records.summary_clients(snap)
     durations = [r["duration"] for r in rounds if r["duration"] is not None]
     return {
         "run_id": snap.run_id,

@@ -11,7 +11,11 @@ that committed, attested or reported an aggregate or metrics for it. Columns
 - from its aggregate: ``test_loss`` and ``accuracy`` (its evaluation of the round's
   aggregate), ``aggregate_hash`` (the first 12 hex digits);
 - from its metrics report: ``update_norm``, and ``bytes_sent`` / ``bytes_received`` (the
-  node's peer-to-peer totals so far, as it reports them).
+  node's peer-to-peer totals so far, as it reports them); ``round_bytes_up`` /
+  ``round_bytes_down`` (its gossip bytes for this round: pushes, relays, fetches);
+  ``update_bytes`` and ``compression_ratio`` (a trainer's encoded update: its size, and raw
+  fp32 bytes over it); ``duplicates`` and ``fetches`` (running counts: pushes of an update it
+  already held, updates it fetched because a relay on its path died).
 
 A value the client did not report, or one that is not finite, is an empty cell.
 """
@@ -42,6 +46,12 @@ COLUMNS = (
     "update_norm",
     "bytes_sent",
     "bytes_received",
+    "round_bytes_up",
+    "round_bytes_down",
+    "update_bytes",
+    "compression_ratio",
+    "duplicates",
+    "fetches",
     "aggregate_hash",
 )
 HASH_DIGITS = 12
@@ -104,6 +114,12 @@ def _row(view: RoundView, record: RoundRecord, client: str) -> dict[str, Any]:
         "update_norm": _number(reported.get("update_norm")),
         "bytes_sent": _count(reported.get("bytes_sent")),
         "bytes_received": _count(reported.get("bytes_received")),
+        "round_bytes_up": _count(reported.get("round_bytes_up")),
+        "round_bytes_down": _count(reported.get("round_bytes_down")),
+        "update_bytes": _count(reported.get("update_bytes")),
+        "compression_ratio": _number(reported.get("compression_ratio")),
+        "duplicates": _count(reported.get("duplicates")),
+        "fetches": _count(reported.get("fetches")),
         "aggregate_hash": aggregate_hash[:HASH_DIGITS],
     }
 

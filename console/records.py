@@ -33,6 +33,13 @@ class ClientRecord:
     node_bytes_sent: int = 0  # what the node says it sent and received peer to peer
     node_bytes_received: int = 0
     gossip_refused: int = 0  # model pushes the node's gossip ROUTER refused (it says)
+    metrics_round: int = -1  # the newest round the node reported metrics for
+    round_bytes_up: int | None = None  # gossip bytes of that round (None: not reported)
+    round_bytes_down: int | None = None
+    compression_ratio: float | None = None  # of its last encoded update (trainers only)
+    update_bytes: int | None = None  # size of its last encoded update (trainers only)
+    duplicates: int | None = None  # running counts: pushes of an update it already held,
+    fetches: int | None = None  # and updates it fetched because a relay on its path died
 
 
 @dataclass
@@ -41,6 +48,29 @@ class RoundRecord:
     aggregates: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
     node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     version: int = 0  # bumped on every change, so a round's row is rebuilt only when it changes
+
+    def round_bytes_up(self) -> dict[str, int]:
+        """Per node that reported it, the gossip bytes it sent this round."""
+        out: dict[str, int] = {}
+        for node, metrics in self.node_metrics.items():
+            sent = reported_count(metrics.get("round_bytes_up"))
+            if sent is not None:
+                out[node] = sent
+        return out
+
+    def busiest_uplink(self) -> tuple[str, int] | None:
+        """The node that sent the most gossip bytes this round, and how many (the first id on
+        a tie); None when no node reported its round's bytes."""
+        sent = self.round_bytes_up()
+        if not sent:
+            return None
+        node = max(sorted(sent), key=sent.__getitem__)
+        return node, sent[node]
+
+    def gossip_bytes(self) -> int | None:
+        """Gossip bytes sent this round, summed over the nodes that reported them."""
+        sent = self.round_bytes_up()
+        return sum(sent.values()) if sent else None
 
     def global_metrics(self) -> dict[str, float]:
         """Mean over nodes of what they measured on their aggregate (all should agree)."""
@@ -127,6 +157,19 @@ class RunRecords:
             record.update_norm = metrics["update_norm"]
         record.node_bytes_sent = int(metrics.get("bytes_sent", record.node_bytes_sent))
         record.node_bytes_received = int(metrics.get("bytes_received", record.node_bytes_received))
+        if round < record.metrics_round:
+            return  # a late report of an older round: the newer figures stay
+        record.metrics_round = round
+        record.round_bytes_up = reported_count(metrics.get("round_bytes_up"))
+        record.round_bytes_down = reported_count(metrics.get("round_bytes_down"))
+        # Only trainers encode an update, and old nodes report none of these: what a report
+        # leaves out keeps its last figure.
+        ratio = metrics.get("compression_ratio")
+        if ratio is not None and math.isfinite(ratio) and ratio > 0:
+            record.compression_ratio = float(ratio)
+        record.update_bytes = _newer(metrics.get("update_bytes"), record.update_bytes)
+        record.duplicates = _newer(metrics.get("duplicates"), record.duplicates)
+        record.fetches = _newer(metrics.get("fetches"), record.fetches)
 
     def on_event(self, event: object, now: float) -> None:
         """Hook for coordinator events (nothing to keep yet beyond the event log)."""
@@ -176,6 +219,9 @@ class RunRecords:
                     rejected=record.rejected,
                     gossip_refused=record.gossip_refused,
                     drop_reason=view.drop_reason,
+                    round_bytes_up=record.round_bytes_up,
+                    round_bytes_down=record.round_bytes_down,
+                    compression_ratio=record.compression_ratio,
                 )
             )
         return tuple(rows)
@@ -208,6 +254,7 @@ class RunRecords:
             if t not in view.accepted and view.outcome != RoundOutcome.OPEN
         )
         hashes = set(view.aggregates.values()) or {h for h, _ in record.aggregates.values()}
+        busiest = record.busiest_uplink()
         return RoundRow(
             round=view.round,
             epoch=view.epoch,
@@ -224,7 +271,42 @@ class RunRecords:
             aggregate_hashes=len(hashes),
             witness_rows=tuple(witness_rows),
             commits={t: r.hash for t, r in view.commits.items()},
+            busiest_uplink=None if busiest is None else busiest[1],
+            busiest_node="" if busiest is None else busiest[0],
+            gossip_bytes=record.gossip_bytes(),
         )
+
+    def summary_clients(self, snap: RunSnapshot) -> list[dict[str, Any]]:
+        """Each client's figures for the run summary; a figure a node never reported is None."""
+        out = []
+        for row in self.client_rows(snap):
+            record = self.clients.get(row.id) or ClientRecord(row.id)
+            out.append(
+                {
+                    "id": row.id,
+                    "address": row.address,
+                    "status": row.status,
+                    "drop_reason": row.drop_reason,
+                    "rounds_trained": row.rounds_trained,
+                    "last_loss": row.last_loss,
+                    "last_accuracy": row.last_accuracy,
+                    "update_norm": row.update_norm,
+                    "bytes_in": row.bytes_in,
+                    "bytes_out": row.bytes_out,
+                    "bytes_sent_p2p": record.node_bytes_sent,
+                    "bytes_received_p2p": record.node_bytes_received,
+                    "rejected_messages": row.rejected,
+                    "gossip_refused": row.gossip_refused,
+                    # gossip bytes of the last round the node reported metrics for
+                    "round_bytes_up": row.round_bytes_up,
+                    "round_bytes_down": row.round_bytes_down,
+                    "compression_ratio": row.compression_ratio,
+                    "update_bytes": record.update_bytes,
+                    "duplicates": record.duplicates,
+                    "fetches": record.fetches,
+                }
+            )
+        return out
 
     def summary_rounds(self, views: tuple[RoundView, ...]) -> list[dict[str, Any]]:
         out = []
@@ -249,6 +331,10 @@ class RunRecords:
                     "aggregates": aggregates,
                     "metrics": _finite(record.global_metrics()),
                     "clients": {cid: _finite(mt) for cid, mt in sorted(record.commits.items())},
+                    "busiest_uplink": None
+                    if row.busiest_uplink is None
+                    else {"node": row.busiest_node, "bytes": row.busiest_uplink},
+                    "gossip_bytes": row.gossip_bytes,
                 }
             )
         return out
@@ -260,6 +346,18 @@ def _expected_hash(view: RoundView, trainer: str, attested: str) -> str:
     if trainer in view.accepted:
         return view.accepted[trainer].hash
     return attested  # nothing to compare with
+
+
+def reported_count(value: float | None) -> int | None:
+    """A byte figure or a count a node reported; None when it did not, or sent nonsense."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return int(value)
+
+
+def _newer(value: float | None, last: int | None) -> int | None:
+    count = reported_count(value)
+    return last if count is None else count
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -98,6 +98,9 @@ _CLIENT_TYPES: dict[str, tuple[type, ...]] = {
     "rejected": (int,),
     "drop_reason": (str,),
     "gossip_refused": (int,),
+    "round_bytes_up": (int, type(None)),
+    "round_bytes_down": (int, type(None)),
+    "compression_ratio": (*_NUMBER, type(None)),
 }
 
 
@@ -144,6 +147,10 @@ def _opt_float(raw: Any) -> float | None:
     return None if raw is None else float(_need(raw, _NUMBER))
 
 
+def _opt_int(raw: Any) -> int | None:
+    return None if raw is None else _need(raw, int)
+
+
 def _round(raw: Any) -> RoundRow:
     _need(raw, dict)
     return RoundRow(
@@ -164,6 +171,9 @@ def _round(raw: Any) -> RoundRow:
         commits={
             _need(k, str): _need(v, str) for k, v in _need(raw.get("commits", {}), dict).items()
         },
+        busiest_uplink=_opt_int(raw.get("busiest_uplink")),
+        busiest_node=_need(raw.get("busiest_node", ""), str),
+        gossip_bytes=_opt_int(raw.get("gossip_bytes")),
     )
 
 

@@ -29,6 +29,10 @@ class ClientRow:
     rejected: int = 0  # messages of this client the console rejected
     drop_reason: str = ""
     gossip_refused: int = 0  # model pushes this node refused from its peers (or strangers)
+    # gossip bytes the node sent / received for its last reported round (None: not reported)
+    round_bytes_up: int | None = None
+    round_bytes_down: int | None = None
+    compression_ratio: float | None = None  # raw fp32 update bytes / encoded update bytes
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class RoundRow:
     aggregate_hashes: int = 0  # distinct aggregate hashes the nodes reported (1 = all agree)
     witness_rows: tuple[WitnessRow, ...] = ()
     commits: dict[str, str] = field(default_factory=dict)  # trainer -> hash it committed
+    busiest_uplink: int | None = None  # most gossip bytes one node sent this round
+    busiest_node: str = ""  # the node that sent them
+    gossip_bytes: int | None = None  # gossip bytes sent this round, summed over the nodes
 
 
 @dataclass(frozen=True)

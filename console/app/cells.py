@@ -10,38 +10,46 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from console.app.columns import Column
 from console.view import ClientRow, RoundRow
 from transport.state import RoundOutcome, RunSnapshot, RunState
 
 Cell = tuple[str, str]  # (text, Rich style)
 NONE = ("·", "dim")
 
-CLIENT_COLUMNS: tuple[tuple[str, str, int | None, bool], ...] = (
-    # key, label, width (None: fit the content), right-aligned
-    ("id", "client", 10, False),
-    ("address", "address", 15, False),
-    ("state", "state", 10, False),
-    ("role", "role", 9, False),
-    ("heartbeat", "hb", 5, True),
-    ("rounds", "rnds", 4, True),
-    ("loss", "loss", 6, True),
-    ("accuracy", "acc", 6, True),
-    ("bytes_in", "in", 4, True),
-    ("bytes_out", "out", 4, True),
-    ("note", "note", None, False),
+# Columns in the order shown; the priority says which stay when the terminal is narrow (0:
+# always; then 1, 2, ...). At 120 columns every one but the address fits, at 80 the client,
+# state, role, heartbeat, loss, bytes up per round and the note.
+CLIENT_COLUMNS: tuple[Column, ...] = (
+    Column("id", "client", 10),
+    Column("address", "address", 15, priority=11),
+    Column("state", "state", 10),
+    Column("role", "role", 9, priority=2),
+    Column("heartbeat", "hb", 5, right=True, priority=1),
+    Column("rounds", "rnds", 4, right=True, priority=8),
+    Column("loss", "loss", 6, right=True, priority=3),
+    Column("accuracy", "acc", 6, right=True, priority=5),
+    Column("bytes_in", "in", 4, right=True, priority=10),
+    Column("bytes_out", "out", 4, right=True, priority=9),
+    Column("round_bytes_up", "up/r", 4, right=True, priority=4),  # gossip, last round
+    Column("round_bytes_down", "dn/r", 4, right=True, priority=6),
+    Column("compression_ratio", "ratio", 5, right=True, priority=7),
+    Column("note", "note", None),
 )
 
-ROUND_COLUMNS: tuple[tuple[str, str, int | None, bool], ...] = (
-    ("round", "round", 5, True),
-    ("epoch", "ep", 2, True),
-    ("train", "train", 5, True),
-    ("witnesses", "wit", 3, True),
-    ("quorum", "quorum", 6, True),
-    ("accepted", "accepted", 8, True),
-    ("outcome", "outcome", 9, False),
-    ("duration", "time", 5, True),
-    ("loss", "loss", 6, True),
-    ("accuracy", "acc", 6, True),
+# "train" is the denominator of "accepted", so it is the first to go.
+ROUND_COLUMNS: tuple[Column, ...] = (
+    Column("round", "round", 5, right=True),
+    Column("epoch", "ep", 2, right=True, priority=8),
+    Column("train", "train", 5, right=True, priority=9),
+    Column("witnesses", "wit", 3, right=True, priority=5),
+    Column("quorum", "quorum", 6, right=True, priority=7),
+    Column("accepted", "accepted", 8, right=True, priority=1),
+    Column("outcome", "outcome", 9),
+    Column("duration", "time", 5, right=True, priority=4),
+    Column("loss", "loss", 6, right=True, priority=2),
+    Column("accuracy", "acc", 6, right=True, priority=3),
+    Column("busiest_uplink", "max up", 6, right=True, priority=6),  # the busiest node's bytes
 )
 
 _STAGE_STYLE = {
@@ -126,6 +134,26 @@ def size(value: int) -> str:
     return f"{value / 1e15:.0f}P"
 
 
+def optional_size(value: int | None) -> Cell:
+    """Bytes a node reported, dim when none moved; "·" when it did not say."""
+    if value is None:
+        return NONE
+    return (size(value), "dim" if not value else "")
+
+
+def ratio(value: float | None) -> Cell:
+    """A compression ratio in at most 5 characters: 1.0×, 3.9×, 50×, 1.2k×; dim at 1 (none)."""
+    if value is None or not math.isfinite(value):
+        return NONE
+    if value < 9.95:
+        text = f"{value:.1f}×"
+    elif value < 999.5:
+        text = f"{value:.0f}×"
+    else:
+        text = f"{size(int(value)).removesuffix('B')}×"
+    return (text, "dim" if text == "1.0×" else "")
+
+
 def address(value: str) -> str:
     """An endpoint without its ``tcp://`` scheme (the scheme is the same for every client)."""
     return value.removeprefix("tcp://") or "·"
@@ -181,6 +209,9 @@ def client_cells(row: ClientRow) -> tuple[Cell, ...]:
         (percent(row.last_accuracy), ""),
         (size(row.bytes_in), "dim" if not row.bytes_in else ""),
         (size(row.bytes_out), "dim" if not row.bytes_out else ""),
+        optional_size(row.round_bytes_up),
+        optional_size(row.round_bytes_down),
+        ratio(row.compression_ratio),
         (note, "red" if not live else "yellow"),
     )
 
@@ -205,7 +236,19 @@ def round_cells(row: RoundRow) -> tuple[Cell, ...]:
         (seconds(row.duration), ""),
         (number(row.loss), ""),
         (percent(row.accuracy), "bold" if row.accuracy is not None else ""),
+        optional_size(row.busiest_uplink),
     )
+
+
+def round_traffic(row: RoundRow) -> str:
+    """The round's gossip in a few words (who sent the most, and all nodes together), or ""
+    when no node reported its round's bytes."""
+    if row.busiest_uplink is None:
+        return ""
+    text = f"busiest up {row.busiest_node} {size(row.busiest_uplink)}"
+    if row.gossip_bytes is not None:
+        text += f" · gossip {size(row.gossip_bytes)}"
+    return text
 
 
 def reference_hashes(row: RoundRow) -> dict[str, str]:

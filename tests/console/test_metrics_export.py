@@ -22,7 +22,10 @@ def _records() -> tuple[RunRecords, tuple[RoundView, ...]]:
     records.committed("n2", 1, {"train_loss": float("nan"), "train_time": 0.3})
     for node, accuracy in (("n1", 0.8), ("n2", 0.8), ("n3", 0.8)):
         records.aggregated(node, 1, AGG, {"test_loss": 0.4, "accuracy": accuracy})
-    records.metrics("n1", 1, {"update_norm": 1.5, "bytes_sent": 100.0, "bytes_received": 50.0})
+    records.metrics("n1", 1, {"update_norm": 1.5, "bytes_sent": 100.0, "bytes_received": 50.0,
+                              "round_bytes_up": 80.0, "round_bytes_down": 30.0,
+                              "update_bytes": 20.0, "compression_ratio": 3.9,
+                              "duplicates": 2.0, "fetches": 1.0})  # fmt: skip
     records.metrics("n3", 1, {"bytes_sent": 0.0, "bytes_received": 200.0})
     round1 = RoundView(
         round=1,
@@ -89,3 +92,21 @@ def test_the_csv_has_a_header_and_empty_cells_for_missing_values(tmp_path: Path)
     assert (first["round"], first["client"], first["accepted"]) == ("1", "n1", "True")
     assert math.isclose(float(first["accuracy"]), 0.8)
     assert table[1]["train_loss"] == "" and table[3]["accuracy"] == ""
+
+
+def test_gossip_bytes_and_compression_have_columns_empty_for_nodes_that_do_not_say(
+    tmp_path: Path,
+) -> None:
+    records, rounds = _records()
+    by = {(r["round"], r["client"]): r for r in metrics_rows(records, rounds)}
+    n1, n3 = by[1, "n1"], by[1, "n3"]
+    assert (n1["round_bytes_up"], n1["round_bytes_down"], n1["update_bytes"]) == (80, 30, 20)
+    assert (n1["compression_ratio"], n1["duplicates"], n1["fetches"]) == (3.9, 2, 1)
+    new = ("round_bytes_up", "round_bytes_down", "update_bytes", "compression_ratio")
+    assert all(n3[k] is None for k in (*new, "duplicates", "fetches"))  # an older node
+    path = tmp_path / "metrics.csv"
+    write_metrics_csv(path, metrics_rows(records, rounds))
+    with path.open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert (table[0]["round_bytes_up"], table[0]["compression_ratio"]) == ("80", "3.9")
+    assert table[2]["round_bytes_up"] == "" and table[2]["compression_ratio"] == ""

@@ -94,3 +94,95 @@ def test_refused_pushes_a_node_reports_are_counted_once_and_shown_in_its_row() -
     row = records.client_rows(_snapshot(RunState.WAITING_FOR_MEMBERS))[0]
     assert row.gossip_refused == 1
     assert client_cells(row)[-1][0] == "refused 1 push"
+
+
+GOSSIP_COLUMNS = ("round_bytes_up", "round_bytes_down", "compression_ratio")
+
+
+def _round(n: int, train_set: tuple[str, ...] = ("n1", "n2")):
+    from transport.state import RoundOutcome, RoundView
+
+    return RoundView(round=n, epoch=0, seed=1, train_set=train_set, witnesses=("n3",), quorum=1,
+                     started=1.0, ended=2.0, outcome=RoundOutcome.ACCEPTED)  # fmt: skip
+
+
+def _active(*ids: str) -> RunSnapshot:
+    return dataclasses.replace(
+        _snapshot(RunState.ROUND_TRAIN),
+        clients=tuple(ClientView(i, ClientStatus.ACTIVE, last_seen=9.5) for i in ids),
+    )
+
+
+def test_the_round_row_names_the_busiest_uplink_and_sums_the_round_gossip() -> None:
+    records = RunRecords()
+    records.metrics("n1", 3, {"round_bytes_up": 500.0, "round_bytes_down": 900.0})
+    records.metrics("n2", 3, {"round_bytes_up": 900.0, "round_bytes_down": 100.0})
+    records.metrics("n3", 3, {"bytes_sent": 40.0})  # an older node: no round bytes
+    records.metrics("n2", 4, {"round_bytes_up": 5_000.0})  # another round's bytes stay apart
+
+    row = records.round_row(_round(3))
+    assert (row.busiest_uplink, row.busiest_node, row.gossip_bytes) == (900, "n2", 1_400)
+    (summary,) = records.summary_rounds((_round(3),))
+    assert summary["busiest_uplink"] == {"node": "n2", "bytes": 900}
+    assert summary["gossip_bytes"] == 1_400
+
+    records.metrics("n0", 3, {"round_bytes_up": 900.0})  # a tie: the first id, every time
+    row = records.round_row(_round(3))
+    assert (row.busiest_uplink, row.busiest_node, row.gossip_bytes) == (900, "n0", 2_300)
+
+
+def test_nodes_that_report_no_gossip_bytes_leave_the_figures_unknown_not_zero() -> None:
+    from console.app.cells import CLIENT_COLUMNS, client_cells, round_cells, round_traffic
+
+    records = RunRecords()
+    records.joined("n1", "tcp://127.0.0.1:7001", 1, "host")
+    records.committed("n1", 1, {"train_loss": 0.5})
+    records.metrics("n1", 1, {"bytes_sent": 10.0, "bytes_received": 20.0, "update_norm": 0.1})
+
+    (client,) = records.client_rows(_active("n1"))
+    assert client.round_bytes_up is None and client.round_bytes_down is None
+    assert client.compression_ratio is None
+    cells = dict(zip((c.key for c in CLIENT_COLUMNS), client_cells(client), strict=True))
+    assert [cells[k][0] for k in GOSSIP_COLUMNS] == ["·", "·", "·"]
+    row = records.round_row(_round(1))
+    assert (row.busiest_uplink, row.busiest_node, row.gossip_bytes) == (None, "", None)
+    assert round_cells(row)[-1][0] == "·" and round_traffic(row) == ""
+    (summary,) = records.summary_rounds((_round(1),))
+    assert summary["busiest_uplink"] is None and summary["gossip_bytes"] is None
+    (entry,) = records.summary_clients(_active("n1"))
+    assert entry["bytes_sent_p2p"] == 10
+    for key in ("round_bytes_up", "round_bytes_down", "compression_ratio", "update_bytes"):
+        assert entry[key] is None, key
+    assert (entry["duplicates"], entry["fetches"]) == (None, None)
+
+
+def test_a_client_shows_its_last_rounds_bytes_and_its_last_compression_ratio() -> None:
+    from console.app.cells import CLIENT_COLUMNS, client_cells
+
+    records = RunRecords()
+    records.joined("n1", "tcp://127.0.0.1:7001", 1, "host")
+    records.metrics("n1", 1, {"round_bytes_up": 13_600.0, "round_bytes_down": 20_400.0,
+                              "update_bytes": 6_800.0, "compression_ratio": 3.94,
+                              "duplicates": 1.0, "fetches": 0.0})  # fmt: skip
+    # round 2: not a trainer, so no update of its own; a relay on its path died
+    records.metrics("n1", 2, {"round_bytes_up": 0.0, "round_bytes_down": 27_200.0,
+                              "duplicates": 3.0, "fetches": 1.0})  # fmt: skip
+    records.metrics("n1", 1, {"round_bytes_up": 99.0, "round_bytes_down": 99.0})  # late: ignored
+
+    (row,) = records.client_rows(_active("n1"))
+    assert (row.round_bytes_up, row.round_bytes_down, row.compression_ratio) == (0, 27_200, 3.94)
+    cells = dict(zip((c.key for c in CLIENT_COLUMNS), client_cells(row), strict=True))
+    assert [cells[k][0] for k in GOSSIP_COLUMNS] == ["0B", "27k", "3.9×"]
+    (entry,) = records.summary_clients(_active("n1"))
+    assert (entry["round_bytes_up"], entry["round_bytes_down"]) == (0, 27_200)
+    assert (entry["compression_ratio"], entry["update_bytes"]) == (3.94, 6_800)
+    assert (entry["duplicates"], entry["fetches"]) == (3, 1)
+
+
+def test_compression_ratios_read_as_short_factors() -> None:
+    from console.app.cells import ratio
+
+    shown = [ratio(v)[0] for v in (1.0, 1.99, 3.94, 5.0, 49.7, 1_200.0)]
+    assert shown == ["1.0×", "2.0×", "3.9×", "5.0×", "50×", "1.2k×"]
+    assert ratio(1.0)[1] == "dim"  # no compression
+    assert ratio(None) == ("·", "dim") and ratio(float("nan")) == ("·", "dim")

@@ -64,6 +64,30 @@ def test_a_view_survives_the_jsonl_round_trip(make) -> None:
     assert view_from_dict(json.loads(json.dumps(view_to_dict(view)))) == view
 
 
+def test_gossip_bytes_and_compression_survive_the_round_trip() -> None:
+    view = mid_round_view()
+    back = view_from_dict(json.loads(json.dumps(view_to_dict(view))))
+    node0 = back.clients[0]
+    assert (node0.round_bytes_up, node0.round_bytes_down) == (47_600, 20_400)
+    assert node0.compression_ratio == 3.94
+    assert (back.rounds[1].busiest_node, back.rounds[1].busiest_uplink) == ("node-1", 47_600)
+    assert back.rounds[1].gossip_bytes == 142_800
+
+
+def test_a_recording_from_before_gossip_bytes_replays_with_them_unknown() -> None:
+    raw = json.loads(json.dumps(view_to_dict(mid_round_view())))
+    for client in raw["clients"]:
+        for key in ("round_bytes_up", "round_bytes_down", "compression_ratio"):
+            del client[key]
+    for row in raw["rounds"]:
+        for key in ("busiest_uplink", "busiest_node", "gossip_bytes"):
+            del row[key]
+    back = view_from_dict(raw)
+    assert all(c.round_bytes_up is None and c.compression_ratio is None for c in back.clients)
+    assert all(r.busiest_uplink is None and r.busiest_node == "" for r in back.rounds)
+    assert all(r.gossip_bytes is None for r in back.rounds)
+
+
 def test_a_view_without_its_log_comes_back_with_an_empty_log() -> None:
     view = mid_round_view()
     back = view_from_dict(json.loads(json.dumps(view_to_dict(view, with_log=False))))
@@ -78,6 +102,10 @@ def test_a_view_without_its_log_comes_back_with_an_empty_log() -> None:
         lambda d: d["rounds"][0].update(outcome="maybe"),
         lambda d: d["rounds"][0]["witness_rows"][0].update(attested=[1, 2]),
         lambda d: d.update(seq=True),
+        lambda d: d["clients"][0].update(round_bytes_up=1.5),
+        lambda d: d["clients"][0].update(compression_ratio="4x"),
+        lambda d: d["rounds"][1].update(busiest_uplink="48k"),
+        lambda d: d["rounds"][1].update(busiest_node=3),
     ],
 )
 def test_a_malformed_view_is_refused_with_value_error(mutate) -> None:

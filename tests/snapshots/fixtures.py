@@ -100,9 +100,28 @@ def waiting_view() -> ConsoleSnapshot:
 _TRAINERS = ("node-0", "node-1", "node-2", "node-3")
 _WITNESSES = ("node-6", "node-7")
 _FINISHED_METRICS = ((1, 2.1034, 0.4210, 11.8), (2, 1.2467, 0.6133, 10.2), (3, 0.8121, 0.7406, 9.7))
+# int8 updates of the digits MLP (6,570 parameters: 26.3 kB in fp32, 6.7 kB encoded), relayed
+# with a fanout of 2: per client, the last reported round's gossip bytes up and down
+_GOSSIP = {
+    "node-0": (47_600, 20_400, 3.94),
+    "node-1": (13_600, 27_200, 3.94),
+    "node-2": (6_800, 34_000, 3.94),
+    "node-3": (40_800, 20_400, 3.94),
+    "node-4": (None, None, None),  # an older node: it reports no gossip bytes
+    "node-5": (6_800, 27_200, 3.94),
+    "node-6": (0, 27_200, None),  # never trained: nothing encoded, nothing to relay
+    "node-7": (20_400, 27_200, 3.94),
+}
 
 
-def _finished_round(n: int, loss: float, acc: float, duration: float, epoch: int = 1) -> RoundRow:
+def _finished_round(
+    n: int,
+    loss: float,
+    acc: float,
+    duration: float,
+    epoch: int = 1,
+    busiest: tuple[str, int, int] | None = None,  # node, its bytes up, all nodes' bytes up
+) -> RoundRow:
     witnesses = ("node-6", "node-7") if n % 2 else ("node-4", "node-6")
     trainers = _TRAINERS if n % 2 else ("node-1", "node-2", "node-3", "node-7")
     attested = {t: _h(f"r{n}-{t}") for t in trainers}
@@ -122,6 +141,9 @@ def _finished_round(n: int, loss: float, acc: float, duration: float, epoch: int
         aggregate_hashes=1,
         witness_rows=tuple(WitnessRow(w, True, dict(attested), True) for w in witnesses),
         commits=dict(attested),
+        busiest_uplink=None if busiest is None else busiest[1],
+        busiest_node="" if busiest is None else busiest[0],
+        gossip_bytes=None if busiest is None else busiest[2],
     )
 
 
@@ -178,15 +200,18 @@ def mid_round_view() -> ConsoleSnapshot:
                     "no heartbeat for 3.2s",
                 )
             )
+            up, down, ratio = _GOSSIP[cid]
             rows.append(
                 ClientRow(
                     cid, address, "dropped", "dropped", "", None, rounds_trained=2,
                     last_loss=1.3012, last_accuracy=0.6020, bytes_in=1_843_200, bytes_out=912_044,
                     drop_reason="no heartbeat for 3.2s",
+                    round_bytes_up=up, round_bytes_down=down, compression_ratio=ratio,
                 )
             )  # fmt: skip
             continue
         stage, role, age = stages[cid]
+        up, down, ratio = _GOSSIP[cid]
         views.append(ClientView(cid, ClientStatus.ACTIVE, address, True, NOW - age, START))
         rows.append(
             ClientRow(
@@ -195,9 +220,13 @@ def mid_round_view() -> ConsoleSnapshot:
                 last_loss=0.8121 + i * 0.0013, last_accuracy=0.7406 - i * 0.0011,
                 bytes_in=2_457_600 + i * 10_240, bytes_out=3_150_112 - i * 4_096,
                 rejected=1 if cid == "node-7" else 0,
+                round_bytes_up=up, round_bytes_down=down, compression_ratio=ratio,
             )
         )  # fmt: skip
-    rounds = tuple(_finished_round(*m) for m in _FINISHED_METRICS) + (_current_round(),)
+    busiest = (None, ("node-1", 47_600, 142_800), ("node-0", 47_600, 135_200))
+    rounds = tuple(
+        _finished_round(*m, busiest=b) for m, b in zip(_FINISHED_METRICS, busiest, strict=True)
+    ) + (_current_round(),)  # round 1 ran before the nodes reported gossip bytes
     run = _run(
         state=RunState.ROUND_WITNESS,
         phase_started=NOW - 1.5,
@@ -254,7 +283,12 @@ def finished_view() -> ConsoleSnapshot:
         (5, 0.4876, 0.8519, 10.4, 2),
         (6, 0.4102, 0.8788, 9.5, 2),
     ]
-    rounds = tuple(_finished_round(n, loss, acc, d, epoch) for n, loss, acc, d, epoch in metrics)
+    # top-k 0.01 updates of a 2.4M-parameter model: ~9.6 MB in fp32, 196 kB encoded (49x)
+    busiest = ("node-3", 784_000, 1_960_000)
+    rounds = tuple(
+        _finished_round(n, loss, acc, d, epoch, busiest=busiest)
+        for n, loss, acc, d, epoch in metrics
+    )
     views = tuple(
         ClientView(
             f"node-{i}", ClientStatus.ACTIVE, f"tcp://127.0.0.1:4100{i}", True, NOW - 0.5, START
@@ -266,6 +300,8 @@ def finished_view() -> ConsoleSnapshot:
             f"node-{i}", f"tcp://127.0.0.1:4100{i}", "active", "done", "", 0.5 + i / 10,
             rounds_trained=5 + (i % 2), last_loss=0.4102, last_accuracy=0.8788,
             bytes_in=9_830_400 + i * 1_000, bytes_out=12_582_912 + i * 2_000,
+            round_bytes_up=196_000 * (i + 1), round_bytes_down=490_000,
+            compression_ratio=49.02,
         )
         for i in range(4)
     )  # fmt: skip

@@ -9,7 +9,13 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from console.app.cells import ROUND_COLUMNS, reference_hashes, round_cells, short_hash
+from console.app.cells import (
+    ROUND_COLUMNS,
+    reference_hashes,
+    round_cells,
+    round_traffic,
+    short_hash,
+)
 from console.app.widgets.table import KeyedTable
 from console.view import RoundRow
 
@@ -65,9 +71,9 @@ class WitnessPanel(Static):
         if row is None:
             self.border_title = "witnesses"
         else:
-            self.border_title = (
-                f"round {row.round} witnesses · quorum {row.quorum} of {row.witnesses_elected}"
-            )
+            title = f"round {row.round} witnesses · quorum {row.quorum} of {row.witnesses_elected}"
+            traffic = round_traffic(row)
+            self.border_title = f"{title} · {traffic}" if traffic else title
         self.update(render_witnesses(row))
 
 

@@ -4,6 +4,10 @@ Rows keep their keys across refreshes (``update_cell``, never ``clear()``), so t
 the scroll position stay where the operator left them and nothing flickers. Rows come in the
 order they should be shown; the table re-sorts only when a row was added or removed out of
 that order.
+
+A narrow table leaves out its least important columns (``columns_that_fit``): when a resize
+changes which columns fit, and only then, the table is built again from the cells it keeps
+for every column.
 """
 
 from __future__ import annotations
@@ -11,29 +15,64 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
 
 from console.app.cells import Cell
-
-ColumnSpec = tuple[str, str, int | None, bool]  # key, label, width, right-aligned
+from console.app.columns import Column, columns_that_fit
 
 
 class KeyedTable(DataTable[Text]):
     """A row-cursor table whose rows are ``(key, cells)``; the first cell's text is the key."""
 
-    def __init__(self, columns: Sequence[ColumnSpec], **kwargs: object) -> None:
+    def __init__(self, columns: Sequence[Column], **kwargs: object) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
         self._specs = tuple(columns)
-        self._right = tuple(spec[3] for spec in self._specs)
-        self._cells: dict[str, tuple[Cell, ...]] = {}
+        self._right = tuple(spec.right for spec in self._specs)
+        self._shown = tuple(range(len(self._specs)))  # indices of the columns on screen
+        self._cells: dict[str, tuple[Cell, ...]] = {}  # every column's cell, shown or not
         self._order: list[str] = []
         self.cells_written = 0  # for the benchmark: how many cells the last sync wrote
 
     def on_mount(self) -> None:
-        for key, label, width, right in self._specs:
+        self._shown = columns_that_fit(self._specs, self._width_for_columns())
+        self._add_columns()
+
+    def on_resize(self, event: events.Resize) -> None:
+        shown = columns_that_fit(self._specs, self._width_for_columns())
+        if shown != self._shown:
+            self._shown = shown
+            self._rebuild()
+
+    @property
+    def shown_columns(self) -> tuple[str, ...]:
+        """The keys of the columns on screen, in order."""
+        return tuple(self._specs[i].key for i in self._shown)
+
+    def _width_for_columns(self) -> int:
+        """The content width less a vertical scrollbar's, whether or not one shows (a
+        scrollbar that comes and goes must not take a column with it)."""
+        return self.size.width - self.styles.scrollbar_size_vertical
+
+    def _add_columns(self) -> None:
+        for i in self._shown:
+            key, label, width, right, _ = self._specs[i]
             header = Text(label, justify="right" if right else "left")
             self.add_column(header, key=key, width=width)
+
+    def _rebuild(self) -> None:
+        """Build the table again with the columns now shown, keeping the cursor's row."""
+        keep = self.cursor_key
+        self.clear(columns=True)
+        self._add_columns()
+        for key in self._order:
+            self.add_row(*self._row_texts(self._cells[key]), key=key)
+        if keep is not None and keep in self._cells:
+            self.move_cursor(row=self.get_row_index(keep), scroll=False)
+
+    def _row_texts(self, cells: tuple[Cell, ...]) -> list[Text]:
+        return [self._text(i, cells[i]) for i in self._shown]
 
     @property
     def cursor_key(self) -> str | None:
@@ -65,16 +104,16 @@ class KeyedTable(DataTable[Text]):
             del self._cells[key]
         added: list[str] = []
         changes: list[tuple[str, int, Cell]] = []
-        columns = [spec[0] for spec in self._specs]
+        shown = set(self._shown)  # a hidden column's cells are kept, not written
         for key, cells in rows:
             old = self._cells.get(key)
             if old is None:
-                self.add_row(*(self._text(i, c) for i, c in enumerate(cells)), key=key)
-                written += len(cells)
+                self.add_row(*self._row_texts(cells), key=key)
+                written += len(self._shown)
                 added.append(key)
             elif old != cells:
                 for i, (before, after) in enumerate(zip(old, cells, strict=True)):
-                    if before != after:
+                    if before != after and i in shown:
                         changes.append((key, i, after))
             self._cells[key] = cells
         self._write(changes)
@@ -82,10 +121,10 @@ class KeyedTable(DataTable[Text]):
         order = [key for key, _ in rows]
         moved = False
         if added or stale:
-            shown = [key for key in self._order if key in incoming] + added
-            if shown != order:
+            kept = [key for key in self._order if key in incoming] + added
+            if kept != order:
                 position = {key: i for i, key in enumerate(order)}
-                self.sort(columns[0], key=lambda cell: position.get(cell.plain, 0))
+                self.sort(self._specs[0].key, key=lambda cell: position.get(cell.plain, 0))
             moved = True
         self._order = order
         if moved and keep is not None and keep in self._cells:
@@ -108,12 +147,12 @@ class KeyedTable(DataTable[Text]):
             return
         data = self._data
         for key, index, cell in changes:
-            if self._specs[index][2] is None:
+            if self._specs[index].width is None:
                 self.update_cell(
-                    key, self._specs[index][0], self._text(index, cell), update_width=True
+                    key, self._specs[index].key, self._text(index, cell), update_width=True
                 )
             else:
-                data[RowKey(key)][ColumnKey(self._specs[index][0])] = self._text(index, cell)
+                data[RowKey(key)][ColumnKey(self._specs[index].key)] = self._text(index, cell)
         self._update_count += 1
         self.refresh()
 
