@@ -172,18 +172,25 @@ class GossipService:
             return self._answer_fetch(identity, msg), msg.round
         if not isinstance(msg, m.ModelPush):
             return self._refuse(msg.TYPE, "malformed", f"{msg.TYPE} is not a gossip message"), None
-        why = self._not_from_sender(identity, msg.sender)
-        if why is not None:
-            return self._refuse(msg.TYPE, "wrong_sender", why), msg.round
-        return self.take(msg), msg.round
+        return self.take(msg, identity), msg.round
 
-    def take(self, msg: m.ModelPush) -> m.Message:
-        """Check a push (or a fetch's answer) and keep its update; the reply for its sender."""
+    def take(self, msg: m.ModelPush, identity: zmq.Frame | None = None) -> m.Message:
+        """Check a push (``identity``: its connection) or a fetch's answer (None) and keep its
+        update; the reply for its sender.
+
+        The content is judged before the sender (what a refusal names does not depend on who
+        sent it): run, round, hashes, the codec's checks; then that the connection is the
+        sender's, and that a relay is a live member passing on exactly what was committed.
+        """
         if msg.run_id != self.run_id:
             return self._refuse(msg.TYPE, "wrong_run_id", f"run {msg.run_id!r} is not ours")
         why = self.expects(msg.round, msg.trainer)
         if why is not None:
             return self._refuse(msg.TYPE, "wrong_round", why)
+        if model_hash(msg.tensors) != msg.hash:
+            return self._refuse(
+                msg.TYPE, "hash_mismatch", "the payload does not match the announced hash"
+            )
         committed = self.committed(msg.round, msg.trainer)
         if committed is not None and committed != msg.hash:
             return self._refuse(
@@ -192,41 +199,42 @@ class GossipService:
                 f"{msg.trainer} committed {committed[:12]} for round {msg.round}, "
                 f"not {msg.hash[:12]}",
             )
-        if msg.sender != msg.trainer and not self.is_live(msg.sender):
-            return self._refuse(
-                msg.TYPE,
-                "wrong_sender",
-                f"{msg.sender} relayed {msg.trainer}'s update but is not a live member",
-            )
-        if msg.sender != msg.trainer and committed is None:
-            # A relay can only pass on what the trainer committed; it retries once the commit
-            # is broadcast (a race, not a fault: not counted as a refusal).
-            return m.Error(
-                ref=msg.TYPE,
-                code="unavailable",
-                reason=f"{msg.sender} relayed {msg.trainer}'s update before its commit reached us",
-            )
-        held = self.inbox.get(msg.round, {}).get(msg.trainer)
-        if held is not None and held.hash == msg.hash:
-            self.stats.duplicates += 1
-            self._receipt(msg.round, msg.trainer)
-            return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
-        if model_hash(msg.tensors) != msg.hash:
-            return self._refuse(
-                msg.TYPE, "hash_mismatch", "the payload does not match the announced hash"
-            )
         if self.reference is None:
             return self._refuse(msg.TYPE, "unavailable", "model not built yet")
         try:
             update = self.decode_payloads(msg.tensors)
         except WeightsError as exc:
             return self._refuse(msg.TYPE, "bad_model", str(exc))
+        if identity is not None:
+            why = self._not_from_sender(identity, msg.sender)
+            if why is not None:
+                return self._refuse(msg.TYPE, "wrong_sender", why)
+        if msg.sender != msg.trainer:
+            if not self.is_live(msg.sender):
+                return self._refuse(
+                    msg.TYPE,
+                    "wrong_sender",
+                    f"{msg.sender} relayed {msg.trainer}'s update but is not a live member",
+                )
+            if committed is None:
+                # A relay passes on only what the trainer committed; it retries once the
+                # commit is broadcast (a race, not a fault: not counted as a refusal).
+                return m.Error(
+                    ref=msg.TYPE,
+                    code="unavailable",
+                    reason=f"{msg.sender} relayed {msg.trainer}'s update before its commit "
+                    "reached us",
+                )
+        self._receipt(msg.round, msg.trainer)
+        held = self.inbox.get(msg.round, {}).get(msg.trainer)
+        if held is not None and held.hash == msg.hash:
+            self.stats.duplicates += 1
+            return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
         model = ReceivedModel(
             msg.trainer, msg.hash, msg.samples, update, tuple(msg.tensors), tuple(msg.route)
         )
         self.store(msg.round, model)
         self.stats.pushes_received += 1
-        self._receipt(msg.round, msg.trainer)
         if msg.route and self.fanout > 0:
             self._spawn(self._forward(msg.round, model))
         return m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)
