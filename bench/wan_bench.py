@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -37,10 +36,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench.netlab import NetLab, lab_unavailable
-from tests.e2e.runs import REPO, HeadlessConsole, write_config
+from tests.e2e.runs import HeadlessConsole, LabNode, write_config
 
 RESULTS = Path(__file__).with_name("wan_results.json")
 NODES = 8
@@ -122,29 +121,6 @@ def _sections(variant: Variant, host: str) -> dict[str, dict[str, Any]]:
     }
 
 
-class _Node:
-    """One ``fl-node`` in its lab namespace, output to a file."""
-
-    def __init__(self, lab: NetLab, i: int, control: str, run_id: str, log: Path) -> None:
-        self.out: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.process = lab.popen(
-            lab.node_ns[i],
-            [sys.executable, "-m", "node.cli", "--connect", control, "--run-id", run_id]
-            + ["--name", f"site-{i}", "--gossip-host", lab.node_address[i]],
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
-        )
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.out.close()
-
-
 def run_variant(lab: NetLab, variant: Variant, work: Path) -> dict[str, Any]:
     """One run of ``variant`` in ``lab``: its summary, events and per-node link bytes."""
     config = write_config(work, **_sections(variant, lab.hub_address))
@@ -154,7 +130,16 @@ def run_variant(lab: NetLab, variant: Variant, work: Path) -> dict[str, Any]:
     control = f"tcp://{lab.hub_address}:{doc['server']['control_port']}"
     run_id = str(doc["run_id"])
     console = HeadlessConsole(config, work / "run", prefix=lab.exec_args(lab.hub_ns))
-    nodes = [_Node(lab, i, control, run_id, work / f"site-{i}.log") for i in range(NODES)]
+    nodes = [
+        LabNode(
+            lab,
+            lab.node_ns[i],
+            work / f"site-{i}.log",
+            ["--connect", control, "--run-id", run_id, "--name", f"site-{i}"]
+            + ["--gossip-host", lab.node_address[i], "--join-timeout", "120"],
+        )
+        for i in range(NODES)
+    ]
     out: dict[str, Any] = {"variant": variant.name}
     marks: dict[str, list[tuple[int, int]]] = {}
     try:

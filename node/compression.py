@@ -198,6 +198,15 @@ class UpdateEncoder:
         self._entries = _layout(spec, reference, frozenset(trainable))
         self.residual: dict[str, torch.Tensor] = {}  # topk: fp32, each entry's shape
 
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of every update this encoder sends (fixed by the codec and the model)."""
+        return sum(
+            math.prod(part.shape) * DTYPE_SIZES[part.dtype]
+            for entry in self._entries
+            for part in entry.parts
+        )
+
     def reset(self) -> None:
         """Forget the error feedback (the next top-k update starts from plain Δ)."""
         self.residual = {}

@@ -124,11 +124,13 @@ class GossipService:
         # Decodes a push's payloads into the update to aggregate (WeightsError on bad input);
         # None: plain weights checked against ``reference``. Set by the workflow's codec.
         self.decoder: Callable[[tuple[TensorPayload, ...]], dict[str, torch.Tensor]] | None = None
-        # Relaying (set by the workflow): fanout, the round's members and the seed the route is
-        # drawn from, whether a peer is live, and a live peer's gossip endpoint.
+        # Relaying (set by the workflow): fanout, the round's members, each trainer's route in
+        # a round (node/relay.py plan_routes), whether a peer is live, a peer's gossip endpoint.
         self.fanout = 0
-        self.seed = 0
         self.members: Callable[[int], tuple[str, ...]] = lambda r: ()
+        self.route_of: Callable[[int, str], tuple[str, ...]] = lambda r, t: relay.make_route(
+            r, t, self.members(r), 0
+        )
         self.is_live: Callable[[str], bool] = lambda peer: False
         self.endpoint_of: Callable[[str], str | None] = lambda peer: None
         self._relays: set[asyncio.Task[None]] = set()
@@ -342,7 +344,7 @@ class GossipService:
         """The relay order of ``trainer``'s update in ``round`` (empty without relaying)."""
         if self.fanout < 1:
             return ()
-        return relay.make_route(round, trainer, self.members(round), self.seed)
+        return self.route_of(round, trainer)
 
     def _relay_lost(self, round: int, trainer: str) -> bool:
         if self.fanout < 1:

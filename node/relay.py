@@ -12,24 +12,73 @@ after receiving leaves its subtree without the update: each of those nodes notic
 ancestor on its path is gone and fetches the update from the nearest live ancestor, then the
 trainer, then any member (:func:`holders`).
 
-Pure functions: the route is a function of (round, trainer, members, seed), so a node left
-out by a dead relay computes the same route the trainer did and finds its ancestors.
+Balancing: when several trainers relay at once, the round's routes are planned together
+(:func:`plan_routes`): the nodes that carried the least so far take the positions that forward
+the most, so relaying spreads evenly over the uplinks (every update must cross N - 1 links; with
+T trainers the busiest uplink can do no better than T * (N - 1) / N copies). A node that already
+has other uploads this round (the checkpoint uploader) starts with that load.
+
+Pure functions: the routes are a function of (round, trainers, members, seed, loads), all of
+which every node reads in the same broadcast, so a node left out by a dead relay computes the
+same route the trainer did and finds its ancestors.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+
+def _draw(seed: int, round: int, trainer: str, node: str) -> bytes:
+    return hashlib.sha256(f"{seed}:{round}:{trainer}:{node}".encode()).digest()
 
 
 def make_route(round: int, trainer: str, members: Iterable[str], seed: int) -> tuple[str, ...]:
     """The round's members other than ``trainer``, in a seeded order that differs per trainer
     and round (so relaying work spreads over the nodes instead of falling on the same ones)."""
+    return tuple(
+        sorted(
+            (m for m in set(members) if m != trainer),
+            key=lambda m: (_draw(seed, round, trainer, m), m),
+        )
+    )
 
-    def key(node: str) -> bytes:
-        return hashlib.sha256(f"{seed}:{round}:{trainer}:{node}".encode()).digest()
 
-    return tuple(sorted((m for m in set(members) if m != trainer), key=lambda m: (key(m), m)))
+def plan_routes(
+    round: int,
+    trainers: Iterable[str],
+    members: Iterable[str],
+    seed: int,
+    fanout: int,
+    load: Mapping[str, float] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Every trainer's route for the round, planned together so the uplinks share the work.
+
+    Trainers are taken in id order; each sends to its first ``fanout`` positions itself. The
+    positions of its route that forward the most go to the nodes that carry the least so far
+    (``load``: copies already owed this round, e.g. a checkpoint upload in update units), ties
+    broken by a seeded draw. Deterministic: same inputs, same routes, on every node.
+    """
+    members = sorted(set(members))
+    carried = {m: float((load or {}).get(m, 0.0)) for m in members}
+    plans: dict[str, tuple[str, ...]] = {}
+    for trainer in sorted(set(trainers)):
+        recipients = [m for m in members if m != trainer]
+        n = len(recipients)
+        if trainer in carried:
+            carried[trainer] += min(fanout, n)
+        # How many copies each position forwards, in a K-ary layout of n positions.
+        sends = [max(0, min(fanout, n - fanout * (p + 1))) for p in range(n)]
+        heavy_first = sorted(range(n), key=lambda p: (-sends[p], p))
+        light_first = sorted(
+            recipients, key=lambda m: (carried[m], _draw(seed, round, trainer, m), m)
+        )
+        route: list[str] = [""] * n
+        for position, node in zip(heavy_first, light_first, strict=True):
+            route[position] = node
+            carried[node] += sends[position]
+        plans[trainer] = tuple(route)
+    return plans
 
 
 def _position(route: Sequence[str], node: str) -> int | None:

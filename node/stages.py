@@ -88,8 +88,8 @@ def follow_gossip(gossip: GossipService, ctx: NodeContext) -> None:
     gossip.expects = lambda r, t: expects_push(ctx, r, t)
     gossip.committed = lambda r, t: committed_hash(ctx, r, t)
     gossip.fanout = ctx.spec.learning.gossip_fanout
-    gossip.seed = ctx.spec.seed
     gossip.members = ctx.members_of
+    gossip.route_of = ctx.route_of
 
     def is_live(peer: str) -> bool:
         member = ctx.snapshot.client(peer)

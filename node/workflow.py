@@ -24,6 +24,7 @@ from node.compression import UpdateEncoder
 from node.data import Dataset, Shard
 from node.gossip import GossipService, ReceivedModel
 from node.link import ConsoleLink
+from node.relay import plan_routes
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
 
@@ -67,6 +68,8 @@ class NodeContext:
     checkpoint_acked: str = ""  # hash of the last global model the console acked as checkpoint
     encoder: UpdateEncoder | None = None  # encodes this node's updates (keeps top-k's residual)
     round_members: dict[int, tuple[str, ...]] = field(default_factory=dict)  # at round start
+    round_uploader: dict[int, str | None] = field(default_factory=dict)  # checkpoint, at start
+    relay_plans: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     reports: asyncio.Task[None] | None = None  # a round's reports still on their way, in order
     finished: bool = False
 
@@ -100,8 +103,42 @@ class NodeContext:
             # Who the round's updates go to, as the round started: relay routes are drawn
             # from it, the same on every node that saw the same broadcast.
             self.round_members[current.round] = tuple(c.id for c in snap.epoch_clients)
+            self.round_uploader[current.round] = snap.checkpoint_uploader
             for old in [r for r in self.round_members if r < current.round - 4]:
                 del self.round_members[old]
+                self.round_uploader.pop(old, None)
+                self.relay_plans.pop(old, None)
+
+    def route_of(self, round: int, trainer: str) -> tuple[str, ...]:
+        """``trainer``'s relay route in ``round``, planned with the round's other trainers so
+        relaying spreads over the uplinks; the checkpoint uploader starts loaded with its
+        upload (a whole model, in updates)."""
+        plans = self.relay_plans.get(round)
+        if plans is None or trainer not in plans:
+            view = next(
+                (
+                    v
+                    for v in (self.snapshot.current, self.snapshot.previous)
+                    if v and v.round == round
+                ),
+                None,
+            )
+            trainers = set(view.train_set) if view is not None else set()
+            load: dict[str, float] = {}
+            uploader = self.round_uploader.get(round)
+            if uploader and self.encoder is not None:
+                load[uploader] = raw_model_bytes(self) / max(1, self.encoder.payload_bytes)
+            plans = plan_routes(
+                round,
+                trainers | {trainer},
+                self.members_of(round),
+                self.spec.seed,
+                self.spec.learning.gossip_fanout,
+                load,
+            )
+            if view is not None:  # a plan without the round's train set is not kept
+                self.relay_plans[round] = plans
+        return plans[trainer]
 
     def members_of(self, round: int) -> tuple[str, ...]:
         """The members round ``round`` started with (the live ones now if it was not seen)."""
@@ -115,6 +152,8 @@ class NodeContext:
         self.voted = {r for r in self.voted if r <= round}
         for r in [r for r in self.round_members if r > round]:
             del self.round_members[r]
+            self.round_uploader.pop(r, None)
+            self.relay_plans.pop(r, None)
         for r in [r for r in self.work if r > round]:
             del self.work[r]
         for r in [r for r in self.gossip.inbox if r > round]:
@@ -159,6 +198,13 @@ class NodeContext:
         self.link.stage = stage
         if round is not None:
             self.link.round = round
+
+
+def raw_model_bytes(ctx: NodeContext) -> int:
+    """Bytes of the whole model's weights (what a checkpoint upload sends)."""
+    if ctx.model is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in ctx.model.state_dict().values())
 
 
 class Stage(Protocol):

@@ -11,9 +11,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import tomlkit
+
+if TYPE_CHECKING:
+    from bench.netlab import NetLab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,3 +147,31 @@ def node_pids_alive(pids: list[int]) -> list[int]:
             continue  # a zombie is dead, just not reaped by its (gone) parent
         alive.append(pid)
     return alive
+
+
+class LabNode:
+    """``fl-node`` started in a lab namespace, output in a log file, always reaped."""
+
+    def __init__(self, lab: NetLab, ns: str, log: Path, args: list[str]) -> None:
+        """``args``: fl-node's arguments; ``log``: where its output goes."""
+        self.log = log
+        self._out: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in close()
+        self.process = lab.popen(
+            ns,
+            [sys.executable, "-m", "node.cli", *args],
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
+        )
+
+    def text(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._out.close()

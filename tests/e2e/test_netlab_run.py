@@ -11,51 +11,23 @@ proves that joining, the state broadcast and the gossip all crossed it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import tomlkit
 
 from bench.netlab import NetLab, cleanup_stale, lab_unavailable
-from tests.e2e.runs import REPO, HeadlessConsole, write_config
+from tests.e2e.runs import REPO, HeadlessConsole, LabNode, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 NODES = 4
 ROUNDS = 4
 RATE_MBIT = 100.0
-
-
-class LabNode:
-    """``fl-node`` started in a lab namespace, output in a log file, always reaped."""
-
-    def __init__(self, lab: NetLab, ns: str, log: Path, args: list[str]) -> None:
-        self.log = log
-        self._out: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.process = lab.popen(
-            ns,
-            [sys.executable, "-m", "node.cli", *args],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
-        )
-
-    def text(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._out.close()
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ class Net:
             g.expects = lambda r, t: None
             g.committed = lambda r, t: self.commits.get(t)
             g.fanout = fanout
-            g.seed = 11
             g.members = lambda r: tuple(self.ids)
             g.is_live = lambda peer: peer in self.live
             g.endpoint_of = self.endpoints.get

@@ -76,3 +76,36 @@ def test_routes_differ_per_trainer_and_round_so_relaying_spreads() -> None:
 def test_fanout_zero_means_no_relaying() -> None:
     route = relay.make_route(1, "n0", MEMBERS, seed=0)
     assert relay.children(route, None, 0) == [] and relay.ancestors(route, route[3], 0) == []
+
+
+def test_planned_routes_spread_relaying_evenly_over_the_uplinks() -> None:
+    trainers = ["n1", "n2", "n5", "n6"]
+    plans = relay.plan_routes(4, trainers, MEMBERS, seed=9, fanout=2)
+    uplink: Counter[str] = Counter()
+    for trainer, route in plans.items():
+        assert sorted(route) == sorted(set(MEMBERS) - {trainer})
+        received, sent = deliveries(route, 2, set(MEMBERS))
+        assert set(received.values()) == {1} and set(received) == set(route)
+        uplink.update({trainer if k == "trainer" else k: v for k, v in sent.items()})
+    # 4 updates x 7 recipients = 28 copies over 8 uplinks: 3.5 each at best.
+    assert sum(uplink.values()) == 28
+    assert max(uplink.values()) <= 4
+    # Independent random routes load some uplink far more (the reason for planning).
+    random_load: Counter[str] = Counter()
+    for t in trainers:
+        _, sent = deliveries(relay.make_route(4, t, MEMBERS, seed=9), 2, set(MEMBERS))
+        random_load.update({t if k == "trainer" else k: v for k, v in sent.items()})
+    assert max(random_load.values()) >= max(uplink.values())
+
+
+def test_a_node_with_a_checkpoint_upload_is_given_no_relaying() -> None:
+    plans = relay.plan_routes(2, ["n1", "n2"], MEMBERS, seed=1, fanout=2, load={"n7": 4.0})
+    for route in plans.values():
+        _, sent = deliveries(route, 2, set(MEMBERS))
+        assert sent.get("n7", 0) == 0
+
+
+def test_plans_are_the_same_whatever_the_order_of_their_inputs() -> None:
+    a = relay.plan_routes(3, ["n2", "n1"], MEMBERS, seed=5, fanout=1)
+    b = relay.plan_routes(3, ["n1", "n2"], list(reversed(MEMBERS)), seed=5, fanout=1)
+    assert a == b
