@@ -214,6 +214,7 @@ class StartLearningStage:
                 state = weights.from_payloads(reply.tensors, ctx.model.state_dict())
                 weights.load_into(ctx.model, state)
                 ctx.global_hash, ctx.global_round = reply.hash, reply.round
+                ctx.stale_since = None
                 log.info("loaded the checkpointed global model of round %d", reply.round)
                 return
             reason = reply.reason if isinstance(reply, m.Error) else "hash did not verify"
@@ -477,6 +478,9 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         await ctx.gossip.wait_for_models(r, lambda: set(accepted), 5.0, fetch_after=0.0)
     if not have_all():
         log.error("round %d: missing accepted models %s; cannot aggregate", r, sorted(accepted))
+        ctx.stale_since = ctx.stale_since or r
+        return
+    if ctx.stale_since is not None and not await resync_global(ctx, r):
         return
     held = ctx.gossip.inbox[r]
     # The committed sample count is authoritative; a result accepted without a commit (its
@@ -526,6 +530,47 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
     # asked for it) travel meanwhile. ``state`` is the aggregate itself; training changes the
     # model's own tensors, never these.
     ctx.report_in_background(_report_round(ctx, aggregate_report, state, extra))
+
+
+async def resync_global(ctx: NodeContext, r: int) -> bool:
+    """After a missed aggregation, take the console's checkpoint as the base of round ``r``.
+
+    Updates are applied to the global model, so a node that missed one accepted round holds a
+    different base from then on. The console checkpoints every accepted round; once it holds
+    round ``r - 1``'s aggregate, that is the base every other node applies round ``r`` to.
+    """
+    assert ctx.model is not None
+    try:
+        reply = await ctx.link.request(
+            m.ModelRequest(node_id=ctx.node_id, epoch=ctx.snapshot.epoch), timeout=30.0
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        log.warning("round %d: resync request failed: %s", r, exc)
+        return False
+    if not (
+        isinstance(reply, m.ModelReply)
+        and reply.round == r - 1
+        and model_hash(reply.tensors) == reply.hash
+    ):
+        log.warning(
+            "round %d: not aggregating: this node missed round %d and the console has no "
+            "checkpoint of round %d yet",
+            r,
+            ctx.stale_since,
+            r - 1,
+        )
+        return False
+    state = weights.from_payloads(reply.tensors, ctx.model.state_dict())
+    weights.load_into(ctx.model, state)
+    ctx.global_hash, ctx.global_round = reply.hash, reply.round
+    log.info(
+        "round %d: took round %d's checkpoint as the base (missed round %d)",
+        r,
+        r - 1,
+        ctx.stale_since,
+    )
+    ctx.stale_since = None
+    return True
 
 
 async def _report_round(

@@ -70,6 +70,7 @@ class NodeContext:
     round_members: dict[int, tuple[str, ...]] = field(default_factory=dict)  # at round start
     round_uploader: dict[int, str | None] = field(default_factory=dict)  # checkpoint, at start
     relay_plans: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    stale_since: int | None = None  # an accepted round this node could not aggregate
     reports: asyncio.Task[None] | None = None  # a round's reports still on their way, in order
     finished: bool = False
 

@@ -2,7 +2,8 @@
 
 ``TrainStage`` runs here against a fake link and gossip (no sockets): a trainer must send its
 trained (or, with ``--attack``, corrupted) weights while its own model goes back to the global
-model, and a node that follows a console which went back in rounds forgets the later rounds.
+model, a node that follows a console which went back in rounds forgets the later rounds, and a
+node that missed an accepted round resyncs from the checkpoint before it applies more updates.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import torch
 
 from node import weights
 from node.attacks import Attack, parse_attack
+from node.compression import apply_update
 from node.data import load_dataset, shard
-from node.gossip import ReceivedModel
+from node.gossip import GossipStats, ReceivedModel
 from node.models import build_model
-from node.stages import TrainStage, prepare_codec
+from node.stages import TrainStage, aggregate_round, prepare_codec
 from node.workflow import NodeContext
 from transport import messages as m
 from transport.spec import DataSpec, LearningSpec, ModelSpec, RunSpec
+from transport.state import ResultRef, RoundOutcome, RoundView
+from transport.tensors import model_hash
 
 torch.set_num_threads(1)
 
@@ -135,3 +139,67 @@ def test_a_node_forgets_its_later_rounds_when_the_console_goes_back_in_rounds() 
     ctx.follow_rounds(SimpleNamespace(round=3, current=None))  # type: ignore[arg-type]  # a resumed console
     assert ctx.voted == set()
     assert not ctx.work and not ctx.gossip.inbox and not ctx.gossip.acked
+
+
+class _Replies(_FakeLink):
+    """A link whose model requests are answered with ``reply`` (a checkpoint, or an error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply: m.Message = m.Error(ref="model_request", code="unavailable", reason="none")
+        self.snapshot = SimpleNamespace(epoch=0)
+
+    async def request(self, msg: m.Message, *, timeout: float | None = None) -> m.Message:
+        self.sent.append(msg)
+        return self.reply if isinstance(msg, m.ModelRequest) else m.Ack(ref=msg.TYPE)
+
+
+class _Holding(_FakeGossip):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = GossipStats()
+
+    async def wait_for_models(self, round: int, trainers: Any, timeout: float, **kw: Any) -> bool:
+        return False
+
+    def forget_before(self, round: int) -> None:
+        pass
+
+
+def test_a_node_that_missed_an_accepted_round_takes_the_checkpoint_before_aggregating() -> None:
+    """Updates are applied to the global model: a node that could not aggregate round 2 must
+    not apply round 3's updates to its stale weights, but to round 2's checkpoint."""
+    ctx = _context()
+    ctx.link, ctx.gossip = _Replies(), _Holding()  # type: ignore[assignment]
+    prepare_codec(ctx)
+    assert ctx.model is not None and ctx.encoder is not None
+    stale = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    trained = {k: v + 0.01 if v.is_floating_point() else v for k, v in stale.items()}
+    payloads = ctx.encoder.encode(trained, stale)
+    update = ctx.gossip.decode_payloads(payloads)
+    digest = model_hash(payloads)
+
+    def view(r: int) -> RoundView:
+        return RoundView(
+            round=r, epoch=0, seed=0, train_set=("node-1",), witnesses=("node-2",), quorum=1,
+            started=0.0, outcome=RoundOutcome.ACCEPTED, accepted={"node-1": ResultRef(digest, 10)},
+        )  # fmt: skip
+
+    async def scenario() -> None:
+        await aggregate_round(ctx, 2, view(2))  # node-1's update never reached us
+        assert ctx.stale_since == 2
+        ctx.gossip.inbox[3] = {"node-1": ReceivedModel("node-1", digest, 10, update, payloads)}
+        await aggregate_round(ctx, 3, view(3))  # no checkpoint of round 2 yet: wait
+        assert ctx.stale_since == 2 and not ctx.round_work(3).aggregated
+        checkpoint = {k: v + 1.0 if v.is_floating_point() else v for k, v in stale.items()}
+        tensors = weights.to_payloads(checkpoint)
+        ctx.link.reply = m.ModelReply(round=2, hash=model_hash(tensors), tensors=tensors)  # type: ignore[attr-defined]
+        await aggregate_round(ctx, 3, view(3))
+        await ctx.reports_sent()
+        assert ctx.stale_since is None and ctx.round_work(3).aggregated
+        expected = apply_update(checkpoint, update)
+        assert ctx.model is not None
+        for key, value in ctx.model.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+
+    asyncio.run(scenario())
