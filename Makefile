@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo headless test lint bench clean
+.PHONY: demo headless test lint bench bench-wan clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The network lab's full table: every codec x fanout over 20 Mbit/s links (root; ~15 min).
+bench-wan: $(STAMP)
+	$(PY) -m bench.wan_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

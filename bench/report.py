@@ -165,6 +165,38 @@ def _tui_rows(t: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _wan_rows(r: dict[str, Any]) -> Iterator[Row]:
+    if "skipped" in r:
+        yield ("rounds over 20 Mbit/s links", "skipped", r["skipped"], "", "", "–")
+        return
+    rows = {(x.get("compression"), x.get("fanout"), x.get("train_set")): x for x in r["rows"]}
+    base = rows.get(("none", 0, 4))
+    for row in r["rows"]:
+        if "error" in row:
+            yield (f"WAN round, {row['variant']}", "failed", "", "", "", "**no**")
+            continue
+        yield (
+            f"WAN round ({r['nodes']} nodes, {r['rate_mbit']:g} Mbit/s), {row['variant']}",
+            f"{row['seconds_per_round']:.2f} s/round, busiest uplink "
+            f"{row['busiest_uplink'] / 1e6:.2f} MB",
+            f"bound {row['bound']:.2f} s",
+            f"{row['x_bound']:.2f}x bound",
+            "<= 1.25x bound",
+            _met(row["x_bound"] <= 1.25),
+        )
+    fast = rows.get(("int8", 2, 4))
+    if base and fast and "seconds_per_round" in base and "seconds_per_round" in fast:
+        speedup = base["seconds_per_round"] / fast["seconds_per_round"]
+        yield (
+            "WAN speed-up, int8 + fanout 2",
+            f"{fast['seconds_per_round']:.2f} s/round",
+            f"none + fanout 0: {base['seconds_per_round']:.2f} s/round",
+            f"{speedup:.2f}x faster",
+            ">= 3x",
+            _met(speedup >= 3.0),
+        )
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "round_bench": _round_rows,
     "wire_bench": _wire_rows,
@@ -172,6 +204,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "scale_bench": _scale_rows,
     "coordinator_bench": _coordinator_rows,
     "tui_bench": _tui_rows,
+    "wan_bench": _wan_rows,
 }
 
 

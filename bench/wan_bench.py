@@ -257,7 +257,10 @@ def digits_accuracy(work: Path) -> dict[str, float | None]:
     return out
 
 
-def run(variants: tuple[Variant, ...] = VARIANTS, digits: bool = True) -> dict[str, Any]:
+def run(quick: bool = False, digits: bool = True) -> dict[str, Any]:
+    """Every variant (``quick``: none + fanout 0 and int8 + fanout 2, what ``make bench``
+    runs) and, with ``digits``, the digits job's accuracy per codec."""
+    variants = QUICK if quick else VARIANTS
     why = lab_unavailable()
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-digits", action="store_true", help="skip the digits accuracy runs")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    result = run(QUICK if args.quick else VARIANTS, digits=not args.no_digits)
+    result = run(quick=args.quick, digits=not args.no_digits)
     print(table(result))
     args.json.write_text(json.dumps(result, indent=2))
     return result
