@@ -48,16 +48,27 @@ async def answer_to(sock: zmq.asyncio.Socket, msg: m.Message) -> m.Message:
 
 
 def exchange(
-    pushes: list[tuple[str, m.ModelPush]], committed: dict[str, str] | None = None
+    pushes: list[tuple[str, m.ModelPush]],
+    committed: dict[str, str] | None = None,
+    *,
+    codec: CodecSpec | None = None,
+    reference: dict[str, torch.Tensor] = REFERENCE,
+    live: bool = False,
 ) -> tuple[list[m.Message], set[str]]:
-    """Send each (routing id, push) to a fresh receiver; its replies and the trainers it kept."""
+    """Send each (routing id, push) to a fresh receiver; its replies and the trainers it kept.
+
+    ``codec``: the run's update codec (default: plain weights); ``live``: every sender counts as
+    a live member (relays are taken from members only)."""
 
     async def scenario() -> tuple[list[m.Message], set[str]]:
         ctx = zmq.asyncio.Context()
         receiver = GossipService(node_id="me", run_id=RUN, context=ctx)
-        receiver.reference = REFERENCE
+        receiver.reference = reference
+        if codec is not None:
+            receiver.decoder = lambda p: decode_update(p, codec, reference, frozenset(reference))
         receiver.expects = lambda r, t: None
         receiver.committed = lambda r, t: (committed or {}).get(t)
+        receiver.is_live = lambda peer: live
         replies: list[m.Message] = []
         try:
             where = receiver.start()
@@ -124,7 +135,6 @@ def test_hostile_compressed_updates_are_refused_with_the_reason_and_never_kept()
     """A node on a top-k run (k = 2 of 8): an honest update is kept; updates with indices out
     of range, repeated or unsorted, the wrong k, or a relay's altered bytes are refused."""
     spec = CodecSpec("topk", 0.25)
-    reference = {"w": torch.zeros(8)}
     honest = _topk_payloads([1, 6], [0.5, -2.0])
     cases = [
         ("b", "b", _topk_payloads([1, 8], [0.5, 1.0])),  # index past the end
@@ -134,33 +144,12 @@ def test_hostile_compressed_updates_are_refused_with_the_reason_and_never_kept()
         ("a", "a", honest),
     ]
 
-    async def scenario() -> tuple[list[m.Message], set[str]]:
-        ctx = zmq.asyncio.Context()
-        receiver = GossipService(node_id="me", run_id=RUN, context=ctx)
-        receiver.reference = reference
-        receiver.decoder = lambda p: decode_update(p, spec, reference, frozenset({"w"}))
-        receiver.expects = lambda r, t: None
-        receiver.committed = lambda r, t: model_hash(honest) if t == "a" else None
-        receiver.is_live = lambda peer: True
-        replies: list[m.Message] = []
-        try:
-            where = receiver.start()
-            pushes = [(i, push(i, t, p)) for i, t, p in cases]
-            # a relay passing on trainer a's update with one value changed
-            forged = _topk_payloads([1, 6], [0.5, 2.0])
-            pushes.insert(0, ("relay", push("relay", "a", forged)))
-            for identity, msg in pushes:
-                sock = ctx.socket(zmq.DEALER)
-                sock.linger = 0
-                sock.setsockopt(zmq.ROUTING_ID, identity.encode())
-                sock.connect(where)
-                replies.append(await answer_to(sock, msg))
-            return replies, set(receiver.inbox.get(1, {}))
-        finally:
-            await receiver.close()
-            ctx.destroy(linger=0)
-
-    replies, kept = asyncio.run(scenario())
+    pushes = [(i, push(i, t, p)) for i, t, p in cases]
+    # a relay passing on trainer a's update with one value changed
+    pushes.insert(0, ("relay", push("relay", "a", _topk_payloads([1, 6], [0.5, 2.0]))))
+    replies, kept = exchange(
+        pushes, {"a": model_hash(honest)}, codec=spec, reference={"w": torch.zeros(8)}, live=True
+    )
     assert codes(replies) == [
         "hash_mismatch",  # the relay's bytes are not what trainer a committed
         "bad_model",
