@@ -337,6 +337,8 @@ class GossipService:
             del self.stats.receipts[key]
         for r in [r for r in self.stats.round_bytes if r < round - 8]:
             del self.stats.round_bytes[r]
+        for key in [k for k in self._fetching if k[0] < round]:
+            del self._fetching[key]
 
     # ----------------------------------------------------------------- relaying and fetching
 

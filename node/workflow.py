@@ -162,15 +162,6 @@ class NodeContext:
         for key in [k for k in self.gossip.acked if k[0] > round]:
             del self.gossip.acked[key]
 
-    def live_peers(self, snap: RunSnapshot | None = None) -> dict[str, str]:
-        """Live epoch members other than us, with their gossip endpoints."""
-        snap = snap or self.snapshot
-        return {
-            c.id: c.gossip_endpoint
-            for c in snap.clients
-            if c.status is ClientStatus.ACTIVE and c.id != self.node_id and c.gossip_endpoint
-        }
-
     def is_member(self, snap: RunSnapshot | None = None) -> bool:
         snap = snap or self.snapshot
         me = snap.client(self.node_id)
