@@ -94,6 +94,21 @@ def _from_config(path: Path) -> tuple[str, str]:
     ), f"tcp://{host}:{int(server.get('control_port', 5556))}"
 
 
+async def _cancelled(task: asyncio.Task[None], within: float = 5.0) -> None:
+    """Cancel ``task`` and wait (bounded) until it has stopped, before its sockets close.
+
+    The cancel is repeated: on Python 3.11 ``asyncio.wait_for`` can swallow a cancellation
+    that arrives as its inner wait completes, and the workflow would go on, into closed links.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.debug("the workflow ended with %r while stopping", task.exception())
+
+
 async def run_node(
     args: argparse.Namespace,
     node_id: str,
@@ -157,8 +172,8 @@ async def run_node(
             workflow.result()  # re-raise a crash
             log.info("run finished; stages: %s", " ".join(nctx.history[-8:]))
             return EXIT_OK
-        workflow.cancel()
         log.info("stopping on signal")
+        await _cancelled(workflow)
         return EXIT_OK
     except JoinRejected as exc:
         print(f"fl-node: {exc}", file=sys.stderr)
