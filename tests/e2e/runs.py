@@ -149,22 +149,34 @@ def node_pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
-class LabNode:
-    """``fl-node`` started in a lab namespace, output in a log file, always reaped."""
+class FlNode:
+    """``fl-node`` as a child process (inside a lab namespace when given one), its output in a
+    log file, always reaped."""
 
-    def __init__(self, lab: NetLab, ns: str, log: Path, args: list[str]) -> None:
+    def __init__(
+        self, log: Path, args: list[str], *, lab: NetLab | None = None, ns: str = ""
+    ) -> None:
         """``args``: fl-node's arguments; ``log``: where its output goes."""
         self.log = log
         self._out: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.process = lab.popen(
-            ns,
-            [sys.executable, "-m", "node.cli", *args],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
-        )
+        self.started = time.monotonic()
+        command = [sys.executable, "-m", "node.cli", *args]
+        options: dict[str, Any] = {
+            "stdout": self._out,
+            "stderr": subprocess.STDOUT,
+            "stdin": subprocess.DEVNULL,
+            "cwd": REPO,
+            "env": dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
+        }
+        if lab is not None:
+            self.process = lab.popen(ns, command, **options)
+        else:
+            self.process = subprocess.Popen(command, **options)
+
+    def wait(self, timeout: float) -> tuple[int, float]:
+        """(exit code, seconds it ran)."""
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - self.started
 
     def text(self) -> str:
         self._out.flush()
@@ -175,3 +187,10 @@ class LabNode:
             self.process.kill()
             self.process.wait(timeout=10)
         self._out.close()
+
+
+class LabNode(FlNode):
+    """``fl-node`` in the lab namespace ``ns``."""
+
+    def __init__(self, lab: NetLab, ns: str, log: Path, args: list[str]) -> None:
+        super().__init__(log, args, lab=lab, ns=ns)

@@ -9,54 +9,20 @@ non-zero within their join timeout saying why, and the console's event log says 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import tomlkit
 
-from tests.e2e.runs import REPO, HeadlessConsole, write_config
+from tests.e2e.runs import REPO, FlNode, HeadlessConsole, write_config
 from transport.keys import read_keypair, write_keypair
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 STRANGER_JOIN_TIMEOUT = 30.0
 PLAIN_JOIN_TIMEOUT = 5.0
-
-
-class Node:
-    """``fl-node`` as a child process, always reaped."""
-
-    def __init__(self, log: Path, *args: str) -> None:
-        self.log = log
-        self._out = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", *args],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"),
-        )
-
-    def wait(self, timeout: float) -> tuple[int, float]:
-        """(exit code, seconds it ran)."""
-        code = self.process.wait(timeout=timeout)
-        return code, time.monotonic() - self.started
-
-    def text(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._out.close()
 
 
 def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_reason(
@@ -93,18 +59,12 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
     control = f"tcp://127.0.0.1:{doc['server']['control_port']}"
     run_id = str(doc["run_id"])
     console = HeadlessConsole(config, tmp_path / "run")
-    nodes: list[Node] = []
+    nodes: list[FlNode] = []
 
-    def node(name: str, *args: str) -> Node:
-        started = Node(
+    def node(name: str, *args: str) -> FlNode:
+        started = FlNode(
             tmp_path / f"{name}.log",
-            "--connect",
-            control,
-            "--run-id",
-            run_id,
-            "--name",
-            name,
-            *args,
+            ["--connect", control, "--run-id", run_id, "--name", name, *args],
         )
         nodes.append(started)
         return started
