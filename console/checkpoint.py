@@ -8,11 +8,12 @@ console, and nothing is ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,12 @@ class StoredCheckpoint:
     hash: str
     weights_path: Path
     state: dict[str, Any]  # the coordinator's to_state()
+    # the weights as load_latest verified them, so a later read cannot race a newer write
+    loaded: tuple[TensorPayload, ...] | None = field(default=None, repr=False, compare=False)
 
     def payloads(self) -> tuple[TensorPayload, ...]:
+        if self.loaded is not None:
+            return self.loaded
         return read_weights(self.weights_path, expected_hash=self.hash)
 
 
@@ -216,20 +221,41 @@ def _read_pointer(pointer: Path) -> dict[str, Any] | None:
 
 
 def load_latest(directory: Path) -> StoredCheckpoint | None:
-    """The last complete checkpoint in ``directory``, or None when there is none."""
+    """The last complete checkpoint in ``directory``, or None when there is none.
+
+    Another process may read while the console writes: a new checkpoint replaces
+    latest.json and then removes the weights it superseded. When the weights named by the
+    pointer vanish and the pointer has moved on meanwhile, the newer pointer is read
+    (bounded); a pointer whose weights are missing or damaged for good is an error.
+    """
     pointer = directory / "latest.json"
-    if not pointer.exists():
-        return None
+    for _ in range(5):
+        if not pointer.exists():
+            return None
+        try:
+            text = pointer.read_text()
+            record = json.loads(text)
+            stored = StoredCheckpoint(
+                epoch=int(record["epoch"]),
+                round=int(record["round"]),
+                hash=str(record["hash"]),
+                weights_path=directory / str(record["weights"]),
+                state=dict(record["state"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({exc})") from exc
+        try:  # the weights must be there and intact before anyone relies on them
+            weights = read_weights(stored.weights_path, expected_hash=stored.hash)
+        except (OSError, CheckpointError):
+            if _pointer_text(pointer) not in (None, text):
+                continue  # superseded while we read it: read the newer one
+            raise
+        return dataclasses.replace(stored, loaded=weights)
+    raise CheckpointError(f"{pointer}: kept changing while it was read")
+
+
+def _pointer_text(pointer: Path) -> str | None:
     try:
-        record = json.loads(pointer.read_text())
-        stored = StoredCheckpoint(
-            epoch=int(record["epoch"]),
-            round=int(record["round"]),
-            hash=str(record["hash"]),
-            weights_path=directory / str(record["weights"]),
-            state=dict(record["state"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{pointer}: unreadable checkpoint pointer ({exc})") from exc
-    stored.payloads()  # verify the weights are there and intact before anyone relies on them
-    return stored
+        return pointer.read_text()
+    except OSError:
+        return None

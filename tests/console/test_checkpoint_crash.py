@@ -120,3 +120,46 @@ def test_a_writer_sigkilled_at_random_moments_leaves_a_resumable_checkpoint(
         for path in leftovers:  # temp files of an interrupted write: harmless, never loaded
             assert not path.name.startswith(".latest.json") or os.path.getsize(path) >= 0
     assert seen_epochs, "the writer never completed a checkpoint before it was killed"
+
+
+def test_a_reader_never_sees_weights_vanish_while_the_console_writes(tmp_path: Path) -> None:
+    """A second process (a test, a report) loads the latest checkpoint while the writer adds
+    rounds to one epoch, which removes the weights each new round supersedes."""
+    directory = tmp_path / "checkpoints"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SAME_EPOCH_WRITER, str(directory)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        rounds = set()
+        deadline = time.monotonic() + 60
+        while writer.poll() is None and time.monotonic() < deadline:
+            stored = load_latest(directory)
+            if stored is not None:
+                stored.payloads()
+                rounds.add(stored.round)
+        _, err = writer.communicate(timeout=30)
+        assert writer.returncode == 0, err.decode()
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert len(rounds) > 5, f"the reader saw too few checkpoints to race the writer: {rounds}"
+
+
+SAME_EPOCH_WRITER = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import console.checkpoint as cp
+from transport.tensors import TensorPayload
+
+directory = Path(sys.argv[1])
+for round in range(1, 401):
+    array = np.full((64, 64), round, dtype=np.float32)
+    tensors = (TensorPayload("w", "float32", array.shape, memoryview(array).cast("B")),)
+    stored = cp.write_checkpoint(directory, epoch=0, round=round, tensors=tensors, state={})
+    cp.record_state(directory, stored, {"epoch": 0})
+"""
