@@ -35,8 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
-from console.settings import CoordinatorConfig
 from transport.state import ClientStatus, ClientView, ResultRef, RunState
 
 CLIENTS = (10, 100, 1000)

@@ -36,8 +36,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer
-from console.settings import CheckpointConfig, Config, LocalConfig, ServerConfig
 from node.link import ConsoleLink
 from transport import messages as m
 from transport.codec import encode

@@ -56,8 +56,8 @@ from typing import Any
 
 import zmq
 
+from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.server import ConsoleServer
-from console.settings import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from transport import messages as m
 from transport.codec import decode, encode
 from transport.sockets import SocketFactory, endpoint

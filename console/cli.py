@@ -18,9 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from console.config import ConfigError, format_issues, load_config
-from console.config_schema import is_loopback
-from console.settings import Config
+from console.config import Config, ConfigError, format_issues, load_config
+from console.config.rules import is_loopback
 from transport.keys import KeyFileError, read_key_dir
 
 EXIT_OK = 0

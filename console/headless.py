@@ -18,9 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from console.config import Config
 from console.metrics_export import metrics_rows, write_metrics_csv
 from console.server import ConsoleServer
-from console.settings import Config
 from console.spawn import DataServerProcess, LocalNodes, start_data_server
 from transport.state import RunState
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import zmq
 
+from console.config import SecurityConfig
 from console.eventlog import EventLog
-from console.settings import SecurityConfig
 from transport.keys import (
     KeyAllowlist,
     read_key_dir,

@@ -29,14 +29,14 @@ from console.checkpoint import (
     record_state,
     write_checkpoint,
 )
-from console.config_schema import is_loopback
+from console.config import Config
+from console.config.rules import is_loopback
 from console.coordinator import Coordinator, Outcome
 from console.eventlog import EventLog
 from console.history import RoundHistory
 from console.records import RunRecords
 from console.replay import view_to_dict
 from console.security import ConsoleSecurity
-from console.settings import Config
 from console.view import ConsoleSnapshot, RoundRow
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode

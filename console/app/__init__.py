@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from console.settings import Config
+    from console.config import Config
 
 EXIT_FAILED = 2
 

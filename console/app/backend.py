@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from console.config import Config
 from console.events import Outcome, Rejection
-from console.settings import Config
 from console.view import ConsoleSnapshot
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ from console.app.backend import LiveBackend, StaticBackend
 from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, EventLogView, RunHeader
 from console.app.widgets.eventlog import MAX_LINES as EVENT_LINES
+from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.eventlog import LogLine
-from console.settings import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.spawn import LocalNode, LocalNodes
 from tests.snapshots.fixtures import mid_round_view
 from transport import messages as m

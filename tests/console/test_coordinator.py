@@ -13,6 +13,7 @@ from dataclasses import FrozenInstanceError, asdict, fields
 
 import pytest
 
+from console.config import CoordinatorConfig
 from console.coordinator import Coordinator, WaitingOn
 from console.events import (
     AggregateReported,
@@ -45,7 +46,6 @@ from console.selection import (
     seeded_prefix,
     tally_votes,
 )
-from console.settings import CoordinatorConfig
 from transport.state import (
     CheckpointRef,
     ClientStatus,

@@ -22,10 +22,10 @@ from hypothesis.stateful import (
     rule,
 )
 
+from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
 from console.events import EpochStarted, Outcome, RoundStarted, StateChanged
 from console.selection import elect_witnesses, quorum, round_seed, tally_votes
-from console.settings import CoordinatorConfig
 from transport.state import (
     CheckpointRef,
     ClientStatus,

@@ -15,8 +15,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from console.config import CheckpointConfig, Config, ServerConfig
 from console.server import ConsoleServer
-from console.settings import CheckpointConfig, Config, ServerConfig
 from transport import messages as m
 from transport.codec import decode, encode
 from transport.sockets import announced_from

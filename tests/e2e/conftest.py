@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from console.settings import Config
+from console.config import Config
 from tests.e2e.helpers import (
     NodeProcess,
     RawClients,

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import tomlkit
 import zmq
 
+from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer, Endpoints
-from console.settings import CheckpointConfig, Config, LocalConfig, ServerConfig
 from transport import messages as m
 from transport.codec import DecodeError, decode, encode
 from transport.state import ClientStatus, RunSnapshot

@@ -6,19 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from console.config import ConfigError, ConfigIssue, format_issues, key_lines, load_config
-from console.config_schema import KEYS
-from console.settings import (
+from console.config import (
     CheckpointConfig,
     Config,
+    ConfigError,
+    ConfigIssue,
     CoordinatorConfig,
     LocalConfig,
     SecurityConfig,
     ServerConfig,
+    format_issues,
+    key_lines,
+    load_config,
 )
+from console.config.load import KEYS
 from transport.spec import DataSpec, LearningSpec, ModelSpec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures"
 
 
