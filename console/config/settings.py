@@ -75,7 +75,9 @@ class ServerConfig:
 class CoordinatorConfig:
     init_min_clients: int = key(4, COUNT)
     min_clients: int = key(2, COUNT, at_most("coordinator.init_min_clients"))
-    witness_nodes: int = key(2, COUNT, at_most("coordinator.min_clients"))
+    witness_nodes: int = key(  # 0: every live client, up to coordinator.MAX_AUTO_WITNESSES
+        2, at_least(0, " (0: every live client witnesses)"), at_most("coordinator.min_clients")
+    )
     waiting_for_members_extra_time: float = key(0.5, at_least(0))  # 0: start at once
     warmup_time: float = key(30.0, SECONDS)  # 0: rounds start before any node warmed up
     max_round_train_time: float = key(60.0, SECONDS)  # 0: no trainer ever reports in time

@@ -282,7 +282,7 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
         ("[server]", "state_port = 0", "must be between 1 and 65535"),
         ("[server]", "control_port = 65536", "must be between 1 and 65535"),
         ("[coordinator]", "init_min_clients = 0", "must be >= 1"),
-        ("[coordinator]", "witness_nodes = 0", "must be >= 1"),
+        ("[coordinator]", "witness_nodes = -1", "must be >= 0"),
         ("[coordinator]", "rounds_per_epoch = 0", "must be >= 1"),
         ("[coordinator]", "total_rounds = 0", "must be >= 1"),
         ("[coordinator]", "warmup_time = 0", "must be > 0"),
