@@ -246,9 +246,8 @@ def _read_key(key: Key, value: Any, given: dict[str, Any], issues: _Issues) -> N
 
 def toml_type(value: Any) -> str:
     """How TOML calls the type of a parsed value, with its article."""
-    if isinstance(value, bool):
-        return "a boolean"
     kinds: list[tuple[type | tuple[type, ...], str]] = [
+        (bool, "a boolean"),  # before int: a bool is an int in Python
         (int, "an integer"),
         (float, "a float"),
         (str, "a string"),
@@ -263,16 +262,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _as_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {toml_type(value)}")
-    return value
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
 
 
-def _as_int(value: Any) -> int:
-    if not _is_int(value):
-        raise ValueError(f"must be an integer, got {toml_type(value)}")
-    return value
+def _exactly(ok: Callable[[Any], bool], wanted: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if not ok(value):
+            raise ValueError(f"must be {wanted}, got {toml_type(value)}")
+        return value
+
+    return convert
 
 
 def _as_float(value: Any) -> float:
@@ -282,12 +282,6 @@ def _as_float(value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError("must be a finite number")
     return number
-
-
-def _as_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {toml_type(value)}")
-    return value
 
 
 def _as_tuple(of: str, ok: Callable[[Any], bool]) -> Callable[[Any], tuple[Any, ...]]:
@@ -302,15 +296,16 @@ def _as_tuple(of: str, ok: Callable[[Any], bool]) -> Callable[[Any], tuple[Any, 
     return convert
 
 
+_as_str = _exactly(_is_str, "a string")
 _COERCE: dict[Any, Callable[[Any], Any]] = {
-    bool: _as_bool,
-    int: _as_int,
+    bool: _exactly(lambda v: isinstance(v, bool), "true or false"),
+    int: _exactly(_is_int, "an integer"),
     float: _as_float,
     str: _as_str,
     Path: lambda v: Path(_as_str(v)),
     Path | None: lambda v: Path(_as_str(v)),  # None (unset) is only ever the default
     tuple[int, ...]: _as_tuple("integers", _is_int),
-    tuple[str, ...]: _as_tuple("strings", lambda v: isinstance(v, str)),
+    tuple[str, ...]: _as_tuple("strings", _is_str),
 }
 
 
@@ -364,27 +359,24 @@ def _resolve_paths(values: Mapping[str, Any], base: Path, issues: _Issues) -> di
     return resolved
 
 
+_KEY_FILES = {  # read once here when curve = true, so a missing or bad one is reported now
+    "security.server_key": (read_keypair, "fl-console keygen DIR writes console.key_secret"),
+    "security.authorized_keys": (read_key_dir, "a directory of node public key files, *.key"),
+}
+
+
 def _resolve_keys(values: Mapping[str, Any], base: Path, issues: _Issues) -> dict[str, Any]:
-    """``[security]`` key files, resolved; with ``curve = true`` read once here, so a missing or
-    bad one is reported now (with CURVE off they are not used, and need not exist yet)."""
+    """``[security]`` key files, resolved (with CURVE off they are not used, need not exist)."""
     resolved: dict[str, Any] = {}
-    curve = values["security.curve"]
-    key = "security.server_key"
-    if values[key] is not None:
-        resolved[key] = file = _against(base, values[key])
+    for key, (read, hint) in _KEY_FILES.items():
+        if values[key] is None:
+            continue
+        resolved[key] = path = _against(base, values[key])
         try:
-            if curve:
-                read_keypair(file)
+            if values["security.curve"]:
+                read(path)
         except KeyFileError as exc:
-            issues.add(key, values[key], f"{exc} (fl-console keygen DIR writes console.key_secret)")
-    key = "security.authorized_keys"
-    if values[key] is not None:
-        resolved[key] = folder = _against(base, values[key])
-        try:
-            if curve:
-                read_key_dir(folder)
-        except KeyFileError as exc:
-            issues.add(key, values[key], f"{exc} (a directory of node public key files, *.key)")
+            issues.add(key, values[key], f"{exc} ({hint})")
     return resolved
 
 

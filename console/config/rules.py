@@ -31,6 +31,12 @@ class Relation:
 
 Rule = Check | Relation
 
+
+def relation(*reads: str) -> Callable[[Callable[[Any, Mapping[str, Any]], str | None]], Relation]:
+    """Declare a function ``(own value, every value) -> problem`` as a relation to ``reads``."""
+    return lambda check: Relation(reads, check)
+
+
 # --- rules on one value ------------------------------------------------------------------
 
 
@@ -96,17 +102,21 @@ def run_id(v: str) -> str | None:
     return "must be letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
+def _quoted(names: tuple[str, ...]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
 def model_name(v: str) -> str | None:
     if v in BUILTIN_MODELS or is_import_path(v):
         return None
-    return 'must be "mlp", "cnn" or an import path "package.module:factory"'
+    return f'must be {_quoted(BUILTIN_MODELS)} or an import path "package.module:factory"'
 
 
 def data_source(v: str) -> str | None:
     if v in BUILTIN_DATA or is_path_source(v) or is_import_path(v):
         return None
     return (
-        'must be "digits", "synthetic", an import path "package.module:loader" '
+        f'must be {_quoted(BUILTIN_DATA)}, an import path "package.module:loader" '
         'or a path to a .safetensors file ("data/train.safetensors")'
     )
 
@@ -143,7 +153,8 @@ def differs_from(*others: str) -> Relation:
     return Relation(others, check)
 
 
-def _krum_needs_enough_updates(v: str, a: Mapping[str, Any]) -> str | None:
+@relation("learning.train_set_size", "learning.byzantine_f")
+def krum_needs_enough_updates(v: str, a: Mapping[str, Any]) -> str | None:
     size, f = a["learning.train_set_size"], a["learning.byzantine_f"]
     if v != "krum" or size > 2 * f + 2:
         return None
@@ -153,13 +164,15 @@ def _krum_needs_enough_updates(v: str, a: Mapping[str, Any]) -> str | None:
     )
 
 
-def _cnn_has_channels(v: tuple[int, ...], a: Mapping[str, Any]) -> str | None:
+@relation("model.name")
+def cnn_has_channels(v: tuple[int, ...], a: Mapping[str, Any]) -> str | None:
     if a["model.name"] != "cnn" or v:
         return None
     return 'must list at least one channel count when model.name is "cnn"'
 
 
-def _curve_has_server_key(v: bool, a: Mapping[str, Any]) -> str | None:
+@relation("security.server_key")
+def curve_has_server_key(v: bool, a: Mapping[str, Any]) -> str | None:
     if not v or a["security.server_key"] is not None:
         return None
     return (
@@ -168,21 +181,14 @@ def _curve_has_server_key(v: bool, a: Mapping[str, Any]) -> str | None:
     )
 
 
-def _curve_without_served_data(v: bool, a: Mapping[str, Any]) -> str | None:
+@relation("data.serve")
+def curve_without_served_data(v: bool, a: Mapping[str, Any]) -> str | None:
     if not (v and a["data.serve"]):
         return None
     return (
         "cannot be used with data.serve = true yet: the data server has no CURVE; "
         "set data.serve = false (nodes then load their data themselves)"
     )
-
-
-KRUM_NEEDS_ENOUGH_UPDATES = Relation(
-    ("learning.train_set_size", "learning.byzantine_f"), _krum_needs_enough_updates
-)
-CNN_HAS_CHANNELS = Relation(("model.name",), _cnn_has_channels)
-CURVE_HAS_SERVER_KEY = Relation(("security.server_key",), _curve_has_server_key)
-CURVE_WITHOUT_SERVED_DATA = Relation(("data.serve",), _curve_without_served_data)
 
 
 def is_loopback(host: str) -> bool:

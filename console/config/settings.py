@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from console.config.rules import (
-    CNN_HAS_CHANNELS,
     COUNT,
-    CURVE_HAS_SERVER_KEY,
-    CURVE_WITHOUT_SERVED_DATA,
-    KRUM_NEEDS_ENOUGH_UPDATES,
     PORT,
     SECONDS,
     Rule,
@@ -27,11 +23,15 @@ from console.config.rules import (
     at_least,
     at_most,
     between,
+    cnn_has_channels,
+    curve_has_server_key,
     curve_public_keys,
+    curve_without_served_data,
     data_source,
     differs_from,
     every_entry,
     exceeds,
+    krum_needs_enough_updates,
     model_name,
     not_empty,
     one_of,
@@ -82,7 +82,7 @@ class CoordinatorConfig:
     warmup_time: float = key(30.0, SECONDS)  # 0: rounds start before any node warmed up
     max_round_train_time: float = key(60.0, SECONDS)  # 0: no trainer ever reports in time
     round_witness_time: float = key(5.0, SECONDS)  # 0: rounds end before the votes arrive
-    cooldown_time: float = key(1.0, SECONDS)  # 0: the epoch's last checkpoint is dropped
+    cooldown_time: float = key(1.0, SECONDS)  # 0: an unsaved last checkpoint is dropped
     rounds_per_epoch: int = key(5, COUNT)
     total_rounds: int = key(20, COUNT)
     heartbeat_interval: float = key(0.5, SECONDS)
@@ -105,7 +105,7 @@ class CheckpointConfig:
 class SecurityConfig:
     """``[security]``: ZeroMQ CURVE on every socket and a ZAP allowlist of node keys (off)."""
 
-    curve: bool = key(False, CURVE_HAS_SERVER_KEY, CURVE_WITHOUT_SERVED_DATA)
+    curve: bool = key(False, curve_has_server_key, curve_without_served_data)
     # the console's secret key file (fl-console keygen DIR)
     server_key: Path | None = key(None, not_empty)
     # a directory of node public key files (*.key)
@@ -120,7 +120,7 @@ SPEC_RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
         "batch_size": (COUNT,),
         "optimizer": (one_of(*OPTIMIZERS),),
         "learning_rate": (above(0),),
-        "aggregator": (one_of(*AGGREGATORS), KRUM_NEEDS_ENOUGH_UPDATES),
+        "aggregator": (one_of(*AGGREGATORS), krum_needs_enough_updates),
         "trim_fraction": (between(0, 0.5, open_high=True),),
         "byzantine_f": (at_least(0),),
         "torch_threads": (COUNT,),
@@ -131,7 +131,7 @@ SPEC_RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
     ModelSpec: {
         "name": (model_name,),
         "hidden": (every_entry(COUNT),),
-        "channels": (every_entry(COUNT), CNN_HAS_CHANNELS),
+        "channels": (every_entry(COUNT), cnn_has_channels),
     },
     DataSpec: {
         "source": (data_source,),

@@ -287,6 +287,8 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path: Path) -> None:
         ("[coordinator]", "total_rounds = 0", "must be >= 1"),
         ("[coordinator]", "warmup_time = 0", "must be > 0"),
         ("[coordinator]", "max_round_train_time = -1.0", "must be > 0"),
+        ("[coordinator]", "round_witness_time = 0", "must be > 0"),
+        ("[coordinator]", "cooldown_time = 0.0", "must be > 0"),
         ("[coordinator]", "waiting_for_members_extra_time = -0.5", "must be >= 0"),
         ("[learning]", "learning_rate = 0.0", "must be > 0"),
         ("[learning]", "local_epochs = 0", "must be >= 1"),

@@ -79,3 +79,16 @@ def test_negative_witness_nodes_says_0_means_every_client(tmp_path: Path) -> Non
     (issue,) = caught.value.issues
     assert (issue.key, issue.line, issue.value) == ("coordinator.witness_nodes", 2, "-1")
     assert "must be >= 0 (0: every live client witnesses)" in issue.message
+
+
+def test_only_the_extra_member_wait_may_be_0_among_phase_times(tmp_path: Path) -> None:
+    phases = ("warmup_time", "max_round_train_time", "round_witness_time", "cooldown_time")
+    text = "[coordinator]\nwaiting_for_members_extra_time = 0\n" + "".join(
+        f"{name} = 0\n" for name in phases
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+
+    refused = {issue.key: issue.message for issue in caught.value.issues}
+    assert refused == {f"coordinator.{name}": "must be > 0" for name in phases}
