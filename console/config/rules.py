@@ -19,6 +19,7 @@ from transport.keys import is_z85_key
 from transport.spec import BUILTIN_DATA, BUILTIN_MODELS
 
 Check = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
+Between = Callable[[Any, Mapping[str, Any]], str | None]  # (own value, every value by key) -> ...
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,13 @@ class Relation:
     """A rule between a key's value and the values of ``reads`` (set or default)."""
 
     reads: tuple[str, ...]
-    check: Callable[[Any, Mapping[str, Any]], str | None]  # (own value, every value by key)
+    check: Between
 
 
 Rule = Check | Relation
 
 
-def relation(*reads: str) -> Callable[[Callable[[Any, Mapping[str, Any]], str | None]], Relation]:
+def relation(*reads: str) -> Callable[[Between], Relation]:
     """Declare a function ``(own value, every value) -> problem`` as a relation to ``reads``."""
     return lambda check: Relation(reads, check)
 
@@ -96,7 +97,7 @@ def is_path_source(value: str) -> bool:
     return "/" in value or value.endswith(".safetensors")
 
 
-def run_id(v: str) -> str | None:
+def valid_run_id(v: str) -> str | None:
     if _RUN_ID.match(v):
         return None
     return "must be letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -35,7 +35,7 @@ from console.config.rules import (
     model_name,
     not_empty,
     one_of,
-    run_id,
+    valid_run_id,
 )
 from transport.spec import (
     AGGREGATORS,
@@ -147,7 +147,7 @@ SPEC_RULES: dict[type, dict[str, tuple[Rule, ...]]] = {
 
 @dataclass(frozen=True)
 class Config:
-    run_id: str = key("digits-demo", run_id)
+    run_id: str = key("digits-demo", valid_run_id)
     seed: int = key(42, at_least(0))
     server: ServerConfig = field(default_factory=ServerConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
