@@ -4,7 +4,6 @@
 ``load`` reads a file with tomlkit and ``lines`` finds each key's line.
 """
 
-from console.config.lines import key_lines
 from console.config.load import ConfigError, ConfigIssue, format_issues, load_config
 from console.config.settings import (
     CheckpointConfig,
@@ -25,6 +24,5 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "format_issues",
-    "key_lines",
     "load_config",
 ]

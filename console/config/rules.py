@@ -50,14 +50,12 @@ def above(low: float) -> Check:
 
 
 def between(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Check:
+    ops = f"{'>' if open_low else '>='} {low:g} and {'<' if open_high else '<='} {high:g}"
+    text = f"must be {ops}" if open_low or open_high else f"must be between {low:g} and {high:g}"
+
     def check(v: Any) -> str | None:
-        if (v > low if open_low else v >= low) and (v < high if open_high else v <= high):
-            return None
-        if not (open_low or open_high):
-            return f"must be between {low:g} and {high:g}"
-        return (
-            f"must be {'>' if open_low else '>='} {low:g} and {'<' if open_high else '<='} {high:g}"
-        )
+        inside = (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+        return None if inside else text
 
     return check
 

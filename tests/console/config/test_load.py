@@ -16,9 +16,9 @@ from console.config import (
     SecurityConfig,
     ServerConfig,
     format_issues,
-    key_lines,
     load_config,
 )
+from console.config.lines import key_lines
 from console.config.load import KEYS
 from transport.spec import DataSpec, LearningSpec, ModelSpec
 
