@@ -20,6 +20,7 @@ from rich.text import Text
 
 from console.config import Config, ConfigError, format_issues, load_config
 from console.config.rules import is_loopback
+from console.coordinator import MAX_AUTO_WITNESSES
 from transport.keys import KeyFileError, read_key_dir
 
 EXIT_OK = 0
@@ -238,9 +239,14 @@ def _server(config: Config) -> str:
 
 def _clients(config: Config) -> str:
     c = config.coordinator
+    witnesses = (
+        f"{c.witness_nodes} witnesses"
+        if c.witness_nodes
+        else f"every live client (up to {MAX_AUTO_WITNESSES}) witnesses"
+    )
     return (
         f"starts with {c.init_min_clients}, continues while >= {c.min_clients}; "
-        f"{config.learning.train_set_size} trainers and {c.witness_nodes} witnesses per round"
+        f"{config.learning.train_set_size} trainers and {witnesses} per round"
     )
 
 

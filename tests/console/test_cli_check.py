@@ -34,6 +34,17 @@ def test_check_on_the_default_config_prints_a_summary_and_returns_0(
     assert "spawns 4 local fl-node processes" in out
 
 
+def test_check_says_what_witness_nodes_0_means(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "data.toml"
+    text = (REPO / "data.toml").read_text()
+    config.write_text(text.replace("witness_nodes = 2", "witness_nodes = 0", 1))
+
+    assert main([str(config), "--check"]) == 0
+    assert "every live client (up to 32) witnesses per round" in capsys.readouterr().out
+
+
 def test_check_on_a_bad_file_names_every_error_and_returns_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
