@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.text import Text
 
 from console.config import ConfigError, format_issues, load_config
-from console.config_schema import is_loopback
 from console.settings import Config
 from transport.keys import KeyFileError, read_key_dir
+from transport.net import is_loopback
 
 EXIT_OK = 0
 EXIT_FAILED = 2  # bad config, bad arguments, or a mode that cannot run

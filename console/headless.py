@@ -22,16 +22,10 @@ from console.metrics_export import metrics_rows, write_metrics_csv
 from console.server import ConsoleServer
 from console.settings import Config
 from console.spawn import DataServerProcess, LocalNodes, start_data_server
+from transport.net import connect_address
 from transport.state import RunState
 
 log = logging.getLogger(__name__)
-
-
-def connect_address(endpoint: str) -> str:
-    """An endpoint a local node can connect to (a wildcard bind becomes loopback)."""
-    for wildcard in ("0.0.0.0", "*", "[::]"):
-        endpoint = endpoint.replace(f"//{wildcard}:", "//127.0.0.1:")
-    return endpoint
 
 
 def build_summary(

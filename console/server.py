@@ -29,7 +29,6 @@ from console.checkpoint import (
     record_state,
     write_checkpoint,
 )
-from console.config_schema import is_loopback
 from console.coordinator import Coordinator, Outcome
 from console.eventlog import EventLog
 from console.history import RoundHistory
@@ -40,10 +39,10 @@ from console.settings import Config
 from console.view import ConsoleSnapshot, RoundRow
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.net import announced_from, is_loopback
 from transport.sockets import (
     PeerUnreachable,
     SocketFactory,
-    announced_from,
     peer_address,
     peer_key,
     send_to,

@@ -33,6 +33,7 @@ from node.security import NodeSecurity, load_node_keys
 from node.stages import StartLearningStage, follow_gossip
 from node.workflow import LearningWorkflow, NodeContext
 from transport.keys import KeyFileError
+from transport.net import LOOPBACK, is_wildcard
 
 log = logging.getLogger("fl-node")
 
@@ -87,8 +88,8 @@ def _from_config(path: Path) -> tuple[str, str]:
     doc = tomlkit.parse(path.read_text()).unwrap()
     server = doc.get("server", {})
     host = server.get("host", "127.0.0.1")
-    if host in ("0.0.0.0", "*", "::"):
-        host = "127.0.0.1"
+    if is_wildcard(host):
+        host = LOOPBACK
     return str(
         doc.get("run_id", "digits-demo")
     ), f"tcp://{host}:{int(server.get('control_port', 5556))}"

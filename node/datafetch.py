@@ -30,7 +30,8 @@ from node.data import Dataset, Shard
 from node.workflow import NodeContext
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import MODEL_MAX_BYTES, SocketFactory, connectable
+from transport.net import connectable
+from transport.sockets import MODEL_MAX_BYTES, SocketFactory
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
 from transport.tensors import TensorPayload

@@ -24,7 +24,8 @@ import zmq.asyncio
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.fields import MAX_TEXT_LEN
-from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory, connectable
+from transport.net import connectable
+from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot, SnapshotError
 
