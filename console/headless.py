@@ -22,6 +22,7 @@ from console.metrics_export import metrics_rows, write_metrics_csv
 from console.server import ConsoleServer
 from console.settings import Config
 from console.spawn import DataServerProcess, LocalNodes, start_data_server
+from transport.exit_codes import ExitCode
 from transport.net import connect_address
 from transport.state import RunState
 
@@ -145,7 +146,7 @@ async def run_headless(
             f" accepted rounds in {wall:.1f}s"
             + (f", accuracy {accuracy:.4f}" if accuracy is not None else "")
         )
-        return 0 if final is RunState.FINISHED else 1
+        return ExitCode.OK if final is RunState.FINISHED else ExitCode.RUN_FAILED
     finally:
         nodes.stop()
         if data_server is not None:
