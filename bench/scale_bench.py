@@ -557,7 +557,8 @@ def bare_torch_rss_kb() -> int:
 
 
 def node_run(n: int, work: Path) -> dict[str, Any]:
-    from tests.e2e.runs import HeadlessConsole, node_pids_alive, write_config
+    from tests.e2e.runs import HeadlessConsole, node_pids_alive
+    from tests.factories import write_config
 
     config = write_config(
         work,
