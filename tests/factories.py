@@ -49,35 +49,14 @@ def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
 
 def run_snapshot(**fields: Any) -> RunSnapshot:
     """A broadcast state: run ``r`` in RoundTrain of a 2-round run, no clients, time 0."""
-    base: dict[str, Any] = {
-        "run_id": "r",
-        "state": RunState.ROUND_TRAIN,
-        "now": 0.0,
-        "phase_started": 0.0,
-        "deadline": None,
-        "epoch": 0,
-        "round": 0,
-        "epoch_rounds": 0,
-        "accepted_rounds": 0,
-        "total_rounds": 2,
-        "rounds_per_epoch": 2,
-        "init_min_clients": 2,
-        "min_clients": 2,
-        "pending_pause": False,
-        "clients": (),
-    }
+    base = dict(run_id="r", state=RunState.ROUND_TRAIN, now=0.0, phase_started=0.0, deadline=None,
+                epoch=0, round=0, epoch_rounds=0, accepted_rounds=0, total_rounds=2,
+                rounds_per_epoch=2, init_min_clients=2, min_clients=2, pending_pause=False,
+                clients=())  # fmt: skip
     return RunSnapshot(**{**base, **fields})
 
 
 def round_view(**fields: Any) -> RoundView:
     """Round 1 of epoch 0, started at time 0, with nobody in it and a quorum of 1."""
-    base: dict[str, Any] = {
-        "round": 1,
-        "epoch": 0,
-        "seed": 1,
-        "train_set": (),
-        "witnesses": (),
-        "quorum": 1,
-        "started": 0.0,
-    }
+    base = dict(round=1, epoch=0, seed=1, train_set=(), witnesses=(), quorum=1, started=0.0)
     return RoundView(**{**base, **fields})
