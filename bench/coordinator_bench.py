@@ -28,13 +28,13 @@ so every figure is also given as a ratio to a baseline measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.report import save_result
 from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
 from transport.state import ClientStatus, ClientView, ResultRef, RunState
@@ -254,20 +254,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(result: dict[str, Any], path: Path) -> None:
-    """Merge under the "coordinator" key, so other benchmarks' figures survive."""
-    try:
-        existing = json.loads(path.read_text())
-        if not isinstance(existing, dict):
-            existing = {}
-    except (OSError, ValueError):
-        existing = {}
-    existing["coordinator"] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
@@ -277,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), args.trials, args.rounds)
     print(table(result))
-    _save(result, args.json)
+    save_result("coordinator", result, args.json)
     print(f"wrote {args.json}")
     return result
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import statistics
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from bench.report import save_result
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer
 from node.link import ConsoleLink
@@ -278,20 +278,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(result: dict[str, Any], path: Path) -> None:
-    """Merge under the "latency" key, so other benchmarks' figures in the same file survive."""
-    try:
-        existing = json.loads(path.read_text())
-        if not isinstance(existing, dict):
-            existing = {}
-    except (OSError, ValueError):
-        existing = {}
-    existing["latency"] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=CHANGES, help="measured state changes")
@@ -303,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     result = run(tuple(args.members), args.subscribers, args.changes)
     print(table(result))
-    _save(result, args.json)
+    save_result("latency", result, args.json)
     print(f"wrote {args.json}")
     return result
 

@@ -234,6 +234,21 @@ def update_readme(table: str, readme: Path = README) -> bool:
     return True
 
 
+def save_result(key: str, result: dict[str, Any], path: Path) -> None:
+    """Merge ``result`` under ``key`` into the JSON file at ``path``, so other benchmarks'
+    figures in it survive; written to a temporary file first, then moved into place."""
+    try:
+        existing = json.loads(path.read_text())
+        if not isinstance(existing, dict):
+            existing = {}
+    except (OSError, ValueError):
+        existing = {}
+    existing[key] = result
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(existing, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[0]) if argv else RESULTS
     print(markdown(json.loads(path.read_text())))

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.report import save_result
 from tests.e2e.runs import REPO, HeadlessConsole, node_pids_alive, write_config
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -665,20 +666,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(result: dict[str, Any], path: Path) -> None:
-    """Merge under the "round" key, so other benchmarks' figures in the same file survive."""
-    try:
-        existing = json.loads(path.read_text())
-        if not isinstance(existing, dict):
-            existing = {}
-    except (OSError, ValueError):
-        existing = {}
-    existing["round"] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", nargs="+", default=list(DEFAULT_JOBS), choices=list(JOBS))
@@ -698,7 +685,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return figures
     result = run(tuple(args.jobs), args.repeats)
     print(table(result))
-    _save(result, args.json)
+    save_result("round", result, args.json)
     print(f"wrote {args.json}")
     return result
 

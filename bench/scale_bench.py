@@ -56,6 +56,7 @@ from typing import Any
 
 import zmq
 
+from bench.report import save_result
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.server import ConsoleServer
 from transport import messages as m
@@ -556,7 +557,8 @@ def bare_torch_rss_kb() -> int:
 
 
 def node_run(n: int, work: Path) -> dict[str, Any]:
-    from tests.e2e.runs import HeadlessConsole, node_pids_alive, write_config
+    from tests.e2e.runs import HeadlessConsole, node_pids_alive
+    from tests.factories import write_config
 
     config = write_config(
         work,
@@ -751,20 +753,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(result: dict[str, Any], path: Path) -> None:
-    """Merge under the "scale" key, so other benchmarks' figures in the same file survive."""
-    try:
-        existing = json.loads(path.read_text())
-        if not isinstance(existing, dict):
-            existing = {}
-    except (OSError, ValueError):
-        existing = {}
-    existing["scale"] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
@@ -773,7 +761,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), tuple(args.nodes))
     print(table(result))
-    _save(result, args.json)
+    save_result("scale", result, args.json)
     print(f"wrote {args.json}")
     return result
 

@@ -37,7 +37,8 @@ from console.app.backend import StaticBackend
 from console.app.widgets import ClientsTable
 from console.eventlog import LogLine
 from console.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
-from transport.state import ClientStatus, ClientView, RoundOutcome, RunSnapshot, RunState
+from tests.factories import run_snapshot
+from transport.state import ClientStatus, ClientView, RoundOutcome
 
 RESULTS = Path(__file__).resolve().parents[1] / "runs" / "tui_bench.json"  # runs/ is ignored
 TARGET_MS = 50.0
@@ -101,9 +102,8 @@ def build_view(clients: int = 1000, rounds: int = 50) -> ConsoleSnapshot:
         )
         for n in range(1, rounds + 1)
     )
-    run = RunSnapshot(
+    run = run_snapshot(
         run_id="bench",
-        state=RunState.ROUND_TRAIN,
         now=now,
         phase_started=now - 3.0,
         deadline=now + 57.0,
@@ -114,8 +114,6 @@ def build_view(clients: int = 1000, rounds: int = 50) -> ConsoleSnapshot:
         total_rounds=rounds + 50,
         rounds_per_epoch=5,
         init_min_clients=4,
-        min_clients=2,
-        pending_pause=False,
         clients=tuple(views),
     )
     log = tuple(LogLine(now - 100 + i / 10, "state", f"event {i}") for i in range(500))

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.netlab import NetLab, lab_unavailable
-from tests.e2e.runs import HeadlessConsole, LabNode, write_config
+from tests.e2e.runs import HeadlessConsole, LabNode
+from tests.factories import write_config
 
 RESULTS = Path(__file__).with_name("wan_results.json")
 NODES = 8

@@ -21,7 +21,6 @@ SHA-256 (what a witness computes to attest a model; node logic, not in "ours").
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from bench.report import save_result
 from transport import messages as m
 from transport.codec import Limits, decode, encode, is_finite
 from transport.sockets import (
@@ -228,20 +228,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _save(result: dict[str, Any], path: Path) -> None:
-    """Merge under the "wire" key, so other benchmarks' figures in the same file survive."""
-    try:
-        existing = json.loads(path.read_text())
-        if not isinstance(existing, dict):
-            existing = {}
-    except (OSError, ValueError):
-        existing = {}
-    existing["wire"] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES_MB), metavar="MB")
@@ -251,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run(tuple(args.sizes), args.reps, args.trials)
     print(table(result))
-    _save(result, args.json)
+    save_result("wire", result, args.json)
     print(f"wrote {args.json}")
 
 

@@ -19,12 +19,10 @@ from rich.console import Console
 from rich.text import Text
 
 from console.config import Config, ConfigError, format_issues, load_config
-from console.config.rules import is_loopback
 from console.coordinator import MAX_AUTO_WITNESSES
+from transport.exit_codes import ExitCode, exit_code_help
 from transport.keys import KeyFileError, read_key_dir
-
-EXIT_OK = 0
-EXIT_FAILED = 2  # bad config, bad arguments, or a mode that cannot run
+from transport.net import is_loopback
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -33,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-console",
         description="Run and watch a federated learning run described by a data.toml file.",
-        epilog="fl-console keygen DIR [--nodes N]: make CURVE keys for [security] curve = true",
+        epilog="fl-console keygen DIR [--nodes N]: make CURVE keys for [security] curve = true\n\n"
+        + exit_code_help(ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.USAGE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", type=Path, nargs="?", help="the run's config file (data.toml)")
     parser.add_argument(
@@ -100,23 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or bad arguments (argparse has printed why)
-        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     if args.replay is not None:
         return run_replay_mode(args)
     if args.config is None:
         _stderr().print(
             "fl-console: give a config file (data.toml), or --replay EVENTS", markup=False
         )
-        return EXIT_FAILED
+        return ExitCode.USAGE
     if args.spawn is not None and args.spawn < 0:
         _stderr().print("fl-console: --spawn must be >= 0", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     if args.metrics_csv is not None and not args.headless:
         _stderr().print("fl-console: --metrics-csv needs --headless", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     config = load_or_report(args.config)
     if config is None:
-        return EXIT_FAILED
+        return ExitCode.USAGE
     return MODES[choose_mode(args)](args, config)
 
 
@@ -139,7 +139,7 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     out.print(Text.assemble((f"{args.config}", "bold"), " is valid", style="green"))
     for label, value in summary(config):
         out.print(Text.assemble((f"  {label:<13}", "bold"), value))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _run_dir(args: argparse.Namespace, config: Config) -> Path:
@@ -178,10 +178,10 @@ def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
         )
     except (CheckpointError, DataServerError, KeyFileError) as exc:  # a key file gone since --check
         _stderr().print(f"fl-console: {exc}", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     except OSError as exc:  # most often: a port already in use
         _stderr().print(f"fl-console: {exc}", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
 
 
 def run_interactive(args: argparse.Namespace, config: Config) -> int:
@@ -195,7 +195,7 @@ def run_interactive(args: argparse.Namespace, config: Config) -> int:
 def run_replay_mode(args: argparse.Namespace) -> int:
     if not args.replay.exists():
         _stderr().print(f"fl-console: {args.replay}: no such file", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     from console.app import run_replay
 
     return run_replay(args.replay)

@@ -22,16 +22,11 @@ from console.config import Config
 from console.metrics_export import metrics_rows, write_metrics_csv
 from console.server import ConsoleServer
 from console.spawn import DataServerProcess, LocalNodes, start_data_server
+from transport.exit_codes import ExitCode
+from transport.net import connect_address
 from transport.state import RunState
 
 log = logging.getLogger(__name__)
-
-
-def connect_address(endpoint: str) -> str:
-    """An endpoint a local node can connect to (a wildcard bind becomes loopback)."""
-    for wildcard in ("0.0.0.0", "*", "[::]"):
-        endpoint = endpoint.replace(f"//{wildcard}:", "//127.0.0.1:")
-    return endpoint
 
 
 def build_summary(
@@ -151,7 +146,7 @@ async def run_headless(
             f" accepted rounds in {wall:.1f}s"
             + (f", accuracy {accuracy:.4f}" if accuracy is not None else "")
         )
-        return 0 if final is RunState.FINISHED else 1
+        return ExitCode.OK if final is RunState.FINISHED else ExitCode.RUN_FAILED
     finally:
         nodes.stop()
         if data_server is not None:

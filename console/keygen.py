@@ -15,10 +15,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from transport.exit_codes import ExitCode
 from transport.keys import KeyFileError, read_keypair, write_keypair, write_public_key
 
 CONSOLE_KEY_NAME = "console"
-EXIT_OK, EXIT_FAILED = 0, 2
 
 
 @dataclass(frozen=True)
@@ -84,18 +84,18 @@ def main(argv: Sequence[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or bad arguments (argparse has printed why)
-        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     errors = Console(stderr=True, soft_wrap=True, highlight=False)
     if args.nodes < 0:
         errors.print("fl-console keygen: --nodes must be >= 0", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     try:
         keys = generate_keys(args.dir, name=args.name, nodes=args.nodes)
     except (KeyFileError, OSError) as exc:
         errors.print(f"fl-console keygen: {exc}", markup=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     report(keys, Console(soft_wrap=True, highlight=False))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def report(keys: GeneratedKeys, out: Console) -> None:

@@ -30,7 +30,6 @@ from console.checkpoint import (
     write_checkpoint,
 )
 from console.config import Config
-from console.config.rules import is_loopback
 from console.coordinator import Coordinator, Outcome
 from console.eventlog import EventLog
 from console.history import RoundHistory
@@ -40,10 +39,10 @@ from console.security import ConsoleSecurity
 from console.view import ConsoleSnapshot, RoundRow
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.net import announced_from, is_loopback
 from transport.sockets import (
     PeerUnreachable,
     SocketFactory,
-    announced_from,
     peer_address,
     peer_key,
     send_to,

@@ -32,15 +32,20 @@ from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
 from node.security import NodeSecurity, load_node_keys
 from node.stages import StartLearningStage, follow_gossip
 from node.workflow import LearningWorkflow, NodeContext
+from transport.exit_codes import ExitCode, exit_code_help
 from transport.keys import KeyFileError
+from transport.net import LOOPBACK, is_wildcard
 
 log = logging.getLogger("fl-node")
 
-EXIT_OK, EXIT_USAGE, EXIT_REJECTED, EXIT_UNREACHABLE = 0, 2, 3, 4
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fl-node", description="Join a federated run as a node.")
+    p = argparse.ArgumentParser(
+        prog="fl-node",
+        description="Join a federated run as a node.",
+        epilog=exit_code_help(ExitCode.OK, ExitCode.USAGE, ExitCode.REJECTED, ExitCode.UNREACHABLE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "config", nargs="?", type=Path, help="data.toml: take the address and run_id from it"
     )
@@ -87,8 +92,8 @@ def _from_config(path: Path) -> tuple[str, str]:
     doc = tomlkit.parse(path.read_text()).unwrap()
     server = doc.get("server", {})
     host = server.get("host", "127.0.0.1")
-    if host in ("0.0.0.0", "*", "::"):
-        host = "127.0.0.1"
+    if is_wildcard(host):
+        host = LOOPBACK
     return str(
         doc.get("run_id", "digits-demo")
     ), f"tcp://{host}:{int(server.get('control_port', 5556))}"
@@ -148,7 +153,7 @@ async def run_node(
         await asyncio.wait({joining, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
             joining.cancel()
-            return EXIT_OK
+            return ExitCode.OK
         stopping.cancel()
         spec = joining.result()
         seed = zlib.crc32(f"{spec.seed}:{node_id}".encode())
@@ -171,16 +176,16 @@ async def run_node(
         if workflow in done:
             workflow.result()  # re-raise a crash
             log.info("run finished; stages: %s", " ".join(nctx.history[-8:]))
-            return EXIT_OK
+            return ExitCode.OK
         log.info("stopping on signal")
         await _cancelled(workflow)
-        return EXIT_OK
+        return ExitCode.OK
     except JoinRejected as exc:
         print(f"fl-node: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
+        return ExitCode.REJECTED
     except (ConsoleUnreachable, DataFetchError) as exc:
         print(f"fl-node: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
     finally:
         # Leaving now. A stop request that comes late (the console stopping its nodes just as
         # this one finishes) must not land while asyncio closes its self-pipe: it would print
@@ -204,26 +209,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is not None:
         if not args.config.exists():
             print(f"fl-node: {args.config}: no such file", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         run_id, endpoint = _from_config(args.config)
     else:
         if not args.connect or not args.run_id:
             print("fl-node: give a data.toml, or both --connect and --run-id", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         run_id, endpoint = args.run_id, args.connect
     run_id = args.run_id or run_id
     endpoint = args.connect or endpoint
     node_id = args.name or f"{socket.gethostname()}-{os.getpid()}"
     if (args.curve_key is None) != (args.server_key is None):
         print("fl-node: CURVE needs both --curve-key and --server-key", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     security = None
     if args.curve_key is not None:
         try:
             security = NodeSecurity(load_node_keys(args.curve_key, args.server_key))
         except KeyFileError as exc:
             print(f"fl-node: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
     return asyncio.run(run_node(args, node_id, run_id, endpoint, security))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from node.data import Dataset, Shard
 from node.workflow import NodeContext
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.sockets import MODEL_MAX_BYTES, SocketFactory, connectable
+from transport.net import connectable
+from transport.retry import Backoff, pause
+from transport.sockets import MODEL_MAX_BYTES, SocketFactory
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
 from transport.tensors import TensorPayload
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 8
 ATTEMPT_TIMEOUT = 10.0  # seconds for one request's reply
 BUDGET = 45.0  # seconds for all attempts together
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+FETCH_BACKOFF = Backoff(first=0.1, cap=2.0)
 RETRY_CODES = frozenset({"unavailable", "not_member", "wrong_state", "wrong_round"})
 REPLY_LIMITS = Limits(max_frames=8, max_header_bytes=64 << 10, max_total_bytes=2 << 30)
 _NAMES = ("x", "y", "x_test", "y_test")
@@ -102,7 +103,7 @@ async def fetch_shard(
     """Request the shard, retrying what a retry can fix; :class:`DataFetchError` otherwise."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    delay = BACKOFF_FIRST
+    waits = FETCH_BACKOFF.delays()
     why = "no attempt made"
     own = context is None
     zctx = zmq.asyncio.Context() if context is None else context
@@ -131,9 +132,7 @@ async def fetch_shard(
             log.info("shard request %d/%d for epoch %d: %s", attempt, attempts, epoch, why)
             if attempt == attempts:
                 break
-            pause = min(delay * random.uniform(0.5, 1.5), max(0.0, deadline - loop.time()))
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, BACKOFF_MAX)
+            await pause(waits, deadline)
     finally:
         if own:
             zctx.destroy(linger=0)

@@ -44,6 +44,7 @@ from node.data import DataError, Dataset, load_dataset, shard
 from node.weights import to_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.exit_codes import ExitCode
 from transport.sockets import SocketFactory, endpoint
 from transport.spec import RunSpec, SpecError
 from transport.state import ClientStatus, RunSnapshot, RunState, SnapshotError
@@ -58,7 +59,6 @@ EPOCH_STATES = frozenset(
     {RunState.WARMUP, RunState.ROUND_TRAIN, RunState.ROUND_WITNESS, RunState.COOLDOWN}
 )
 FOLLOW_WAIT = 10.0  # seconds to wait for the first broadcast before saying ready anyway
-EXIT_OK, EXIT_USAGE, EXIT_BIND = 0, 2, 3
 
 
 def epoch_members(snap: RunSnapshot) -> tuple[str, ...]:
@@ -269,7 +269,7 @@ async def run(args: argparse.Namespace, spec: RunSpec) -> int:
             service = DataService(context, state_endpoint=args.state, bind=args.bind)
         except zmq.ZMQError as exc:
             print(f"data server: cannot bind {args.bind}: {exc}", file=sys.stderr)
-            return EXIT_BIND
+            return ExitCode.BIND
         dataset = await asyncio.to_thread(load_dataset, spec.data, seed=spec.seed, base_dir=None)
         server = DataServer(spec, dataset)
         service.start(server)
@@ -296,10 +296,10 @@ async def run(args: argparse.Namespace, spec: RunSpec) -> int:
             stats.rejected,
             dict(stats.by_code),
         )
-        return EXIT_OK
+        return ExitCode.OK
     except DataError as exc:
         print(f"data server: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     finally:
         if service is not None:
             await service.close()
@@ -325,13 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = RunSpec.from_dict(json.loads(args.spec_json))
     except (ValueError, SpecError) as exc:  # JSONDecodeError is a ValueError
         print(f"data server: unusable --spec-json: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if spec.run_id != args.run_id:
         print(
             f"data server: --run-id {args.run_id!r} differs from the spec's {spec.run_id!r}",
             file=sys.stderr,
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     torch.set_num_threads(1)
     return asyncio.run(run(args, spec))
 

@@ -35,12 +35,15 @@ from node.security import NodeSecurity
 from node.weights import WeightsError, from_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.retry import Backoff, pause
 from transport.sockets import SocketFactory, peer_key
 from transport.tensors import TensorPayload, model_hash
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+FETCH_POLL = Backoff(first=0.2, cap=0.2)  # asking holders again for an update none had yet
+PUSH_POLL = Backoff(first=0.1, cap=0.1)  # pushing again to a peer with no commit or model yet
 WANTED_SLICE = 0.05  # how often a waiting push re-checks that its peer is still in the run
 
 
@@ -384,6 +387,7 @@ class GossipService:
     async def _fetch(self, round: int, trainer: str, deadline: float) -> None:
         """Ask holders in turn (nearest live relay, the trainer, anyone) until one answers."""
         loop = asyncio.get_running_loop()
+        waits = FETCH_POLL.delays()
         while loop.time() < deadline and trainer not in self.inbox.get(round, {}):
             route = self.route_for(round, trainer)
             members = self.members(round)
@@ -409,7 +413,7 @@ class GossipService:
                         self.stats.fetches += 1
                         log.info("round %d: fetched %s's update from %s", round, trainer, holder)
                         return
-            await asyncio.sleep(0.2)  # nobody holds it yet: a relay may still be receiving it
+            await pause(waits, deadline)  # nobody holds it yet: a relay may still be receiving it
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -464,6 +468,7 @@ class GossipService:
     ) -> str:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        waits = PUSH_POLL.delays()
         while True:
             reply = await self._exchange(peer, endpoint, frames, size, round, deadline)
             if isinstance(reply, str):
@@ -472,8 +477,8 @@ class GossipService:
                 self.stats.pushes_sent += 1
                 return "ok"
             if isinstance(reply, m.Error):
-                if reply.code == "unavailable" and loop.time() + 0.1 < deadline:
-                    await asyncio.sleep(0.1)  # it has no commit or model yet: try again shortly
+                if reply.code == "unavailable" and loop.time() + PUSH_POLL.cap < deadline:
+                    await pause(waits, deadline)  # it has no commit or model yet: try shortly
                     continue
                 log.warning("peer %s refused our push: %s", peer, reply.reason)
                 return f"refused: {reply.reason}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -24,7 +23,9 @@ import zmq.asyncio
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.fields import MAX_TEXT_LEN
-from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory, connectable
+from transport.net import connectable
+from transport.retry import Backoff
+from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot, SnapshotError
 
@@ -41,6 +42,7 @@ REPLY_CHECK = 0.25  # seconds between two looks at the console's broadcasts whil
 # seconds), instead of waiting out request_timeout for a console that is gone.
 SILENCE_TICKS = 8
 SILENCE_MIN = 2.0
+JOIN_BACKOFF = Backoff(first=0.1, cap=5.0)  # joining again while the console is unreachable
 
 
 class JoinRejected(RuntimeError):
@@ -145,7 +147,7 @@ class ConsoleLink:
         await self._join_with_backoff()
 
     async def _join_with_backoff(self, *, max_wait: float | None = None) -> None:
-        delay = 0.1
+        waits = JOIN_BACKOFF.delays()
         started = time.monotonic()
         while True:
             try:
@@ -154,15 +156,14 @@ class ConsoleLink:
             except ConsoleUnreachable as exc:
                 if max_wait is not None and time.monotonic() - started > max_wait:
                     raise
-                jitter = random.uniform(0.5, 1.5)
+                wait = next(waits)
                 log.info(
                     "console %s unreachable (%s); retrying in %.1fs",
                     self.control_endpoint,
                     exc,
-                    delay,
+                    wait,
                 )
-                await asyncio.sleep(delay * jitter)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(wait)
 
     async def _join_once(self) -> None:
         self.connected.clear()

@@ -292,40 +292,6 @@ def endpoint(sock: zmq.Socket) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "[::]", "::"})
-
-
-def connectable(announced: str, via: str) -> str:
-    """``announced`` as a peer can connect to it.
-
-    A socket bound on every interface reports ``tcp://0.0.0.0:PORT``; a peer on another machine
-    must use the address it already reaches that machine at: the host of ``via`` (e.g. the
-    console's control endpoint). Any other endpoint is returned unchanged.
-    """
-    scheme, sep, rest = announced.partition("://")
-    host, colon, port = rest.rpartition(":")
-    if not sep or not colon or host not in WILDCARD_HOSTS:
-        return announced
-    via_host = via.partition("://")[2].rpartition(":")[0]
-    if not via_host or via_host in WILDCARD_HOSTS:
-        via_host = "127.0.0.1"
-    return f"{scheme}://{via_host}:{port}"
-
-
-def announced_from(announced: str, peer_address: str) -> str:
-    """``announced`` as other peers can connect to it, given the address it was announced from.
-
-    A node whose gossip socket is bound on every interface (``--gossip-host 0.0.0.0``) announces
-    ``tcp://0.0.0.0:PORT``, which no peer can use; the console knows where the node's join came
-    from (:func:`peer_address`) and passes that on instead. Any other endpoint, or an unknown
-    ``peer_address`` (""), leaves ``announced`` unchanged.
-    """
-    if not peer_address:
-        return announced
-    host = f"[{peer_address}]" if ":" in peer_address else peer_address
-    return connectable(announced, f"tcp://{host}:0")
-
-
 def peer_address(frame: zmq.Frame) -> str:
     """The IP address the peer that sent ``frame`` (``recv(copy=False)``) connected from, or "".
 

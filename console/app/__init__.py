@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from console.config import Config
 
-EXIT_FAILED = 2
-
 
 def run_app(config: Config, *, spawn: int, run_dir: Path, resume: bool = False) -> int:
     """The live console: server + coordinator on Textual's loop, ``spawn`` local nodes.
@@ -34,12 +32,13 @@ def run_replay(path: Path) -> int:
 
     from console.app.app import ConsoleApp
     from console.replay import ReplayBackend, ReplayError, load_recording
+    from transport.exit_codes import ExitCode
 
     try:
         recording = load_recording(path)
     except ReplayError as exc:
         Console(stderr=True).print(f"fl-console: {exc}", markup=False, highlight=False)
-        return EXIT_FAILED
+        return ExitCode.USAGE
     app = ConsoleApp(ReplayBackend(recording))
     app.run()
     return app.return_code or 0

@@ -33,6 +33,7 @@ from console.app.widgets import (
     WitnessPanel,
 )
 from console.view import ConsoleSnapshot
+from transport.exit_codes import ExitCode
 from transport.state import RunState
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,11 @@ class ConsoleApp(App[int]):
             except Exception as exc:  # noqa: BLE001 - shown to the operator, then exit
                 log.exception("the console could not start")
                 await self._stop_backend()
-                self.exit(2, return_code=2, message=f"fl-console could not start: {exc}")
+                self.exit(
+                    ExitCode.USAGE,
+                    return_code=ExitCode.USAGE,
+                    message=f"fl-console could not start: {exc}",
+                )
                 return
         self.refresh_view()
         if self.refresh_hz > 0:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from console.config import Config
 from console.events import Outcome, Rejection
 from console.view import ConsoleSnapshot
+from transport.net import connect_address
 
 if TYPE_CHECKING:
     from console.server import ConsoleServer
@@ -113,7 +114,6 @@ class LiveBackend:
         self._stopped = False
 
     async def start_async(self) -> None:
-        from console.headless import connect_address
         from console.server import ConsoleServer
         from console.spawn import LocalNodes
 

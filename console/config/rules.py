@@ -9,7 +9,6 @@ values and dotted keys.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -188,13 +187,3 @@ def curve_without_served_data(v: bool, a: Mapping[str, Any]) -> str | None:
         "cannot be used with data.serve = true yet: the data server has no CURVE; "
         "set data.serve = false (nodes then load their data themselves)"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the run on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from console.metrics_export import COLUMNS, metrics_rows, write_metrics_csv
 from console.records import RunRecords
+from tests.factories import round_view
 from transport.state import ResultRef, RoundOutcome, RoundView
 
 H1, H2 = "a" * 64, "b" * 64
@@ -27,14 +28,10 @@ def _records() -> tuple[RunRecords, tuple[RoundView, ...]]:
                               "update_bytes": 20.0, "compression_ratio": 3.9,
                               "duplicates": 2.0, "fetches": 1.0})  # fmt: skip
     records.metrics("n3", 1, {"bytes_sent": 0.0, "bytes_received": 200.0})
-    round1 = RoundView(
-        round=1,
-        epoch=0,
-        seed=1,
+    round1 = round_view(
         train_set=("n1", "n2"),
         witnesses=("n1", "n3"),
         quorum=2,
-        started=0.0,
         ended=1.0,
         outcome=RoundOutcome.ACCEPTED,
         commits={"n1": ResultRef(H1, 40), "n2": ResultRef(H2, 60)},
@@ -42,16 +39,10 @@ def _records() -> tuple[RunRecords, tuple[RoundView, ...]]:
         accepted={"n1": ResultRef(H1, 40)},
         aggregates={"n1": AGG, "n2": AGG, "n3": AGG},
     )
-    round2 = RoundView(
-        round=2,
-        epoch=0,
-        seed=2,
-        train_set=("n3",),
-        witnesses=("n2",),
-        quorum=1,
-        started=1.0,
+    round2 = round_view(
+        round=2, seed=2, train_set=("n3",), witnesses=("n2",), started=1.0,
         outcome=RoundOutcome.NO_QUORUM,
-    )
+    )  # fmt: skip
     return records, (round1, round2)
 
 

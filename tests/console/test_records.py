@@ -6,25 +6,20 @@ import dataclasses
 
 from console.app.cells import client_state
 from console.records import RunRecords
-from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
+from tests.factories import round_view, run_snapshot
+from transport.state import ClientStatus, ClientView, RoundOutcome, RunSnapshot, RunState
 
 
 def _snapshot(state: RunState) -> RunSnapshot:
-    return RunSnapshot(
-        run_id="r",
+    return run_snapshot(
         state=state,
         now=10.0,
         phase_started=9.0,
-        deadline=None,
         epoch=1,
         round=4,
-        epoch_rounds=0,
         accepted_rounds=4,
         total_rounds=4,
-        rounds_per_epoch=2,
-        init_min_clients=2,
         min_clients=1,
-        pending_pause=False,
         clients=(
             ClientView("n1", ClientStatus.PENDING, last_seen=9.5),
             ClientView("n2", ClientStatus.DROPPED, last_seen=3.0, drop_reason="silent"),
@@ -67,11 +62,9 @@ def test_bytes_each_way_are_kept_per_client() -> None:
 
 
 def test_a_round_row_is_rebuilt_only_when_its_round_or_its_record_changes() -> None:
-    from transport.state import RoundOutcome, RoundView
-
     records = RunRecords()
-    view = RoundView(round=3, epoch=0, seed=1, train_set=("n1",), witnesses=("n1",), quorum=1,
-                     started=1.0, ended=2.0, outcome=RoundOutcome.ACCEPTED)  # fmt: skip
+    view = round_view(round=3, train_set=("n1",), witnesses=("n1",), started=1.0, ended=2.0,
+                      outcome=RoundOutcome.ACCEPTED)  # fmt: skip
     first = records.round_row(view)
     assert records.round_row(view) is first  # nothing changed: the same row, not rebuilt
     records.aggregated("n1", 3, "ab" * 32, {"accuracy": 0.5})
@@ -100,10 +93,8 @@ GOSSIP_COLUMNS = ("round_bytes_up", "round_bytes_down", "compression_ratio")
 
 
 def _round(n: int, train_set: tuple[str, ...] = ("n1", "n2")):
-    from transport.state import RoundOutcome, RoundView
-
-    return RoundView(round=n, epoch=0, seed=1, train_set=train_set, witnesses=("n3",), quorum=1,
-                     started=1.0, ended=2.0, outcome=RoundOutcome.ACCEPTED)  # fmt: skip
+    return round_view(round=n, train_set=train_set, witnesses=("n3",), started=1.0, ended=2.0,
+                      outcome=RoundOutcome.ACCEPTED)  # fmt: skip
 
 
 def _active(*ids: str) -> RunSnapshot:

@@ -19,7 +19,6 @@ from console.config import CheckpointConfig, Config, ServerConfig
 from console.server import ConsoleServer
 from transport import messages as m
 from transport.codec import decode, encode
-from transport.sockets import announced_from
 from transport.state import RunSnapshot
 
 
@@ -75,11 +74,3 @@ def test_a_gossip_endpoint_on_every_interface_is_announced_at_the_joins_address(
     seen, recorded = asyncio.run(_announced(_config(tmp_path), tmp_path / "run", announced))
     assert seen == broadcast
     assert recorded == broadcast
-
-
-def test_announced_from_replaces_only_a_wildcard_host_and_only_with_a_known_address() -> None:
-    assert announced_from("tcp://0.0.0.0:5", "10.213.7.3") == "tcp://10.213.7.3:5"
-    assert announced_from("tcp://*:5", "10.213.7.3") == "tcp://10.213.7.3:5"
-    assert announced_from("tcp://[::]:5", "fd00::3") == "tcp://[fd00::3]:5"
-    assert announced_from("tcp://10.213.7.9:5", "10.213.7.3") == "tcp://10.213.7.9:5"
-    assert announced_from("tcp://0.0.0.0:5", "") == "tcp://0.0.0.0:5"  # not TCP: unknown

@@ -27,7 +27,8 @@ from typing import Any
 
 import tomlkit
 
-from tests.e2e.runs import REPO, node_pids_alive, write_config
+from tests.e2e.runs import node_pids_alive
+from tests.factories import REPO, write_config
 
 Event = dict[str, Any]
 

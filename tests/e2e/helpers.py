@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,16 +19,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomlkit
 import zmq
 
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer, Endpoints
+from tests.factories import REPO
 from transport import messages as m
 from transport.codec import DecodeError, decode, encode
 from transport.state import ClientStatus, RunSnapshot
 
-REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -49,20 +47,6 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, poll: floa
 
 
 # ----------------------------------------------------------------------------- config
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (for a console in another process)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def make_config(
@@ -108,21 +92,6 @@ def make_config(
 
 def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
-
-
-def write_data_toml(directory: Path, **sections: dict[str, Any]) -> Path:
-    """The repository's data.toml on free ports, checkpoints under ``directory``, overridden
-    per section (``coordinator={"total_rounds": 2}``)."""
-    doc = tomlkit.parse((REPO / "data.toml").read_text())
-    state, control, data = free_ports(3)
-    doc["server"].update({"state_port": state, "control_port": control, "data_port": data})
-    doc["checkpoint"]["dir"] = str(directory / "checkpoints")
-    for section, values in sections.items():
-        doc[section].update(values)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "data.toml"
-    path.write_text(tomlkit.dumps(doc))
-    return path
 
 
 # ----------------------------------------------------------------------------- console

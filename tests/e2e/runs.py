@@ -1,11 +1,11 @@
-"""Helpers for end-to-end runs: a data.toml on free ports, a headless console as a child."""
+"""Helpers for end-to-end runs: a headless console as a child, fl-node children (the data.toml
+on free ports comes from :func:`tests.factories.write_config`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,46 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import tomlkit
+from tests.factories import REPO
+from tests.factories import write_config as write_config  # bench/round_bench.py imports it here
 
 if TYPE_CHECKING:
     from bench.netlab import NetLab
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS says are free right now (bound to 0 together, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def write_config(directory: Path, **sections: dict[str, Any]) -> Path:
-    """The repository's data.toml on free ports, with a private checkpoint dir and overrides."""
-    doc = tomlkit.parse((REPO / "data.toml").read_text())
-    state, control, data = free_ports(3)
-    doc["server"]["state_port"] = state
-    doc["server"]["control_port"] = control
-    doc["server"]["data_port"] = data
-    doc["checkpoint"]["dir"] = str(directory / "checkpoints")
-    for section, values in sections.items():
-        for key, value in values.items():
-            if section == "top":
-                doc[key] = value
-            else:
-                doc[section][key] = value
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "data.toml"
-    path.write_text(tomlkit.dumps(doc))
-    return path
 
 
 class HeadlessConsole:

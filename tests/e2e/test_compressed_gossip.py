@@ -18,7 +18,8 @@ import pytest
 import tomlkit
 
 from bench.netlab import NetLab, cleanup_stale, lab_unavailable
-from tests.e2e.runs import HeadlessConsole, LabNode, write_config
+from tests.e2e.runs import HeadlessConsole, LabNode
+from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

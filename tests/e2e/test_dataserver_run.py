@@ -9,73 +9,35 @@ from __future__ import annotations
 import csv
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.factories import REPO, write_config
+
 NODES = 3
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _config(tmp_path: Path) -> Path:
-    state, control, data = _free_ports(3)
-    path = tmp_path / "data.toml"
-    path.write_text(
-        f"""
-run_id = "served-e2e"
-seed = 5
-
-[server]
-host = "127.0.0.1"
-state_port = {state}
-control_port = {control}
-data_port = {data}
-
-[coordinator]
-init_min_clients = {NODES}
-min_clients = 2
-witness_nodes = 2
-waiting_for_members_extra_time = 0.0
-warmup_time = 60.0
-max_round_train_time = 30.0
-round_witness_time = 5.0
-cooldown_time = 5.0
-rounds_per_epoch = 2
-total_rounds = 3
-
-[learning]
-train_set_size = {NODES}
-optimizer = "adam"
-learning_rate = 0.01
-
-[data]
-source = "digits"
-serve = true
-
-[local]
-spawn = {NODES}
-
-[checkpoint]
-dir = "{tmp_path / "checkpoints"}"
-"""
+    return write_config(
+        tmp_path,
+        top={"run_id": "served-e2e", "seed": 5},
+        coordinator={
+            "init_min_clients": NODES,
+            "waiting_for_members_extra_time": 0.0,
+            "warmup_time": 60.0,
+            "max_round_train_time": 30.0,
+            "round_witness_time": 5.0,
+            "cooldown_time": 5.0,
+            "rounds_per_epoch": 2,
+            "total_rounds": 3,
+        },
+        learning={"train_set_size": NODES},
+        data={"serve": True},
+        local={"spawn": NODES},
     )
-    return path
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ from tests.e2e.helpers import (
     is_running,
     read_events,
     session_members,
-    write_data_toml,
 )
+from tests.factories import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def _no_traceback(run_dir: Path, console: NodeProcess) -> None:
 def test_headless_spawn_4_runs_to_finished_exits_0_and_leaves_no_process_behind(
     tmp_path: Path, processes: Processes
 ) -> None:
-    config = write_data_toml(tmp_path, coordinator={"total_rounds": 2, "rounds_per_epoch": 1})
+    config = write_config(tmp_path, coordinator={"total_rounds": 2, "rounds_per_epoch": 1})
     run_dir = tmp_path / "run"
     console = _headless(processes, config, run_dir, spawn=4)
     children = _watch_children(console, until=time.monotonic() + 90)
@@ -93,7 +93,7 @@ def test_headless_spawn_4_runs_to_finished_exits_0_and_leaves_no_process_behind(
 def test_ctrl_c_stops_a_headless_run_and_its_nodes_mid_run(
     tmp_path: Path, processes: Processes, to: str
 ) -> None:
-    config = write_data_toml(
+    config = write_config(
         tmp_path,
         coordinator={"init_min_clients": 2, "total_rounds": 50, "rounds_per_epoch": 25},
     )

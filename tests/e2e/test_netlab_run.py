@@ -21,7 +21,8 @@ import pytest
 import tomlkit
 
 from bench.netlab import NetLab, cleanup_stale, lab_unavailable
-from tests.e2e.runs import REPO, HeadlessConsole, LabNode, write_config
+from tests.e2e.runs import HeadlessConsole, LabNode
+from tests.factories import REPO, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 

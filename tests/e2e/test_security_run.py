@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from tests.e2e.runs import REPO, FlNode, HeadlessConsole, write_config
+from tests.e2e.runs import FlNode, HeadlessConsole
+from tests.factories import REPO, write_config
 from transport.keys import read_keypair, write_keypair
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

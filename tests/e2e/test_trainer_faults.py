@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.runs import HeadlessConsole, node_pids_alive, write_config
+from tests.e2e.runs import HeadlessConsole, node_pids_alive
+from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -24,6 +24,7 @@ from node.gossip import GossipStats, ReceivedModel
 from node.models import build_model
 from node.stages import TrainStage, aggregate_round, prepare_codec
 from node.workflow import NodeContext
+from tests.factories import round_view
 from transport import messages as m
 from transport.spec import DataSpec, LearningSpec, ModelSpec, RunSpec
 from transport.state import ResultRef, RoundOutcome, RoundView
@@ -180,9 +181,9 @@ def test_a_node_that_missed_an_accepted_round_takes_the_checkpoint_before_aggreg
     digest = model_hash(payloads)
 
     def view(r: int) -> RoundView:
-        return RoundView(
-            round=r, epoch=0, seed=0, train_set=("node-1",), witnesses=("node-2",), quorum=1,
-            started=0.0, outcome=RoundOutcome.ACCEPTED, accepted={"node-1": ResultRef(digest, 10)},
+        return round_view(
+            round=r, seed=0, train_set=("node-1",), witnesses=("node-2",),
+            outcome=RoundOutcome.ACCEPTED, accepted={"node-1": ResultRef(digest, 10)},
         )  # fmt: skip
 
     async def scenario() -> None:

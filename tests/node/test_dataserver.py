@@ -29,6 +29,7 @@ from node.datafetch import (
     served_data,
 )
 from node.dataserver import DataServer, DataService
+from tests.factories import run_snapshot
 from transport import messages as m
 from transport.codec import encode
 from transport.spec import DataSpec, RunSpec
@@ -59,21 +60,12 @@ def snapshot(
     active = state is not RunState.WAITING_FOR_MEMBERS
     status = ClientStatus.ACTIVE if active else ClientStatus.PENDING
     clients = tuple(ClientView(id=c, status=status) for c in MEMBERS)
-    return RunSnapshot(
+    return run_snapshot(
         run_id=run_id,
         state=state,
-        now=0.0,
-        phase_started=0.0,
-        deadline=None,
         epoch=epoch,
-        round=0,
-        epoch_rounds=0,
-        accepted_rounds=0,
         total_rounds=3,
         rounds_per_epoch=3,
-        init_min_clients=2,
-        min_clients=2,
-        pending_pause=False,
         clients=(*clients, ClientView(id="node-9", status=ClientStatus.PENDING)),
     )
 

@@ -16,9 +16,10 @@ import zmq.asyncio
 from node import weights
 from node.gossip import GossipService, ReceivedModel
 from node.security import NodeKeys, NodeSecurity
+from tests.factories import run_snapshot
 from tests.node.test_gossip import answer_to, push
 from transport import messages as m
-from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
+from transport.state import ClientStatus, ClientView, RunSnapshot
 from transport.tensors import model_hash
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
@@ -41,23 +42,7 @@ def broadcast(members: dict[str, NodeSecurity], endpoints: dict[str, str]) -> Ru
         )
         for name, sec in sorted(members.items())
     )
-    return RunSnapshot(
-        run_id="r",
-        state=RunState.ROUND_TRAIN,
-        now=0.0,
-        phase_started=0.0,
-        deadline=None,
-        epoch=0,
-        round=1,
-        epoch_rounds=1,
-        accepted_rounds=0,
-        total_rounds=2,
-        rounds_per_epoch=2,
-        init_min_clients=2,
-        min_clients=2,
-        pending_pause=False,
-        clients=clients,
-    )
+    return run_snapshot(round=1, epoch_rounds=1, clients=clients)
 
 
 def test_members_push_to_each_other_and_an_outsider_is_not_heard() -> None:
@@ -122,7 +107,7 @@ def test_follow_keeps_only_live_clients_keys() -> None:
     sec.follow(snapshot)
     assert sec.peer_keys["b"] == other.keys.public and other.keys.public in sec.peers
 
-    sec.follow(RunSnapshot(**{**snapshot.__dict__, "clients": dropped}))
+    sec.follow(run_snapshot(round=1, epoch_rounds=1, clients=dropped))
     assert "b" not in sec.peer_keys and other.keys.public not in sec.peers
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from console.eventlog import LogLine
 from console.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from tests.factories import run_snapshot
 from transport.state import (
     CheckpointRef,
     ClientStatus,
@@ -29,26 +30,14 @@ def _h(seed: str) -> str:
     return hashlib.sha256(seed.encode()).hexdigest()
 
 
+DEMO_RUN = dict(  # data.toml's demo run on the frozen clock, 4s into WaitingForMembers
+    run_id="digits-demo", state=RunState.WAITING_FOR_MEMBERS, now=NOW, phase_started=NOW - 4.0,
+    total_rounds=20, rounds_per_epoch=5, init_min_clients=4,
+)  # fmt: skip
+
+
 def _run(**fields: object) -> RunSnapshot:
-    base: dict[str, object] = {
-        "run_id": "digits-demo",
-        "state": RunState.WAITING_FOR_MEMBERS,
-        "now": NOW,
-        "phase_started": NOW - 4.0,
-        "deadline": None,
-        "epoch": 0,
-        "round": 0,
-        "epoch_rounds": 0,
-        "accepted_rounds": 0,
-        "total_rounds": 20,
-        "rounds_per_epoch": 5,
-        "init_min_clients": 4,
-        "min_clients": 2,
-        "pending_pause": False,
-        "clients": (),
-    }
-    base.update(fields)
-    return RunSnapshot(**base)  # type: ignore[arg-type]
+    return run_snapshot(**{**DEMO_RUN, **fields})
 
 
 def _log(*lines: tuple[float, str, str] | tuple[float, str, str, str]) -> tuple[LogLine, ...]:

@@ -6,18 +6,17 @@ import math
 import numpy as np
 import pytest
 
+from tests.factories import round_view, run_snapshot
 from transport import messages as m
 from transport.spec import RunSpec
-from transport.state import ClientStatus, ClientView, RoundView, RunSnapshot, RunState
+from transport.state import ClientStatus, ClientView, RunSnapshot
 from transport.tensors import TensorPayload
 
 H = "ab" * 32
 
 
 def snapshot() -> RunSnapshot:
-    return RunSnapshot(
-        run_id="r",
-        state=RunState.ROUND_TRAIN,
+    return run_snapshot(
         now=10.0,
         phase_started=9.0,
         deadline=12.5,
@@ -27,12 +26,9 @@ def snapshot() -> RunSnapshot:
         accepted_rounds=2,
         total_rounds=10,
         rounds_per_epoch=5,
-        init_min_clients=2,
-        min_clients=2,
-        pending_pause=False,
         clients=(ClientView(id="a", status=ClientStatus.ACTIVE, gossip_endpoint="tcp://x:1"),),
-        current=RoundView(
-            round=3, epoch=1, seed=7, train_set=("a",), witnesses=("a",), quorum=1, started=9.0
+        current=round_view(
+            round=3, epoch=1, seed=7, train_set=("a",), witnesses=("a",), started=9.0
         ),
     )
 
