@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from console.events import Outcome, Rejection
+from console.coordinator.events import Outcome, Rejection
 from console.settings import Config
 from console.view import ConsoleSnapshot
 

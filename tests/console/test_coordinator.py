@@ -14,7 +14,15 @@ from dataclasses import FrozenInstanceError, asdict, fields
 import pytest
 
 from console.coordinator import Coordinator, WaitingOn
-from console.events import (
+from console.coordinator.committee import (
+    decide_results,
+    elect_witnesses,
+    quorum,
+    round_seed,
+    seeded_prefix,
+    tally_votes,
+)
+from console.coordinator.events import (
     AggregateReported,
     CheckpointRequested,
     CheckpointSaved,
@@ -36,14 +44,6 @@ from console.events import (
     RoundStarted,
     RunFinished,
     StateChanged,
-)
-from console.selection import (
-    decide_results,
-    elect_witnesses,
-    quorum,
-    round_seed,
-    seeded_prefix,
-    tally_votes,
 )
 from console.settings import CoordinatorConfig
 from transport.state import (

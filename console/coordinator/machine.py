@@ -2,7 +2,7 @@
 
 The coordinator is a plain object over plain data. The server feeds it every message and a
 periodic ``tick(now)`` with its own ``time.monotonic()``; the coordinator returns an
-:class:`~console.events.Outcome` (events, or a rejection that changed nothing) and never does
+:class:`~console.coordinator.events.Outcome` (events, or a rejection that changed nothing) and never does
 I/O, reads a clock or draws from global randomness. That is what lets the tests drive every
 transition with a fake clock in milliseconds. ``docs/ARCHITECTURE.md`` is the contract; the
 notes below record the choices it leaves open.
@@ -31,10 +31,17 @@ import bisect
 import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from console.events import (
+from console.coordinator.committee import (
+    decide_results,
+    quorum,
+    round_seed,
+    seeded_prefix,
+    top_candidates,
+)
+from console.coordinator.events import (
     AggregateReported,
     CheckpointRequested,
     CheckpointSaved,
@@ -61,15 +68,9 @@ from console.events import (
     VoteCast,
     WitnessReported,
 )
-from console.selection import (
-    decide_results,
-    elect_witnesses,
-    quorum,
-    round_seed,
-    seeded_prefix,
-    tally_votes,
-    top_candidates,
-)
+from console.coordinator.messages import is_id, is_int, parse_candidates
+from console.coordinator.records import Client, Round
+from console.coordinator.saved import dump_progress, load_progress
 from console.settings import CoordinatorConfig
 from transport.state import (
     CheckpointRef,
@@ -80,22 +81,8 @@ from transport.state import (
     RoundView,
     RunSnapshot,
     RunState,
-    round_to_dict,  # a saved state keeps its rounds in the broadcast's form
 )
 
-__all__ = [
-    "Coordinator",
-    "Event",
-    "Outcome",
-    "Rejection",
-    "WaitingOn",
-    "elect_witnesses",
-    "quorum",
-    "round_seed",
-    "tally_votes",
-]
-
-STATE_VERSION = 1
 MAX_AUTO_WITNESSES = 32  # witness_nodes = 0 means "every live client, up to this many"
 
 _OK = Outcome()
@@ -106,14 +93,6 @@ _EPOCH_STATES = (RunState.WARMUP, *_ROUND_STATES, RunState.COOLDOWN)
 
 def _reject(code: str, reason: str) -> Outcome:
     return Outcome(rejection=Rejection(code, reason))
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_id(value: object) -> bool:
-    return isinstance(value, str) and value != ""
 
 
 @dataclass(frozen=True)
@@ -136,177 +115,6 @@ class WaitingOn:
     def clients(self) -> frozenset[str]:
         extra = frozenset() if self.uploader is None else frozenset({self.uploader})
         return self.warmup | self.witnesses | self.commits | self.votes | extra
-
-
-def _fast_client_view(**fields: Any) -> ClientView:
-    """A ClientView without the frozen dataclass's per-field ``object.__setattr__``.
-
-    2-3x cheaper, which matters when an epoch boundary rebuilds 1,000 views in one snapshot.
-    Only used while ClientView keeps a plain ``__dict__`` (checked below, and a test compares
-    it with the real constructor).
-    """
-    view = _new(ClientView)
-    view.__dict__.update(fields)
-    return view
-
-
-_new = object.__new__
-_client_view: Any = (
-    _fast_client_view
-    if "__slots__" not in vars(ClientView) and not hasattr(ClientView, "__post_init__")
-    else ClientView
-)
-
-
-class _Client:
-    """One client's mutable record; its :class:`ClientView` is cached until it changes."""
-
-    __slots__ = (
-        "id",
-        "status",
-        "endpoint",
-        "warmed_up",
-        "last_seen",
-        "joined_at",
-        "drop_reason",
-        "public_key",
-        "_view",
-    )
-
-    def __init__(self, cid: str, status: ClientStatus, endpoint: str, now: float) -> None:
-        self.id = cid
-        self.status = status
-        self.endpoint = endpoint
-        self.warmed_up = False
-        self.last_seen = now
-        self.joined_at = now
-        self.drop_reason = ""
-        self.public_key = ""
-        self._view: ClientView | None = None
-
-    def view(self) -> ClientView:
-        if self._view is None:
-            self._view = _client_view(
-                id=self.id,
-                status=self.status,
-                gossip_endpoint=self.endpoint,
-                warmed_up=self.warmed_up,
-                last_seen=self.last_seen,
-                joined_at=self.joined_at,
-                drop_reason=self.drop_reason,
-                public_key=self.public_key,
-            )
-        return self._view
-
-
-class _Round:
-    """One round's mutable record; its :class:`RoundView` is cached until it changes."""
-
-    __slots__ = (
-        "round",
-        "epoch",
-        "seed",
-        "train_set",
-        "witnesses",
-        "quorum",
-        "started",
-        "ended",
-        "outcome",
-        "commits",
-        "attestations",
-        "accepted",
-        "aggregates",
-        "members",
-        "_view",
-        "_dict",
-    )
-
-    def __init__(self, view: RoundView, members: frozenset[str] = frozenset()) -> None:
-        self.round = view.round
-        self.epoch = view.epoch
-        self.seed = view.seed
-        self.train_set = view.train_set
-        self.witnesses = view.witnesses
-        self.quorum = view.quorum
-        self.started = view.started
-        self.ended = view.ended
-        self.outcome = view.outcome
-        self.commits: dict[str, ResultRef] = dict(view.commits)
-        self.attestations: dict[str, dict[str, str]] = {
-            w: dict(a) for w, a in view.attestations.items()
-        }
-        self.accepted: dict[str, ResultRef] = dict(view.accepted)
-        self.aggregates: dict[str, str] = dict(view.aggregates)
-        self.members = members  # live epoch clients at the start (not persisted)
-        self._view: RoundView | None = None
-        self._dict: dict[str, Any] | None = None
-
-    def changed(self) -> None:
-        self._view = None
-        self._dict = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """:func:`round_to_dict` of the view, cached like it (treat it as read-only)."""
-        if self._dict is None:
-            self._dict = round_to_dict(self.view())
-        return self._dict
-
-    def view(self) -> RoundView:
-        if self._view is None:
-            self._view = RoundView(
-                round=self.round,
-                epoch=self.epoch,
-                seed=self.seed,
-                train_set=self.train_set,
-                witnesses=self.witnesses,
-                quorum=self.quorum,
-                started=self.started,
-                ended=self.ended,
-                outcome=self.outcome,
-                commits=dict(self.commits),
-                attestations={w: dict(a) for w, a in self.attestations.items()},
-                accepted=dict(self.accepted),
-                aggregates=dict(self.aggregates),
-            )
-        return self._view
-
-
-def round_from_dict(raw: Any) -> RoundView:
-    """Parse one round of a saved state (``to_state``); ValueError names what is wrong."""
-    try:
-        return _parse_round(raw)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"saved round is malformed: {exc!r}") from exc
-
-
-def _parse_round(raw: dict[str, Any]) -> RoundView:
-    def ref(x: dict[str, Any]) -> ResultRef:
-        if not isinstance(x["hash"], str) or not _is_int(x["samples"]):
-            raise ValueError(f"bad result {x!r}")
-        return ResultRef(hash=x["hash"], samples=x["samples"])
-
-    for key in ("round", "epoch", "seed", "quorum"):
-        if not _is_int(raw[key]):
-            raise ValueError(f"{key} must be an integer, not {raw[key]!r}")
-    ended = raw.get("ended")
-    return RoundView(
-        round=raw["round"],
-        epoch=raw["epoch"],
-        seed=raw["seed"],
-        train_set=tuple(str(x) for x in raw["train_set"]),
-        witnesses=tuple(str(x) for x in raw["witnesses"]),
-        quorum=raw["quorum"],
-        started=float(raw["started"]),
-        ended=None if ended is None else float(ended),
-        outcome=RoundOutcome(raw["outcome"]),
-        commits={str(k): ref(v) for k, v in raw.get("commits", {}).items()},
-        attestations={
-            str(w): {str(t): str(h) for t, h in a.items()}
-            for w, a in raw.get("attestations", {}).items()
-        },
-        accepted={str(k): ref(v) for k, v in raw.get("accepted", {}).items()},
-        aggregates={str(k): str(v) for k, v in raw.get("aggregates", {}).items()},
-    )
 
 
 class Coordinator:
@@ -336,7 +144,7 @@ class Coordinator:
         self._epoch_rounds = 0
         self._accepted_rounds = 0
         self._pending_pause = False
-        self._clients: dict[str, _Client] = {}
+        self._clients: dict[str, Client] = {}
         self._sorted_ids: list[str] = []
         self._views: tuple[ClientView, ...] | None = None
         # Live clients by last_seen, oldest first, so health checks look at the front only.
@@ -346,7 +154,7 @@ class Coordinator:
         self._pending: set[str] = set()
         self._epoch_live: set[str] = set()  # ACTIVE clients
         self._epoch_sorted: list[str] = []  # the same, sorted (elections need sorted ids)
-        self._epoch_frozen: frozenset[str] | None = None  # cached for _Round.members
+        self._epoch_frozen: frozenset[str] | None = None  # cached for Round.members
         self._epoch_size = 0  # clients the epoch started with (bounds a vote's length)
         self._not_warmed: set[str] = set()
         self._witness_waiting: set[str] = set()
@@ -356,13 +164,13 @@ class Coordinator:
         self._next_votes: dict[str, tuple[tuple[str, int], ...]] = {}
         self._tally: defaultdict[str, int] = defaultdict(int)
         self._named: defaultdict[str, int] = defaultdict(int)  # how many votes name each
-        self._rounds: list[_Round] = []
-        self._last_accepted: _Round | None = None
+        self._rounds: list[Round] = []
+        self._last_accepted: Round | None = None
         self._checkpoint: CheckpointRef | None = None
         self._checkpoint_round: int | None = None  # the accepted round still to be saved
         self._uploader: str | None = None
         if restore is not None:
-            self._restore(restore, now)
+            self._restore(restore)
 
     # ------------------------------------------------------------------ read side
 
@@ -455,7 +263,7 @@ class Coordinator:
         """``public_key``: the CURVE key the client connected with ("" without CURVE); it is
         broadcast so peers can reach its gossip socket, and a live client's id stays bound to it.
         """
-        if not (_is_id(client_id) and isinstance(gossip_endpoint, str)):
+        if not (is_id(client_id) and isinstance(gossip_endpoint, str)):
             return _reject("malformed", "join needs a non-empty client id and a string endpoint")
         if not isinstance(public_key, str):
             return _reject("malformed", "join's public key must be a string")
@@ -476,7 +284,7 @@ class Coordinator:
             return _reject("duplicate", f"{client_id} is in the run with another key")
         ev: list[Event] = []
         if c is None:
-            c = _Client(client_id, ClientStatus.PENDING, gossip_endpoint, now)
+            c = Client(client_id, ClientStatus.PENDING, gossip_endpoint, now)
             self._clients[client_id] = c
             bisect.insort(self._sorted_ids, client_id)
             self._pending.add(client_id)
@@ -577,7 +385,7 @@ class Coordinator:
     ) -> Outcome:
         if self._state is _S.FINISHED:
             return _reject("wrong_state", "the run is finished")
-        if not _is_int(round):
+        if not is_int(round):
             return _reject("malformed", f"round must be an integer, not {round!r}")
         c = self._sender(client_id, member=True)
         if isinstance(c, Rejection):
@@ -590,7 +398,7 @@ class Coordinator:
             )
         if client_id in self._next_votes:
             return _reject("duplicate", f"{client_id} already voted for round {round}")
-        parsed = _parse_candidates(candidates, self._epoch_size)
+        parsed = parse_candidates(candidates, self._epoch_size)
         if isinstance(parsed, str):
             return _reject("malformed", parsed)
         self._next_votes[client_id] = parsed
@@ -606,12 +414,12 @@ class Coordinator:
     def commit(self, client_id: str, round: int, result: ResultRef, now: float) -> Outcome:
         if self._state is _S.FINISHED:
             return _reject("wrong_state", "the run is finished")
-        if not _is_int(round):
+        if not is_int(round):
             return _reject("malformed", f"round must be an integer, not {round!r}")
         if (
             not isinstance(result, ResultRef)
-            or not _is_id(result.hash)
-            or not _is_int(result.samples)
+            or not is_id(result.hash)
+            or not is_int(result.samples)
             or result.samples < 0
         ):
             return _reject("malformed", "a commit needs a hash and a sample count >= 0")
@@ -637,10 +445,10 @@ class Coordinator:
     ) -> Outcome:
         if self._state is _S.FINISHED:
             return _reject("wrong_state", "the run is finished")
-        if not _is_int(round):
+        if not is_int(round):
             return _reject("malformed", f"round must be an integer, not {round!r}")
         if not isinstance(attestations, Mapping) or not all(
-            _is_id(t) and _is_id(h) for t, h in attestations.items()
+            is_id(t) and is_id(h) for t, h in attestations.items()
         ):
             return _reject("malformed", "attestations must map trainer ids to hash strings")
         c = self._sender(client_id, member=True)
@@ -670,7 +478,7 @@ class Coordinator:
     def report_aggregate(self, client_id: str, round: int, model_hash: str, now: float) -> Outcome:
         if self._state is _S.FINISHED:
             return _reject("wrong_state", "the run is finished")
-        if not _is_int(round) or not _is_id(model_hash):
+        if not is_int(round) or not is_id(model_hash):
             return _reject("malformed", "an aggregate needs an integer round and a hash")
         c = self._sender(client_id, member=False)
         if isinstance(c, Rejection):
@@ -694,9 +502,9 @@ class Coordinator:
             return _reject("wrong_state", "the run is finished")
         if (
             not isinstance(ref, CheckpointRef)
-            or not _is_int(ref.epoch)
-            or not _is_int(ref.round)
-            or not _is_id(ref.hash)
+            or not is_int(ref.epoch)
+            or not is_int(ref.round)
+            or not is_id(ref.hash)
         ):
             return _reject("malformed", "a checkpoint needs an integer epoch and round and a hash")
         if self._checkpoint_round is None:
@@ -785,7 +593,7 @@ class Coordinator:
         """The rounds numbered above ``round``, oldest first (read-only views)."""
         return [r.view() for r in self._rounds_after(round)]
 
-    def _rounds_after(self, round: int) -> list[_Round]:
+    def _rounds_after(self, round: int) -> list[Round]:
         start = len(self._rounds)
         while start > 0 and self._rounds[start - 1].round > round:
             start -= 1
@@ -797,53 +605,30 @@ class Coordinator:
         ``since``: leave out the rounds numbered up to it (the caller keeps them elsewhere and
         hands them back to ``restore``), so the state's size does not grow with the run.
         """
-        return {
-            "version": STATE_VERSION,
-            "run_id": self._run_id,
-            "seed": self._seed,
+        return dump_progress(
+            run_id=self._run_id,
+            seed=self._seed,
             # a console resumed from this state starts a new epoch
-            "epoch": self._epoch + (1 if self._state in _EPOCH_STATES else 0),
-            "round": self._round,
-            "accepted_rounds": self._accepted_rounds,
-            "checkpoint": None if self._checkpoint is None else asdict(self._checkpoint),
-            "rounds": [r.as_dict() for r in self._rounds_after(since)],
-            "kicked": sorted(
+            epoch=self._epoch + (1 if self._state in _EPOCH_STATES else 0),
+            round=self._round,
+            accepted_rounds=self._accepted_rounds,
+            checkpoint=self._checkpoint,
+            rounds=[r.as_dict() for r in self._rounds_after(since)],
+            kicked=sorted(
                 cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED
             ),
-        }
-
-    def _restore(self, raw: dict[str, Any], now: float) -> None:
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise ValueError(f"saved state must be a dict with version {STATE_VERSION}")
-        if raw.get("run_id") != self._run_id:
-            raise ValueError(f"saved state is for run {raw.get('run_id')!r}, not {self._run_id!r}")
-        if raw.get("seed") != self._seed:
-            raise ValueError(f"saved state has seed {raw.get('seed')!r}, not {self._seed}")
-        for key in ("epoch", "round", "accepted_rounds"):
-            if not _is_int(raw.get(key)) or raw[key] < 0:
-                raise ValueError(f"saved state: {key} must be an integer >= 0")
-        rounds = [_Round(round_from_dict(x)) for x in raw.get("rounds", [])]
-        numbers = [r.round for r in rounds]
-        if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
-            raise ValueError("saved state: round numbers must increase")
-        for r in rounds:
-            if r.outcome is RoundOutcome.OPEN:  # the console stopped mid-round
-                r.outcome = RoundOutcome.ABANDONED
-        cp = raw.get("checkpoint")
-        if cp is not None:
-            if not (_is_int(cp.get("epoch")) and _is_int(cp.get("round"))):
-                raise ValueError("saved state: checkpoint needs an integer epoch and round")
-            cp = CheckpointRef(epoch=cp["epoch"], round=cp["round"], hash=str(cp["hash"]))
-        self._epoch = raw["epoch"]
-        self._round = max([raw["round"], *numbers])
-        self._accepted_rounds = raw["accepted_rounds"]
-        self._rounds = rounds
-        self._last_accepted = next(
-            (r for r in reversed(rounds) if r.outcome is RoundOutcome.ACCEPTED), None
         )
-        self._checkpoint = cp
-        for cid in raw.get("kicked", []):
-            c = _Client(str(cid), ClientStatus.KICKED, "", 0.0)
+
+    def _restore(self, raw: dict[str, Any]) -> None:
+        saved = load_progress(raw, run_id=self._run_id, seed=self._seed)
+        self._epoch = saved.epoch
+        self._round = saved.round
+        self._accepted_rounds = saved.accepted_rounds
+        self._rounds = saved.rounds
+        self._last_accepted = saved.last_accepted
+        self._checkpoint = saved.checkpoint
+        for cid in saved.kicked:
+            c = Client(cid, ClientStatus.KICKED, "", 0.0)
             c.drop_reason = "kicked by the operator"
             self._clients[c.id] = c
             bisect.insort(self._sorted_ids, c.id)
@@ -852,7 +637,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ internals: clients
 
-    def _sender(self, client_id: str, *, member: bool) -> _Client | Rejection:
+    def _sender(self, client_id: str, *, member: bool) -> Client | Rejection:
         """The live client behind a message, or why it may not send it."""
         c = self._clients.get(client_id) if isinstance(client_id, str) else None
         if c is None:
@@ -871,11 +656,11 @@ class Coordinator:
             )
         return c
 
-    def _client_changed(self, c: _Client) -> None:
-        c._view = None
+    def _client_changed(self, c: Client) -> None:
+        c.changed()
         self._views = None
 
-    def _touch(self, c: _Client, now: float) -> None:
+    def _touch(self, c: Client, now: float) -> None:
         c.last_seen = now
         self._client_changed(c)
         seen = self._seen
@@ -1051,7 +836,7 @@ class Coordinator:
             c = self._clients[cid]
             c.status = ClientStatus.ACTIVE
             c.warmed_up = False
-            c._view = None
+            c.changed()
         self._views = None
         self._pending = set()
         self._epoch_live = set(members)
@@ -1073,7 +858,7 @@ class Coordinator:
         for cid in self._epoch_live:
             c = self._clients[cid]
             c.status = ClientStatus.PENDING
-            c._view = None
+            c.changed()
         self._views = None
         self._pending |= self._epoch_live
         self._epoch_live = set()
@@ -1115,7 +900,7 @@ class Coordinator:
         )
         if self._epoch_frozen is None:
             self._epoch_frozen = frozenset(live)
-        self._rounds.append(_Round(view, self._epoch_frozen))
+        self._rounds.append(Round(view, self._epoch_frozen))
         self._witness_waiting = set(witnesses)
         self._commit_waiting = set(train)
         self._vote_waiting = set(self._epoch_live)
@@ -1231,27 +1016,6 @@ class Coordinator:
             ev.append(Paused())
         else:
             self._change(now, ev, _S.WAITING_FOR_MEMBERS, reason)
-
-
-def _parse_candidates(raw: object, limit: int) -> tuple[tuple[str, int], ...] | str:
-    """A vote's candidates as (id, weight >= 0) pairs, or what is wrong with them."""
-    if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
-        return "candidates must be a list of [client_id, weight] pairs"
-    if len(raw) > limit:
-        return f"{len(raw)} candidates; at most {limit} (the epoch's clients)"
-    out: list[tuple[str, int]] = []
-    seen: set[str] = set()
-    for item in raw:
-        if not isinstance(item, tuple | list) or len(item) != 2:
-            return f"candidate {item!r} is not a [client_id, weight] pair"
-        cid, weight = item
-        if not _is_id(cid) or not _is_int(weight) or weight < 0:
-            return f"candidate {item!r} needs a client id and an integer weight >= 0"
-        if cid in seen:
-            return f"candidate {cid!r} is named twice"
-        seen.add(cid)
-        out.append((cid, weight))
-    return tuple(out)
 
 
 def _config_problems(cfg: CoordinatorConfig, train_set_size: int) -> list[str]:

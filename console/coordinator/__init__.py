@@ -1,0 +1,34 @@
+"""The coordinator: Psyche's round state machine, pure, clock-free and seeded.
+
+Read it in this order:
+
+- ``machine.py``: :class:`Coordinator`, the run states and what ends each one.
+- ``events.py``: what a call returns: an :class:`Outcome` of events, or a rejection.
+- ``committee.py``: who trains, who witnesses, and whose result a quorum accepts.
+- ``records.py``: the mutable client and round records behind a snapshot.
+- ``messages.py``: the shape checks of what nodes send.
+- ``saved.py``: the saved progress a restarted console resumes from.
+"""
+
+from console.coordinator import events
+from console.coordinator.committee import elect_witnesses, quorum, round_seed, tally_votes
+from console.coordinator.events import Event, Outcome, Rejection
+from console.coordinator.machine import Coordinator, WaitingOn
+from console.coordinator.saved import STATE_VERSION, round_from_dict
+from transport.state import round_to_dict  # a saved state keeps its rounds in this form
+
+__all__ = [
+    "STATE_VERSION",
+    "Coordinator",
+    "Event",
+    "Outcome",
+    "Rejection",
+    "WaitingOn",
+    "elect_witnesses",
+    "events",
+    "quorum",
+    "round_from_dict",
+    "round_seed",
+    "round_to_dict",
+    "tally_votes",
+]
