@@ -29,46 +29,35 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from console.coordinator.committee import (
+    VoteTally,
     decide_results,
+    elect_witnesses,
     quorum,
     round_seed,
-    seeded_prefix,
-    top_candidates,
 )
 from console.coordinator.events import (
-    AggregateReported,
     CheckpointRequested,
-    CheckpointSaved,
     ClientDropped,
-    ClientJoined,
-    ClientKicked,
-    ClientLeft,
-    ClientWarmedUp,
     EpochEnded,
     EpochStarted,
     Event,
     Outcome,
     Paused,
     PauseRequested,
-    Rejection,
     ResultAccepted,
-    ResultCommitted,
     ResultRejected,
     Resumed,
     RoundEnded,
     RoundStarted,
     RunFinished,
     StateChanged,
-    VoteCast,
-    WitnessReported,
 )
-from console.coordinator.messages import is_id, is_int, parse_candidates
+from console.coordinator.messages import ROUND_STATES, Messages, reject
 from console.coordinator.records import Client, Round
 from console.coordinator.saved import dump_progress, load_progress
 from console.settings import CoordinatorConfig
@@ -87,12 +76,18 @@ MAX_AUTO_WITNESSES = 32  # witness_nodes = 0 means "every live client, up to thi
 
 _OK = Outcome()
 _S = RunState
-_ROUND_STATES = (RunState.ROUND_TRAIN, RunState.ROUND_WITNESS)
+_ROUND_STATES = ROUND_STATES
 _EPOCH_STATES = (RunState.WARMUP, *_ROUND_STATES, RunState.COOLDOWN)
-
-
-def _reject(code: str, reason: str) -> Outcome:
-    return Outcome(rejection=Rejection(code, reason))
+# The setting that bounds each timed state (its deadline: phase_started + the setting).
+_DURATION = {
+    _S.WARMUP: "warmup_time",
+    _S.ROUND_TRAIN: "max_round_train_time",
+    _S.ROUND_WITNESS: "round_witness_time",
+    _S.COOLDOWN: "cooldown_time",
+}
+# How a phase's deadline was reached, for _tick_<state>: by the clock or by the operator.
+_CLOCK = "clock"
+_OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
@@ -117,8 +112,12 @@ class WaitingOn:
         return self.warmup | self.witnesses | self.commits | self.votes | extra
 
 
-class Coordinator:
-    """Psyche's coordinator state machine, with ARCHITECTURE.md's round protocol."""
+class Coordinator(Messages):
+    """Psyche's coordinator state machine, with ARCHITECTURE.md's round protocol.
+
+    Node messages (``messages.py``) and the operator's calls record what they bring, then
+    :meth:`_settle` lets the current state's ``_tick_<state>`` decide whether it has ended.
+    """
 
     def __init__(
         self,
@@ -160,10 +159,7 @@ class Coordinator:
         self._witness_waiting: set[str] = set()
         self._commit_waiting: set[str] = set()
         self._vote_waiting: set[str] = set()
-        # Votes for round + 1, and their running sum, so a round start only ranks.
-        self._next_votes: dict[str, tuple[tuple[str, int], ...]] = {}
-        self._tally: defaultdict[str, int] = defaultdict(int)
-        self._named: defaultdict[str, int] = defaultdict(int)  # how many votes name each
+        self._votes = VoteTally()  # for round + 1
         self._rounds: list[Round] = []
         self._last_accepted: Round | None = None
         self._checkpoint: CheckpointRef | None = None
@@ -249,297 +245,20 @@ class Coordinator:
             best = expiry if best is None else min(best, expiry)
         return best
 
-    # ------------------------------------------------------------------ membership
-
-    def join(
-        self,
-        client_id: str,
-        run_id: str,
-        now: float,
-        *,
-        gossip_endpoint: str = "",
-        public_key: str = "",
-    ) -> Outcome:
-        """``public_key``: the CURVE key the client connected with ("" without CURVE); it is
-        broadcast so peers can reach its gossip socket, and a live client's id stays bound to it.
-        """
-        if not (is_id(client_id) and isinstance(gossip_endpoint, str)):
-            return _reject("malformed", "join needs a non-empty client id and a string endpoint")
-        if not isinstance(public_key, str):
-            return _reject("malformed", "join's public key must be a string")
-        if run_id != self._run_id:
-            return _reject(
-                "wrong_run_id", f"run_id {run_id!r} does not match this run ({self._run_id!r})"
-            )
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        c = self._clients.get(client_id)
-        if c is not None and c.status is ClientStatus.KICKED:
-            return _reject("kicked", f"{client_id} was kicked by the operator")
-        if (
-            c is not None
-            and c.status in (ClientStatus.PENDING, ClientStatus.ACTIVE)
-            and c.public_key != public_key
-        ):
-            return _reject("duplicate", f"{client_id} is in the run with another key")
-        ev: list[Event] = []
-        if c is None:
-            c = Client(client_id, ClientStatus.PENDING, gossip_endpoint, now)
-            self._clients[client_id] = c
-            bisect.insort(self._sorted_ids, client_id)
-            self._pending.add(client_id)
-            ev.append(ClientJoined(client_id, rejoined=False))
-        elif c.status in (ClientStatus.PENDING, ClientStatus.ACTIVE):
-            c.endpoint = gossip_endpoint  # a reconnect: same status, fresh endpoint
-            ev.append(ClientJoined(client_id, rejoined=True))
-        else:  # dropped or left: back as pending, for the next epoch
-            c.status = ClientStatus.PENDING
-            c.endpoint = gossip_endpoint
-            c.warmed_up = False
-            c.drop_reason = ""
-            c.joined_at = now
-            self._pending.add(client_id)
-            ev.append(ClientJoined(client_id, rejoined=True))
-        c.public_key = public_key
-        self._touch(c, now)
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    def heartbeat(self, client_id: str, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        c = self._sender(client_id, member=False)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        self._touch(c, now)
-        return _OK
-
-    def leave(self, client_id: str, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        c = self._sender(client_id, member=False)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        ev: list[Event] = []
-        self._remove(client_id, ClientStatus.LEFT, "left")
-        ev.append(ClientLeft(client_id))
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    def drop(self, client_id: str, reason: str, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if not isinstance(reason, str):
-            return _reject("malformed", "a drop reason must be a string")
-        c = self._sender(client_id, member=False)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        ev: list[Event] = []
-        self._remove(client_id, ClientStatus.DROPPED, reason)
-        ev.append(ClientDropped(client_id, reason))
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    def kick(self, client_id: str, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        c = self._clients.get(client_id) if isinstance(client_id, str) else None
-        if c is None:
-            return _reject("not_member", f"unknown client {client_id!r}")
-        if c.status is ClientStatus.KICKED:
-            return _reject("duplicate", f"{client_id} is already kicked")
-        ev: list[Event] = []
-        if c.status in (ClientStatus.PENDING, ClientStatus.ACTIVE):
-            self._remove(client_id, ClientStatus.KICKED, "kicked by the operator")
-        else:
-            c.status = ClientStatus.KICKED
-            c.drop_reason = "kicked by the operator"
-            self._client_changed(c)
-        ev.append(ClientKicked(client_id))
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    # ------------------------------------------------------------------ protocol
-
-    def warmed_up(self, client_id: str, now: float, *, model_hash: str = "") -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if not isinstance(model_hash, str):
-            return _reject("malformed", "model_hash must be a string")
-        c = self._sender(client_id, member=True)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        if self._state not in (_S.WARMUP, *_ROUND_STATES):
-            return _reject("wrong_state", f"warmed_up is not expected in {self._state}")
-        if c.warmed_up:
-            return _reject("duplicate", f"{client_id} already reported warmed up")
-        c.warmed_up = True  # after a Warmup timeout a late report is recorded, nothing waits
-        self._not_warmed.discard(client_id)
-        self._touch(c, now)
-        ev: list[Event] = [ClientWarmedUp(client_id, model_hash)]
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    def vote(
-        self, client_id: str, round: int, candidates: Sequence[tuple[str, int]], now: float
-    ) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if not is_int(round):
-            return _reject("malformed", f"round must be an integer, not {round!r}")
-        c = self._sender(client_id, member=True)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        if self._state not in (_S.WARMUP, *_ROUND_STATES):
-            return _reject("wrong_state", f"no round to vote for in {self._state}")
-        if round != self._round + 1:
-            return _reject(
-                "wrong_round", f"votes are for round {self._round + 1}, not round {round}"
-            )
-        if client_id in self._next_votes:
-            return _reject("duplicate", f"{client_id} already voted for round {round}")
-        parsed = parse_candidates(candidates, self._epoch_size)
-        if isinstance(parsed, str):
-            return _reject("malformed", parsed)
-        self._next_votes[client_id] = parsed
-        for candidate, weight in parsed:
-            self._tally[candidate] += weight
-            self._named[candidate] += 1
-        self._vote_waiting.discard(client_id)
-        self._touch(c, now)
-        ev: list[Event] = [VoteCast(round, client_id)]
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    def commit(self, client_id: str, round: int, result: ResultRef, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if not is_int(round):
-            return _reject("malformed", f"round must be an integer, not {round!r}")
-        if (
-            not isinstance(result, ResultRef)
-            or not is_id(result.hash)
-            or not is_int(result.samples)
-            or result.samples < 0
-        ):
-            return _reject("malformed", "a commit needs a hash and a sample count >= 0")
-        c = self._sender(client_id, member=True)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        refused = self._open_round_check(round)
-        if refused is not None:
-            return Outcome(rejection=refused)
-        r = self._rounds[-1]
-        if client_id not in r.train_set:
-            return _reject("not_member", f"{client_id} is not in the train set of round {round}")
-        if client_id in r.commits:
-            return _reject("duplicate", f"{client_id} already committed round {round}")
-        r.commits[client_id] = result
-        r.changed()
-        self._commit_waiting.discard(client_id)
-        self._touch(c, now)
-        return Outcome((ResultCommitted(round, client_id, result.hash),))
-
-    def witness(
-        self, client_id: str, round: int, attestations: Mapping[str, str], now: float
-    ) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if not is_int(round):
-            return _reject("malformed", f"round must be an integer, not {round!r}")
-        if not isinstance(attestations, Mapping) or not all(
-            is_id(t) and is_id(h) for t, h in attestations.items()
-        ):
-            return _reject("malformed", "attestations must map trainer ids to hash strings")
-        c = self._sender(client_id, member=True)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        refused = self._open_round_check(round)
-        if refused is not None:
-            return Outcome(rejection=refused)
-        r = self._rounds[-1]
-        if client_id not in r.witnesses:
-            return _reject("not_witness", f"{client_id} is not a witness of round {round}")
-        if client_id in r.attestations:
-            return _reject("duplicate", f"{client_id} already reported as witness of round {round}")
-        strangers = [t for t in attestations if t not in r.train_set]
-        if strangers:
-            return _reject(
-                "malformed", f"{strangers[0]!r} is not in the train set of round {round}"
-            )
-        r.attestations[client_id] = dict(attestations)
-        r.changed()
-        self._witness_waiting.discard(client_id)
-        self._touch(c, now)
-        ev: list[Event] = [WitnessReported(round, client_id, len(attestations))]
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
-    def report_aggregate(self, client_id: str, round: int, model_hash: str, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if not is_int(round) or not is_id(model_hash):
-            return _reject("malformed", "an aggregate needs an integer round and a hash")
-        c = self._sender(client_id, member=False)
-        if isinstance(c, Rejection):
-            return Outcome(rejection=c)
-        r = next((x for x in self._rounds[-2:] if x.round == round), None)
-        if r is None:
-            return _reject("wrong_round", f"round {round} is not the current or previous round")
-        if r.outcome is not RoundOutcome.ACCEPTED:
-            return _reject("wrong_round", f"round {round} has no accepted set ({r.outcome})")
-        if client_id not in r.members:
-            return _reject("not_member", f"{client_id} did not take part in round {round}")
-        if client_id in r.aggregates:
-            return _reject("duplicate", f"{client_id} already reported its round {round} model")
-        r.aggregates[client_id] = model_hash
-        r.changed()
-        self._touch(c, now)
-        return Outcome((AggregateReported(round, client_id, model_hash),))
-
-    def checkpoint_saved(self, ref: CheckpointRef, now: float) -> Outcome:
-        if self._state is _S.FINISHED:
-            return _reject("wrong_state", "the run is finished")
-        if (
-            not isinstance(ref, CheckpointRef)
-            or not is_int(ref.epoch)
-            or not is_int(ref.round)
-            or not is_id(ref.hash)
-        ):
-            return _reject("malformed", "a checkpoint needs an integer epoch and round and a hash")
-        if self._checkpoint_round is None:
-            return _reject("wrong_state", f"no checkpoint is expected in {self._state}")
-        if ref.epoch != self._epoch:
-            return _reject("wrong_state", f"checkpoint of epoch {ref.epoch}; this is {self._epoch}")
-        if ref.round != self._checkpoint_round:
-            return _reject(
-                "wrong_round",
-                f"checkpoint of round {ref.round}; round {self._checkpoint_round} was requested",
-            )
-        self._checkpoint = ref
-        self._checkpoint_round = None
-        self._uploader = None
-        ev: list[Event] = [CheckpointSaved(ref.epoch, ref.round, ref.hash)]
-        if self._state is _S.COOLDOWN:
-            self._end_cooldown(now, ev, f"checkpoint of round {ref.round} saved")
-        self._settle(now, ev)
-        return Outcome(tuple(ev))
-
     # ------------------------------------------------------------------ operator and clock
 
     def pause(self, now: float) -> Outcome:
         s = self._state
         if s in (_S.FINISHED, _S.PAUSED):
-            return _reject("wrong_state", f"cannot pause in {s}")
+            return reject("wrong_state", f"cannot pause in {s}")
         if self._pending_pause:
-            return _reject("duplicate", "a pause is already pending")
+            return reject("duplicate", "a pause is already pending")
         ev: list[Event] = []
         if s is _S.WAITING_FOR_MEMBERS:
-            self._change(now, ev, _S.PAUSED, "paused by the operator")
-            ev.append(Paused())
+            self._to_paused(now, ev, "paused by the operator")
         elif s is _S.WARMUP:
-            self._abandon_epoch(now, ev, _S.PAUSED, "paused by the operator during warmup")
-            ev.append(Paused())
+            self._end_epoch(ev, abandoned=True)
+            self._to_paused(now, ev, "paused by the operator during warmup")
         else:
             self._pending_pause = True
             ev.append(PauseRequested())
@@ -548,7 +267,7 @@ class Coordinator:
 
     def resume(self, now: float) -> Outcome:
         if self._state is not _S.PAUSED:
-            return _reject("wrong_state", f"only a paused run resumes, not {self._state}")
+            return reject("wrong_state", f"only a paused run resumes, not {self._state}")
         ev: list[Event] = []
         self._change(now, ev, _S.WAITING_FOR_MEMBERS, "resumed by the operator")
         ev.append(Resumed())
@@ -559,15 +278,12 @@ class Coordinator:
         """The operator's "next": act as if the current phase's deadline were reached now."""
         s = self._state
         if s in (_S.FINISHED, _S.PAUSED):
-            return _reject("wrong_state", f"{s} has no phase to end")
+            return reject("wrong_state", f"{s} has no phase to end")
+        missing = self._members_needed() - len(self._pending)
+        if s is _S.WAITING_FOR_MEMBERS and missing > 0:
+            return reject("wrong_state", f"waiting for {missing} more members")
         ev: list[Event] = []
-        if s is _S.WAITING_FOR_MEMBERS:
-            missing = self._members_needed() - len(self._pending)
-            if missing > 0:
-                return _reject("wrong_state", f"waiting for {missing} more members")
-            self._start_epoch(now, ev, "the operator ended the wait for members")
-        else:
-            self._expire(now, ev, "ended by the operator")
+        self._tick_state(now, ev, _OPERATOR)
         self._settle(now, ev)
         return Outcome(tuple(ev))
 
@@ -583,11 +299,330 @@ class Coordinator:
         self._settle(now, ev)
         deadline = self._deadline()
         if deadline is not None and now >= deadline:
-            self._expire(now, ev, None)
+            self._tick_state(now, ev, _CLOCK)
             self._settle(now, ev)
         return Outcome(tuple(ev)) if ev else _OK
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ the run states
+
+    def _settle(self, now: float, ev: list[Event]) -> None:
+        """End every phase whose condition is met, until none is (terminates: each cycle
+        through the phases needs a new message or a timeout)."""
+        for _ in range(32):
+            if not self._tick_state(now, ev, None):
+                return
+        raise RuntimeError("coordinator did not settle; this is a bug")
+
+    def _tick_state(self, now: float, ev: list[Event], deadline: str | None) -> bool:
+        """One step of the current state: True when it changed something. ``deadline``: the
+        phase's deadline is reached, by the ``_CLOCK`` or the ``_OPERATOR``."""
+        match self._state:
+            case _S.WAITING_FOR_MEMBERS:
+                return self._tick_waiting_for_members(now, ev, deadline)
+            case _S.WARMUP:
+                return self._tick_warmup(now, ev, deadline)
+            case _S.ROUND_TRAIN:
+                return self._tick_round_train(now, ev, deadline)
+            case _S.ROUND_WITNESS:
+                return self._tick_round_witness(now, ev, deadline)
+            case _S.COOLDOWN:
+                return self._tick_cooldown(now, ev, deadline)
+            case _:  # Paused and Finished: only the operator moves them
+                return False
+
+    # WaitingForMembers: enough pending clients, once the extra time for late joiners is over.
+
+    def _tick_waiting_for_members(self, now: float, ev: list[Event], deadline: str | None) -> bool:
+        n = len(self._pending)
+        if n < self._members_needed():
+            return False
+        if deadline == _OPERATOR:
+            self._to_warmup(now, ev, "the operator ended the wait for members")
+        elif now >= self._phase_started + self._cfg.waiting_for_members_extra_time:
+            self._to_warmup(now, ev, f"{n} clients pending")
+        else:
+            return False
+        return True
+
+    def _members_needed(self) -> int:
+        return max(self._cfg.init_min_clients, self._cfg.min_clients, 1)
+
+    # Warmup: every live epoch client warmed up, or warmup_time; below min_clients the epoch
+    # is abandoned.
+
+    def _tick_warmup(self, now: float, ev: list[Event], deadline: str | None) -> bool:
+        live = len(self._epoch_live)
+        if deadline is not None:
+            self._to_round_train(now, ev, self._deadline_reason(deadline))
+        elif live < self._cfg.min_clients:
+            self._end_epoch(ev, abandoned=True)
+            reason = f"fewer than min_clients ({live} live)"
+            self._change(now, ev, _S.WAITING_FOR_MEMBERS, reason)
+        elif not self._not_warmed:
+            self._to_round_train(now, ev, "every live epoch client warmed up")
+        else:
+            return False
+        return True
+
+    def _to_warmup(self, now: float, ev: list[Event], reason: str) -> None:
+        """A new epoch: every pending client becomes a member."""
+        members = sorted(self._pending)
+        for cid in members:
+            c = self._clients[cid]
+            c.status = ClientStatus.ACTIVE
+            c.warmed_up = False
+            c.changed()
+        self._views = None
+        self._pending = set()
+        self._epoch_live = set(members)
+        self._epoch_sorted = members
+        self._epoch_frozen = None
+        self._epoch_size = len(members)
+        self._not_warmed = set(members)
+        self._vote_waiting = set(members)
+        self._votes = VoteTally()
+        self._epoch_rounds = 0
+        self._change(now, ev, _S.WARMUP, reason)
+        ev.append(EpochStarted(self._epoch, tuple(members)))
+
+    # RoundTrain: every live witness reported, or max_round_train_time; below min_clients the
+    # round is abandoned.
+
+    def _tick_round_train(self, now: float, ev: list[Event], deadline: str | None) -> bool:
+        live = len(self._epoch_live)
+        if deadline is not None:
+            self._change(now, ev, _S.ROUND_WITNESS, self._deadline_reason(deadline))
+        elif self._ask_for_checkpoint(ev):
+            pass
+        elif live < self._cfg.min_clients:
+            self._abandon_round(now, ev, f"fewer than min_clients ({live} live)")
+        elif not self._witness_waiting:
+            self._change(now, ev, _S.ROUND_WITNESS, "every live witness reported")
+        else:
+            return False
+        return True
+
+    def _to_round_train(self, now: float, ev: list[Event], reason: str) -> None:
+        """A new round: the votes elect its train set, the seed its witnesses."""
+        live = self._epoch_sorted
+        self._round += 1
+        self._epoch_rounds += 1
+        seed = round_seed(self._seed, self._round)
+        train = tuple(sorted(self._votes.top(self._epoch_live, self._train_set_size, seed)))
+        wanted = self._cfg.witness_nodes if self._cfg.witness_nodes > 0 else MAX_AUTO_WITNESSES
+        witnesses = tuple(sorted(elect_witnesses(live, seed, wanted, presorted=True)))
+        q = quorum(len(witnesses))
+        view = RoundView(
+            round=self._round,
+            epoch=self._epoch,
+            seed=seed,
+            train_set=train,
+            witnesses=witnesses,
+            quorum=q,
+            started=now,
+        )
+        if self._epoch_frozen is None:
+            self._epoch_frozen = frozenset(live)
+        self._rounds.append(Round(view, self._epoch_frozen))
+        self._witness_waiting = set(witnesses)
+        self._commit_waiting = set(train)
+        self._vote_waiting = set(self._epoch_live)
+        self._votes = VoteTally()
+        self._change(now, ev, _S.ROUND_TRAIN, reason)
+        ev.append(RoundStarted(self._round, self._epoch, train, witnesses, q))
+
+    def _abandon_round(self, now: float, ev: list[Event], reason: str) -> None:
+        self._end_open_round(now, ev, RoundOutcome.ABANDONED)
+        self._to_cooldown(now, ev, reason)
+
+    # RoundWitness: the open round is decided once every live witness reported; the decided
+    # round gives way once every live epoch client voted for the next one (or nothing follows
+    # it); round_witness_time does both with what is there.
+
+    def _tick_round_witness(self, now: float, ev: list[Event], deadline: str | None) -> bool:
+        is_open = self._rounds[-1].outcome is RoundOutcome.OPEN
+        if deadline is not None:
+            if is_open:
+                self._decide(now, ev)
+            self._end_round(now, ev, self._deadline_reason(deadline))
+        elif self._ask_for_checkpoint(ev):
+            pass
+        elif is_open:
+            if self._witness_waiting:
+                return False
+            self._decide(now, ev)
+        elif self._cooldown_reason() is not None or not self._vote_waiting:
+            self._end_round(now, ev, "every live epoch client voted")
+        else:
+            return False
+        return True
+
+    def _decide(self, now: float, ev: list[Event]) -> None:
+        """The verdict on every trainer; an accepted round is checkpointed while the next runs."""
+        r = self._rounds[-1]
+        live = self._epoch_live
+        decision = decide_results(
+            r.train_set,
+            [w for w in r.witnesses if w in live],
+            r.attestations,
+            {t: ref.hash for t, ref in r.commits.items()},
+            live,
+        )
+        for trainer in r.train_set:
+            h = decision.accepted.get(trainer)
+            if h is None:
+                ev.append(ResultRejected(r.round, trainer, decision.rejected[trainer]))
+                continue
+            committed = r.commits.get(trainer)
+            # Without a commit the sample count is unknown (0); nodes weigh by their pushes.
+            r.accepted[trainer] = ResultRef(h, committed.samples if committed else 0)
+            ev.append(ResultAccepted(r.round, trainer, h))
+        if r.accepted:
+            self._accepted_rounds += 1
+            self._last_accepted = r
+            self._checkpoint_round = r.round  # _ask_for_checkpoint asks a live client
+            self._uploader = None
+        outcome = RoundOutcome.ACCEPTED if r.accepted else RoundOutcome.NO_QUORUM
+        self._end_open_round(now, ev, outcome)
+
+    def _end_open_round(self, now: float, ev: list[Event], outcome: RoundOutcome) -> None:
+        r = self._rounds[-1]
+        r.outcome = outcome
+        r.ended = now
+        r.changed()
+        self._witness_waiting = set()
+        self._commit_waiting = set()
+        ev.append(RoundEnded(r.round, r.outcome, tuple(sorted(r.accepted))))
+
+    def _cooldown_reason(self) -> str | None:
+        """Why no further round follows the decided one (None: the next round may start)."""
+        cfg = self._cfg
+        r = self._rounds[-1]
+        live = len(self._epoch_live)
+        if live < cfg.min_clients:
+            return f"fewer than min_clients ({live} live)"
+        if r.outcome is not RoundOutcome.ACCEPTED:
+            return f"round {r.round} ended {r.outcome}"
+        if self._pending_pause:
+            return "pause requested"
+        if self._epoch_rounds >= cfg.rounds_per_epoch:
+            return f"the epoch's {cfg.rounds_per_epoch} rounds are done"
+        if self._accepted_rounds >= cfg.total_rounds:
+            return f"all {cfg.total_rounds} rounds accepted"
+        return None
+
+    def _end_round(self, now: float, ev: list[Event], why: str) -> None:
+        reason = self._cooldown_reason()
+        if reason is not None:
+            self._to_cooldown(now, ev, reason)
+        else:
+            self._to_round_train(now, ev, f"round {self._round} decided; {why}")
+
+    def _ask_for_checkpoint(self, ev: list[Event]) -> bool:
+        """During rounds: ask a live client to upload the accepted round not yet saved."""
+        if self._checkpoint_round is None or self._uploader is not None:
+            return False
+        if not self._pick_uploader(ev):  # nobody left to ask: Cooldown asks again
+            self._checkpoint_round = None
+        return True
+
+    def _pick_uploader(self, ev: list[Event]) -> bool:
+        """Prefer the last accepted round's witnesses (they hold every accepted model)."""
+        live = self._epoch_live
+        last = self._last_accepted
+        preferred = [w for w in last.witnesses if w in live] if last is not None else []
+        fallback = self._epoch_sorted[0] if self._epoch_sorted else None
+        choice = preferred[0] if preferred else fallback
+        if choice is None or self._checkpoint_round is None:
+            return False
+        self._uploader = choice
+        ev.append(CheckpointRequested(self._epoch, self._checkpoint_round, choice))
+        return True
+
+    # Cooldown: waits only for the checkpoint of the epoch's last accepted round (already
+    # saved, nothing to save, no live client left to upload it, or cooldown_time); then the
+    # epoch ends into WaitingForMembers, Paused (a pause was requested) or Finished.
+
+    def _tick_cooldown(self, now: float, ev: list[Event], deadline: str | None) -> bool:
+        if deadline is not None:
+            why = self._deadline_reason(deadline)
+        elif self._checkpoint_round is None:
+            why = "nothing to checkpoint"
+            saved, last = self._checkpoint, self._last_accepted
+            if saved is not None and last is not None and saved.round == last.round:
+                why = f"checkpoint of round {saved.round} saved"
+        elif self._uploader is not None:
+            return False
+        elif self._pick_uploader(ev):
+            return True
+        else:
+            why = "no live client left to upload the checkpoint"
+        self._end_epoch(ev, abandoned=False)
+        if self._accepted_rounds >= self._cfg.total_rounds:
+            self._pending_pause = False
+            self._change(now, ev, _S.FINISHED, why)
+            ev.append(RunFinished(self._accepted_rounds))
+        elif self._pending_pause:
+            self._to_paused(now, ev, f"{why}; pause requested")
+        else:
+            self._change(now, ev, _S.WAITING_FOR_MEMBERS, why)
+        return True
+
+    def _to_cooldown(self, now: float, ev: list[Event], reason: str) -> None:
+        self._vote_waiting = set()
+        self._votes = VoteTally()
+        last = self._last_accepted
+        if last is None or (self._checkpoint is not None and self._checkpoint.round >= last.round):
+            self._checkpoint_round = self._uploader = None  # nothing (new) to save
+        elif self._checkpoint_round != last.round:  # else: the round's upload is on its way
+            self._checkpoint_round, self._uploader = last.round, None
+        self._change(now, ev, _S.COOLDOWN, reason)
+
+    def _to_paused(self, now: float, ev: list[Event], reason: str) -> None:
+        self._pending_pause = False
+        self._change(now, ev, _S.PAUSED, reason)
+        ev.append(Paused())
+
+    def _end_epoch(self, ev: list[Event], *, abandoned: bool) -> None:
+        """Every live epoch client goes back to pending and every wait set empties; a
+        checkpoint still asked of one of them is asked again in the next Cooldown. An epoch
+        abandoned in Warmup gives its number to the next one."""
+        self._uploader = None
+        self._checkpoint_round = None
+        for cid in self._epoch_live:
+            c = self._clients[cid]
+            c.status = ClientStatus.PENDING
+            c.changed()
+        self._views = None
+        self._pending |= self._epoch_live
+        self._epoch_live = set()
+        self._epoch_sorted = []
+        self._epoch_frozen = None
+        self._not_warmed = set()
+        self._witness_waiting = set()
+        self._commit_waiting = set()
+        self._vote_waiting = set()
+        self._votes = VoteTally()
+        ev.append(EpochEnded(self._epoch, abandoned=abandoned))
+        if not abandoned:
+            self._epoch += 1
+
+    # ------------------------------------------------------------------ state changes
+
+    def _deadline(self) -> float | None:
+        setting = _DURATION.get(self._state)
+        return None if setting is None else self._phase_started + getattr(self._cfg, setting)
+
+    def _deadline_reason(self, deadline: str) -> str:
+        if deadline == _OPERATOR:
+            return "ended by the operator"
+        setting = _DURATION[self._state]
+        return f"{setting} ({getattr(self._cfg, setting):g}s) reached"
+
+    def _change(self, now: float, ev: list[Event], new: RunState, reason: str) -> None:
+        ev.append(StateChanged(self._state, new, reason, now))
+        self._state = new
+        self._phase_started = now
 
     def rounds_after(self, round: int) -> list[RoundView]:
         """The rounds numbered above ``round``, oldest first (read-only views)."""
@@ -634,388 +669,6 @@ class Coordinator:
             bisect.insort(self._sorted_ids, c.id)
         if self._accepted_rounds >= self._cfg.total_rounds:
             self._state = _S.FINISHED  # nothing left to do; raise total_rounds to go on
-
-    # ------------------------------------------------------------------ internals: clients
-
-    def _sender(self, client_id: str, *, member: bool) -> Client | Rejection:
-        """The live client behind a message, or why it may not send it."""
-        c = self._clients.get(client_id) if isinstance(client_id, str) else None
-        if c is None:
-            return Rejection("not_member", f"unknown client {client_id!r}; join first")
-        if c.status is ClientStatus.KICKED:
-            return Rejection("kicked", f"{client_id} was kicked by the operator")
-        if c.status is ClientStatus.DROPPED:
-            return Rejection("not_member", f"{client_id} was dropped ({c.drop_reason}); join again")
-        if c.status is ClientStatus.LEFT:
-            return Rejection("not_member", f"{client_id} left the run; join again")
-        if member and c.status is not ClientStatus.ACTIVE:
-            if self._state in (_S.WAITING_FOR_MEMBERS, _S.PAUSED):
-                return Rejection("wrong_state", f"no epoch is in progress ({self._state})")
-            return Rejection(
-                "not_member", f"{client_id} is pending: not a member of epoch {self._epoch}"
-            )
-        return c
-
-    def _client_changed(self, c: Client) -> None:
-        c.changed()
-        self._views = None
-
-    def _touch(self, c: Client, now: float) -> None:
-        c.last_seen = now
-        self._client_changed(c)
-        seen = self._seen
-        if c.id in seen:
-            seen.move_to_end(c.id)
-        seen[c.id] = now
-        if now >= self._seen_max:
-            self._seen_max = now
-        else:  # a clock step back: fall back to one sort at the next health check
-            self._seen_ordered = False
-
-    def _expired(self, now: float) -> list[tuple[str, float]]:
-        if not self._seen_ordered:
-            self._seen = OrderedDict(sorted(self._seen.items(), key=lambda kv: kv[1]))
-            self._seen_ordered = True
-        timeout = self._cfg.health_timeout
-        out: list[tuple[str, float]] = []
-        for cid, seen in self._seen.items():
-            if now <= seen + timeout:
-                break
-            out.append((cid, seen))
-        return out
-
-    def _remove(self, cid: str, status: ClientStatus, reason: str) -> None:
-        """Take a live client out of the run and out of every wait set."""
-        c = self._clients[cid]
-        was = c.status
-        c.status = status
-        c.drop_reason = reason
-        self._client_changed(c)
-        self._seen.pop(cid, None)
-        if was is ClientStatus.PENDING:
-            self._pending.discard(cid)
-            return
-        self._epoch_live.discard(cid)
-        del self._epoch_sorted[bisect.bisect_left(self._epoch_sorted, cid)]
-        self._epoch_frozen = None
-        self._not_warmed.discard(cid)
-        self._witness_waiting.discard(cid)
-        self._commit_waiting.discard(cid)
-        self._vote_waiting.discard(cid)
-        self._forget_vote(cid)
-        if self._uploader == cid:
-            self._uploader = None  # _settle picks the next one
-
-    def _forget_vote(self, cid: str) -> None:
-        """A departed voter's vote no longer counts (as if it had never been cast)."""
-        vote = self._next_votes.pop(cid, None)
-        for candidate, weight in vote or ():
-            self._tally[candidate] -= weight
-            self._named[candidate] -= 1
-            if not self._named[candidate]:
-                del self._named[candidate], self._tally[candidate]
-
-    def _reset_votes(self) -> None:
-        self._next_votes = {}
-        self._tally = defaultdict(int)
-        self._named = defaultdict(int)
-
-    def _members_needed(self) -> int:
-        return max(self._cfg.init_min_clients, self._cfg.min_clients, 1)
-
-    # ------------------------------------------------------------------ internals: phases
-
-    def _deadline(self) -> float | None:
-        cfg = self._cfg
-        duration = {
-            _S.WARMUP: cfg.warmup_time,
-            _S.ROUND_TRAIN: cfg.max_round_train_time,
-            _S.ROUND_WITNESS: cfg.round_witness_time,
-            _S.COOLDOWN: cfg.cooldown_time,
-        }.get(self._state)
-        return None if duration is None else self._phase_started + duration
-
-    def _change(self, now: float, ev: list[Event], new: RunState, reason: str) -> None:
-        ev.append(StateChanged(self._state, new, reason, now))
-        self._state = new
-        self._phase_started = now
-
-    def _open_round_check(self, round: int) -> Rejection | None:
-        if self._state not in _ROUND_STATES:
-            return Rejection("wrong_state", f"no round is open in {self._state}")
-        if round != self._round:
-            return Rejection("wrong_round", f"round {round} is not the current round {self._round}")
-        if self._rounds[-1].outcome is not RoundOutcome.OPEN:
-            return Rejection("wrong_state", f"round {round} is already decided")
-        return None
-
-    def _settle(self, now: float, ev: list[Event]) -> None:
-        """Apply every condition-driven transition until none applies (terminates: each
-        cycle through the phases needs a new message or a timeout)."""
-        for _ in range(32):
-            if not self._step(now, ev):
-                return
-        raise RuntimeError("coordinator did not settle; this is a bug")
-
-    def _step(self, now: float, ev: list[Event]) -> bool:
-        s = self._state
-        cfg = self._cfg
-        live = len(self._epoch_live)
-        if s is _S.WAITING_FOR_MEMBERS:
-            n = len(self._pending)
-            if (
-                n >= self._members_needed()
-                and now >= self._phase_started + cfg.waiting_for_members_extra_time
-            ):
-                self._start_epoch(now, ev, f"{n} clients pending")
-                return True
-        elif s is _S.WARMUP:
-            if live < cfg.min_clients:
-                self._abandon_epoch(
-                    now, ev, _S.WAITING_FOR_MEMBERS, f"fewer than min_clients ({live} live)"
-                )
-                return True
-            if not self._not_warmed:
-                self._start_round(now, ev, "every live epoch client warmed up")
-                return True
-        if s in _ROUND_STATES and self._checkpoint_round is not None and self._uploader is None:
-            if not self._pick_uploader(ev):  # nobody left to ask: Cooldown asks again
-                self._checkpoint_round = None
-            return True
-        if s is _S.ROUND_TRAIN:
-            if live < cfg.min_clients:
-                self._abandon_round(now, ev, f"fewer than min_clients ({live} live)")
-                return True
-            if not self._witness_waiting:
-                self._change(now, ev, _S.ROUND_WITNESS, "every live witness reported")
-                return True
-        elif s is _S.ROUND_WITNESS:
-            if self._rounds[-1].outcome is RoundOutcome.OPEN:
-                if not self._witness_waiting:
-                    self._decide(now, ev)
-                    return True
-            elif self._cooldown_reason() is not None or not self._vote_waiting:
-                self._end_round(now, ev, "every live epoch client voted")
-                return True
-        elif s is _S.COOLDOWN:
-            if self._checkpoint_round is None:
-                saved = self._checkpoint
-                why = "nothing to checkpoint"
-                if saved is not None and self._last_accepted is not None:
-                    if saved.round == self._last_accepted.round:
-                        why = f"checkpoint of round {saved.round} saved"
-                self._end_cooldown(now, ev, why)
-                return True
-            if self._uploader is None:
-                if not self._pick_uploader(ev):
-                    self._end_cooldown(now, ev, "no live client left to upload the checkpoint")
-                return True
-        return False
-
-    def _expire(self, now: float, ev: list[Event], why: str | None) -> None:
-        """The current phase's deadline is reached (``why`` None: by the clock)."""
-        s = self._state
-        cfg = self._cfg
-        if s is _S.WARMUP:
-            self._start_round(now, ev, why or f"warmup_time ({cfg.warmup_time:g}s) reached")
-        elif s is _S.ROUND_TRAIN:
-            reason = why or f"max_round_train_time ({cfg.max_round_train_time:g}s) reached"
-            self._change(now, ev, _S.ROUND_WITNESS, reason)
-        elif s is _S.ROUND_WITNESS:
-            if self._rounds[-1].outcome is RoundOutcome.OPEN:
-                self._decide(now, ev)
-            self._end_round(
-                now, ev, why or f"round_witness_time ({cfg.round_witness_time:g}s) reached"
-            )
-        elif s is _S.COOLDOWN:
-            self._end_cooldown(now, ev, why or f"cooldown_time ({cfg.cooldown_time:g}s) reached")
-
-    def _start_epoch(self, now: float, ev: list[Event], reason: str) -> None:
-        members = sorted(self._pending)
-        for cid in members:
-            c = self._clients[cid]
-            c.status = ClientStatus.ACTIVE
-            c.warmed_up = False
-            c.changed()
-        self._views = None
-        self._pending = set()
-        self._epoch_live = set(members)
-        self._epoch_sorted = members
-        self._epoch_frozen = None
-        self._epoch_size = len(members)
-        self._not_warmed = set(members)
-        self._vote_waiting = set(members)
-        self._reset_votes()
-        self._epoch_rounds = 0
-        self._change(now, ev, _S.WARMUP, reason)
-        ev.append(EpochStarted(self._epoch, tuple(members)))
-
-    def _release_epoch(self) -> None:
-        """Every live epoch client goes back to pending; the epoch's wait sets empty, and a
-        checkpoint still asked of one of them is asked again in the next Cooldown."""
-        self._uploader = None
-        self._checkpoint_round = None
-        for cid in self._epoch_live:
-            c = self._clients[cid]
-            c.status = ClientStatus.PENDING
-            c.changed()
-        self._views = None
-        self._pending |= self._epoch_live
-        self._epoch_live = set()
-        self._epoch_sorted = []
-        self._epoch_frozen = None
-        self._not_warmed = set()
-        self._witness_waiting = set()
-        self._commit_waiting = set()
-        self._vote_waiting = set()
-        self._reset_votes()
-
-    def _abandon_epoch(self, now: float, ev: list[Event], to: RunState, reason: str) -> None:
-        self._release_epoch()
-        ev.append(EpochEnded(self._epoch, abandoned=True))
-        self._change(now, ev, to, reason)
-
-    def _start_round(self, now: float, ev: list[Event], reason: str) -> None:
-        live = self._epoch_sorted
-        self._round += 1
-        self._epoch_rounds += 1
-        seed = round_seed(self._seed, self._round)
-        # Same result as tally_votes(votes of live voters) and elect_witnesses(live), without
-        # re-summing every vote or re-sorting every id at each round start.
-        train = tuple(
-            sorted(top_candidates(self._tally, self._epoch_live, self._train_set_size, seed))
-        )
-        wanted = self._cfg.witness_nodes if self._cfg.witness_nodes > 0 else MAX_AUTO_WITNESSES
-        n_witnesses = min(wanted, len(live))
-        witnesses = tuple(sorted(seeded_prefix(live, seed, n_witnesses, "witness", presorted=True)))
-        q = quorum(len(witnesses))
-        view = RoundView(
-            round=self._round,
-            epoch=self._epoch,
-            seed=seed,
-            train_set=train,
-            witnesses=witnesses,
-            quorum=q,
-            started=now,
-        )
-        if self._epoch_frozen is None:
-            self._epoch_frozen = frozenset(live)
-        self._rounds.append(Round(view, self._epoch_frozen))
-        self._witness_waiting = set(witnesses)
-        self._commit_waiting = set(train)
-        self._vote_waiting = set(self._epoch_live)
-        self._reset_votes()
-        self._change(now, ev, _S.ROUND_TRAIN, reason)
-        ev.append(RoundStarted(self._round, self._epoch, train, witnesses, q))
-
-    def _decide(self, now: float, ev: list[Event]) -> None:
-        r = self._rounds[-1]
-        live = self._epoch_live
-        decision = decide_results(
-            r.train_set,
-            [w for w in r.witnesses if w in live],
-            r.attestations,
-            {t: ref.hash for t, ref in r.commits.items()},
-            live,
-        )
-        for trainer in r.train_set:
-            h = decision.accepted.get(trainer)
-            if h is None:
-                ev.append(ResultRejected(r.round, trainer, decision.rejected[trainer]))
-                continue
-            committed = r.commits.get(trainer)
-            # Without a commit the sample count is unknown (0); nodes weigh by their pushes.
-            r.accepted[trainer] = ResultRef(h, committed.samples if committed else 0)
-            ev.append(ResultAccepted(r.round, trainer, h))
-        r.outcome = RoundOutcome.ACCEPTED if r.accepted else RoundOutcome.NO_QUORUM
-        r.ended = now
-        r.changed()
-        if r.accepted:
-            self._accepted_rounds += 1
-            self._last_accepted = r
-            self._checkpoint_round = r.round  # _settle asks a live client to upload it
-            self._uploader = None
-        self._witness_waiting = set()
-        self._commit_waiting = set()
-        ev.append(RoundEnded(r.round, r.outcome, tuple(sorted(r.accepted))))
-
-    def _abandon_round(self, now: float, ev: list[Event], reason: str) -> None:
-        r = self._rounds[-1]
-        r.outcome = RoundOutcome.ABANDONED
-        r.ended = now
-        r.changed()
-        self._witness_waiting = set()
-        self._commit_waiting = set()
-        ev.append(RoundEnded(r.round, r.outcome, ()))
-        self._enter_cooldown(now, ev, reason)
-
-    def _cooldown_reason(self) -> str | None:
-        """Why no further round follows the decided one (None: the next round may start)."""
-        cfg = self._cfg
-        r = self._rounds[-1]
-        live = len(self._epoch_live)
-        if live < cfg.min_clients:
-            return f"fewer than min_clients ({live} live)"
-        if r.outcome is not RoundOutcome.ACCEPTED:
-            return f"round {r.round} ended {r.outcome}"
-        if self._pending_pause:
-            return "pause requested"
-        if self._epoch_rounds >= cfg.rounds_per_epoch:
-            return f"the epoch's {cfg.rounds_per_epoch} rounds are done"
-        if self._accepted_rounds >= cfg.total_rounds:
-            return f"all {cfg.total_rounds} rounds accepted"
-        return None
-
-    def _end_round(self, now: float, ev: list[Event], why: str) -> None:
-        reason = self._cooldown_reason()
-        if reason is not None:
-            self._enter_cooldown(now, ev, reason)
-        else:
-            self._start_round(now, ev, f"round {self._round} decided; {why}")
-
-    def _enter_cooldown(self, now: float, ev: list[Event], reason: str) -> None:
-        self._vote_waiting = set()
-        self._reset_votes()
-        last = self._last_accepted
-        needed = last is not None and (
-            self._checkpoint is None or self._checkpoint.round < last.round
-        )
-        if not needed or last is None:
-            self._checkpoint_round = self._uploader = None
-        elif self._checkpoint_round != last.round:  # else: the round's upload is on its way
-            self._checkpoint_round, self._uploader = last.round, None
-        self._change(now, ev, _S.COOLDOWN, reason)
-
-    def _pick_uploader(self, ev: list[Event]) -> bool:
-        """Prefer the last accepted round's witnesses (they hold every accepted model)."""
-        live = self._epoch_live
-        last = self._last_accepted
-        preferred = [w for w in last.witnesses if w in live] if last is not None else []
-        fallback = self._epoch_sorted[0] if self._epoch_sorted else None
-        choice = preferred[0] if preferred else fallback
-        if choice is None or self._checkpoint_round is None:
-            return False
-        self._uploader = choice
-        ev.append(CheckpointRequested(self._epoch, self._checkpoint_round, choice))
-        return True
-
-    def _end_cooldown(self, now: float, ev: list[Event], reason: str) -> None:
-        self._uploader = None
-        self._checkpoint_round = None
-        ended = self._epoch
-        self._epoch += 1
-        self._release_epoch()
-        ev.append(EpochEnded(ended))
-        if self._accepted_rounds >= self._cfg.total_rounds:
-            self._pending_pause = False
-            self._change(now, ev, _S.FINISHED, reason)
-            ev.append(RunFinished(self._accepted_rounds))
-        elif self._pending_pause:
-            self._pending_pause = False
-            self._change(now, ev, _S.PAUSED, f"{reason}; pause requested")
-            ev.append(Paused())
-        else:
-            self._change(now, ev, _S.WAITING_FOR_MEMBERS, reason)
 
 
 def _config_problems(cfg: CoordinatorConfig, train_set_size: int) -> list[str]:
