@@ -2,10 +2,16 @@
 
 The coordinator is a plain object over plain data. The server feeds it every message and a
 periodic ``tick(now)`` with its own ``time.monotonic()``; the coordinator returns an
-:class:`~console.coordinator.events.Outcome` (events, or a rejection that changed nothing) and never does
-I/O, reads a clock or draws from global randomness. That is what lets the tests drive every
-transition with a fake clock in milliseconds. ``docs/ARCHITECTURE.md`` is the contract; the
-notes below record the choices it leaves open.
+:class:`~console.coordinator.events.Outcome` (events, or a rejection that changed nothing)
+and never does I/O, reads a clock or draws from global randomness. That is what lets the
+tests drive every transition with a fake clock in milliseconds.
+
+As in Psyche's ``tick_<state>``, each run state has one ``_tick_<state>``: everything that
+ends it (its conditions, its deadline by the clock or by the operator's ``end_phase``) in one
+place, and ``_to_<state>`` for what entering it does. ``tick``, ``end_phase`` and every
+message that may complete a phase go through :meth:`Coordinator._settle`, which calls the
+current state's ``_tick_<state>`` until nothing changes. ``docs/ARCHITECTURE.md`` is the
+contract; the notes below record the choices it leaves open.
 
 * A phase ends early as soon as what it waits for is complete (see :meth:`waiting_on`); a
   dropped, kicked or departed client is removed from every wait set in the same call, so it
@@ -26,12 +32,6 @@ notes below record the choices it leaves open.
 """
 
 from __future__ import annotations
-
-import bisect
-import math
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
 
 from console.coordinator.committee import (
     VoteTally,
@@ -57,18 +57,14 @@ from console.coordinator.events import (
     RunFinished,
     StateChanged,
 )
-from console.coordinator.messages import ROUND_STATES, Messages, reject
-from console.coordinator.records import Client, Round
-from console.coordinator.saved import dump_progress, load_progress
-from console.settings import CoordinatorConfig
+from console.coordinator.messages import Messages, reject
+from console.coordinator.records import Round
+from console.coordinator.state import DURATION
 from transport.state import (
-    CheckpointRef,
     ClientStatus,
-    ClientView,
     ResultRef,
     RoundOutcome,
     RoundView,
-    RunSnapshot,
     RunState,
 )
 
@@ -76,40 +72,9 @@ MAX_AUTO_WITNESSES = 32  # witness_nodes = 0 means "every live client, up to thi
 
 _OK = Outcome()
 _S = RunState
-_ROUND_STATES = ROUND_STATES
-_EPOCH_STATES = (RunState.WARMUP, *_ROUND_STATES, RunState.COOLDOWN)
-# The setting that bounds each timed state (its deadline: phase_started + the setting).
-_DURATION = {
-    _S.WARMUP: "warmup_time",
-    _S.ROUND_TRAIN: "max_round_train_time",
-    _S.ROUND_WITNESS: "round_witness_time",
-    _S.COOLDOWN: "cooldown_time",
-}
 # How a phase's deadline was reached, for _tick_<state>: by the clock or by the operator.
 _CLOCK = "clock"
 _OPERATOR = "operator"
-
-
-@dataclass(frozen=True)
-class WaitingOn:
-    """What the current phase waits for before it may end early (read-only, for UI and tests).
-
-    ``commits`` is informational: trainers that have not committed do not hold a phase (the
-    witnesses decide), but the operator wants to see them.
-    """
-
-    state: RunState
-    members: int = 0  # WaitingForMembers: pending clients still missing
-    warmup: frozenset[str] = frozenset()  # Warmup: epoch clients not warmed up
-    witnesses: frozenset[str] = frozenset()  # open round: elected witnesses not yet reported
-    commits: frozenset[str] = frozenset()  # open round: trainers not yet committed
-    votes: frozenset[str] = frozenset()  # decided round: epoch clients not voted for round+1
-    uploader: str | None = None  # Cooldown: the client asked for the checkpoint
-
-    @property
-    def clients(self) -> frozenset[str]:
-        extra = frozenset() if self.uploader is None else frozenset({self.uploader})
-        return self.warmup | self.witnesses | self.commits | self.votes | extra
 
 
 class Coordinator(Messages):
@@ -118,132 +83,6 @@ class Coordinator(Messages):
     Node messages (``messages.py``) and the operator's calls record what they bring, then
     :meth:`_settle` lets the current state's ``_tick_<state>`` decide whether it has ended.
     """
-
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        *,
-        run_id: str,
-        seed: int,
-        train_set_size: int,
-        now: float,
-        restore: dict[str, Any] | None = None,
-    ) -> None:
-        problems = _config_problems(config, train_set_size)
-        if problems:
-            raise ValueError("invalid coordinator config: " + "; ".join(problems))
-        self._cfg = config
-        self._run_id = run_id
-        self._seed = seed
-        self._train_set_size = train_set_size
-        self._state = RunState.WAITING_FOR_MEMBERS
-        self._phase_started = now
-        self._epoch = 0
-        self._round = 0
-        self._epoch_rounds = 0
-        self._accepted_rounds = 0
-        self._pending_pause = False
-        self._clients: dict[str, Client] = {}
-        self._sorted_ids: list[str] = []
-        self._views: tuple[ClientView, ...] | None = None
-        # Live clients by last_seen, oldest first, so health checks look at the front only.
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._seen_max = -math.inf
-        self._seen_ordered = True
-        self._pending: set[str] = set()
-        self._epoch_live: set[str] = set()  # ACTIVE clients
-        self._epoch_sorted: list[str] = []  # the same, sorted (elections need sorted ids)
-        self._epoch_frozen: frozenset[str] | None = None  # cached for Round.members
-        self._epoch_size = 0  # clients the epoch started with (bounds a vote's length)
-        self._not_warmed: set[str] = set()
-        self._witness_waiting: set[str] = set()
-        self._commit_waiting: set[str] = set()
-        self._vote_waiting: set[str] = set()
-        self._votes = VoteTally()  # for round + 1
-        self._rounds: list[Round] = []
-        self._last_accepted: Round | None = None
-        self._checkpoint: CheckpointRef | None = None
-        self._checkpoint_round: int | None = None  # the accepted round still to be saved
-        self._uploader: str | None = None
-        if restore is not None:
-            self._restore(restore)
-
-    # ------------------------------------------------------------------ read side
-
-    @property
-    def state(self) -> RunState:
-        return self._state
-
-    @property
-    def rounds(self) -> tuple[RoundView, ...]:
-        """Every round of this run, oldest first (treat the views as read-only)."""
-        return tuple(r.view() for r in self._rounds)
-
-    def snapshot(self, now: float) -> RunSnapshot:
-        """The broadcast state. O(clients) at worst; unchanged client views are reused."""
-        if self._views is None:
-            clients = self._clients
-            self._views = tuple([clients[cid].view() for cid in self._sorted_ids])
-        rounds = self._rounds
-        return RunSnapshot(
-            run_id=self._run_id,
-            state=self._state,
-            now=now,
-            phase_started=self._phase_started,
-            deadline=self._deadline(),
-            epoch=self._epoch,
-            round=self._round,
-            epoch_rounds=self._epoch_rounds,
-            accepted_rounds=self._accepted_rounds,
-            total_rounds=self._cfg.total_rounds,
-            rounds_per_epoch=self._cfg.rounds_per_epoch,
-            init_min_clients=self._cfg.init_min_clients,
-            min_clients=self._cfg.min_clients,
-            pending_pause=self._pending_pause,
-            clients=self._views,
-            current=rounds[-1].view() if rounds else None,
-            previous=rounds[-2].view() if len(rounds) > 1 else None,
-            checkpoint=self._checkpoint,
-            checkpoint_uploader=self._uploader,
-        )
-
-    def waiting_on(self) -> WaitingOn:
-        """What the current phase waits for (live clients only, by construction)."""
-        s = self._state
-        if s is _S.WAITING_FOR_MEMBERS:
-            return WaitingOn(s, members=max(0, self._members_needed() - len(self._pending)))
-        if s is _S.WARMUP:
-            return WaitingOn(s, warmup=frozenset(self._not_warmed))
-        if s in _ROUND_STATES:
-            if self._rounds[-1].outcome is RoundOutcome.OPEN:
-                return WaitingOn(
-                    s,
-                    witnesses=frozenset(self._witness_waiting),
-                    commits=frozenset(self._commit_waiting),
-                )
-            return WaitingOn(s, votes=frozenset(self._vote_waiting))
-        if s is _S.COOLDOWN:
-            return WaitingOn(s, uploader=self._uploader)
-        return WaitingOn(s)
-
-    def next_wakeup(self, now: float) -> float | None:
-        """The earliest time a ``tick`` could change something, so the server sleeps exactly.
-
-        A value <= ``now`` means "tick now". None: only a message can change anything.
-        """
-        if self._state is _S.FINISHED:
-            return None
-        best = self._deadline()
-        if self._state is _S.WAITING_FOR_MEMBERS and len(self._pending) >= self._members_needed():
-            best = self._phase_started + self._cfg.waiting_for_members_extra_time
-        if self._seen:
-            oldest = next(iter(self._seen.values())) if self._seen_ordered else None
-            if oldest is None:
-                oldest = min(self._seen.values())
-            # A client is dropped when now > last_seen + timeout: the first such float.
-            expiry = math.nextafter(oldest + self._cfg.health_timeout, math.inf)
-            best = expiry if best is None else min(best, expiry)
-        return best
 
     # ------------------------------------------------------------------ operator and clock
 
@@ -344,9 +183,6 @@ class Coordinator(Messages):
             return False
         return True
 
-    def _members_needed(self) -> int:
-        return max(self._cfg.init_min_clients, self._cfg.min_clients, 1)
-
     # Warmup: every live epoch client warmed up, or warmup_time; below min_clients the epoch
     # is abandoned.
 
@@ -393,7 +229,7 @@ class Coordinator(Messages):
         if deadline is not None:
             self._change(now, ev, _S.ROUND_WITNESS, self._deadline_reason(deadline))
         elif self._ask_for_checkpoint(ev):
-            pass
+            pass  # an accepted round to save: a live client was asked to upload it
         elif live < self._cfg.min_clients:
             self._abandon_round(now, ev, f"fewer than min_clients ({live} live)")
         elif not self._witness_waiting:
@@ -446,7 +282,7 @@ class Coordinator(Messages):
                 self._decide(now, ev)
             self._end_round(now, ev, self._deadline_reason(deadline))
         elif self._ask_for_checkpoint(ev):
-            pass
+            pass  # an accepted round to save: a live client was asked to upload it
         elif is_open:
             if self._witness_waiting:
                 return False
@@ -609,87 +445,13 @@ class Coordinator(Messages):
 
     # ------------------------------------------------------------------ state changes
 
-    def _deadline(self) -> float | None:
-        setting = _DURATION.get(self._state)
-        return None if setting is None else self._phase_started + getattr(self._cfg, setting)
-
     def _deadline_reason(self, deadline: str) -> str:
         if deadline == _OPERATOR:
             return "ended by the operator"
-        setting = _DURATION[self._state]
+        setting = DURATION[self._state]
         return f"{setting} ({getattr(self._cfg, setting):g}s) reached"
 
     def _change(self, now: float, ev: list[Event], new: RunState, reason: str) -> None:
         ev.append(StateChanged(self._state, new, reason, now))
         self._state = new
         self._phase_started = now
-
-    def rounds_after(self, round: int) -> list[RoundView]:
-        """The rounds numbered above ``round``, oldest first (read-only views)."""
-        return [r.view() for r in self._rounds_after(round)]
-
-    def _rounds_after(self, round: int) -> list[Round]:
-        start = len(self._rounds)
-        while start > 0 and self._rounds[start - 1].round > round:
-            start -= 1
-        return self._rounds[start:]
-
-    def to_state(self, since: int = 0) -> dict[str, Any]:
-        """JSON-able progress: enough to resume the run in a new console process.
-
-        ``since``: leave out the rounds numbered up to it (the caller keeps them elsewhere and
-        hands them back to ``restore``), so the state's size does not grow with the run.
-        """
-        return dump_progress(
-            run_id=self._run_id,
-            seed=self._seed,
-            # a console resumed from this state starts a new epoch
-            epoch=self._epoch + (1 if self._state in _EPOCH_STATES else 0),
-            round=self._round,
-            accepted_rounds=self._accepted_rounds,
-            checkpoint=self._checkpoint,
-            rounds=[r.as_dict() for r in self._rounds_after(since)],
-            kicked=sorted(
-                cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED
-            ),
-        )
-
-    def _restore(self, raw: dict[str, Any]) -> None:
-        saved = load_progress(raw, run_id=self._run_id, seed=self._seed)
-        self._epoch = saved.epoch
-        self._round = saved.round
-        self._accepted_rounds = saved.accepted_rounds
-        self._rounds = saved.rounds
-        self._last_accepted = saved.last_accepted
-        self._checkpoint = saved.checkpoint
-        for cid in saved.kicked:
-            c = Client(cid, ClientStatus.KICKED, "", 0.0)
-            c.drop_reason = "kicked by the operator"
-            self._clients[c.id] = c
-            bisect.insort(self._sorted_ids, c.id)
-        if self._accepted_rounds >= self._cfg.total_rounds:
-            self._state = _S.FINISHED  # nothing left to do; raise total_rounds to go on
-
-
-def _config_problems(cfg: CoordinatorConfig, train_set_size: int) -> list[str]:
-    """Only what would break the state machine's invariants; config.py reports the rest."""
-    problems = []
-    for name in ("total_rounds", "rounds_per_epoch", "min_clients"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{name} must be >= 1")
-    for name in (
-        "waiting_for_members_extra_time",
-        "warmup_time",
-        "max_round_train_time",
-        "round_witness_time",
-        "cooldown_time",
-    ):
-        if not getattr(cfg, name) >= 0:
-            problems.append(f"{name} must be >= 0")
-    if not cfg.health_timeout > 0:
-        problems.append("health_timeout must be > 0")
-    if cfg.witness_nodes < 0:
-        problems.append("witness_nodes must be >= 0")
-    if train_set_size < 0:
-        problems.append("train_set_size must be >= 0")
-    return problems

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from console.coordinator.committee import VoteTally
 from console.coordinator.events import (
     AggregateReported,
     CheckpointSaved,
@@ -31,21 +29,12 @@ from console.coordinator.events import (
     VoteCast,
     WitnessReported,
 )
-from console.coordinator.records import Client, Round
-from console.settings import CoordinatorConfig
-from transport.state import CheckpointRef, ClientStatus, ClientView, ResultRef, RoundOutcome
+from console.coordinator.records import Client, Round, is_id, is_int
+from console.coordinator.state import ROUND_STATES, CoordinatorState
+from transport.state import CheckpointRef, ClientStatus, ResultRef, RoundOutcome
 from transport.state import RunState as S
 
-ROUND_STATES = (S.ROUND_TRAIN, S.ROUND_WITNESS)
 _LIVE = (ClientStatus.PENDING, ClientStatus.ACTIVE)
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_id(value: object) -> bool:
-    return isinstance(value, str) and value != ""
 
 
 def reject(code: str, reason: str) -> Outcome:
@@ -107,35 +96,8 @@ def parse_candidates(raw: object, limit: int) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-class Messages:
-    """The Coordinator's message handlers and its client bookkeeping (see ``machine.py`` for
-    the state they share; the attributes below are set by ``Coordinator.__init__``)."""
-
-    _cfg: CoordinatorConfig
-    _run_id: str
-    _state: S
-    _epoch: int
-    _round: int
-    _clients: dict[str, Client]
-    _sorted_ids: list[str]
-    _views: tuple[ClientView, ...] | None
-    _seen: OrderedDict[str, float]
-    _seen_max: float
-    _seen_ordered: bool
-    _pending: set[str]
-    _epoch_live: set[str]
-    _epoch_sorted: list[str]
-    _epoch_frozen: frozenset[str] | None
-    _epoch_size: int
-    _not_warmed: set[str]
-    _witness_waiting: set[str]
-    _commit_waiting: set[str]
-    _vote_waiting: set[str]
-    _votes: VoteTally
-    _rounds: list[Round]
-    _checkpoint: CheckpointRef | None
-    _checkpoint_round: int | None
-    _uploader: str | None
+class Messages(CoordinatorState):
+    """What nodes (and the server, for checkpoints) send; the base of ``Coordinator``."""
 
     def _settle(self, now: float, ev: list[Event]) -> None:
         raise NotImplementedError  # machine.py: end every phase whose end is reached
@@ -397,57 +359,6 @@ class Messages:
         ev = [event]
         self._settle(now, ev)
         return Outcome(tuple(ev))
-
-    def _client_changed(self, c: Client) -> None:
-        c.changed()
-        self._views = None
-
-    def _touch(self, c: Client, now: float) -> None:
-        c.last_seen = now
-        self._client_changed(c)
-        seen = self._seen
-        if c.id in seen:
-            seen.move_to_end(c.id)
-        seen[c.id] = now
-        if now >= self._seen_max:
-            self._seen_max = now
-        else:  # a clock step back: fall back to one sort at the next health check
-            self._seen_ordered = False
-
-    def _expired(self, now: float) -> list[tuple[str, float]]:
-        """Live clients silent for longer than health_timeout, with when they were last seen."""
-        if not self._seen_ordered:
-            self._seen = OrderedDict(sorted(self._seen.items(), key=lambda kv: kv[1]))
-            self._seen_ordered = True
-        timeout = self._cfg.health_timeout
-        out: list[tuple[str, float]] = []
-        for cid, seen in self._seen.items():
-            if now <= seen + timeout:
-                break
-            out.append((cid, seen))
-        return out
-
-    def _remove(self, cid: str, status: ClientStatus, reason: str) -> None:
-        """Take a live client out of the run and out of every wait set."""
-        c = self._clients[cid]
-        was = c.status
-        c.status = status
-        c.drop_reason = reason
-        self._client_changed(c)
-        self._seen.pop(cid, None)
-        if was is ClientStatus.PENDING:
-            self._pending.discard(cid)
-            return
-        self._epoch_live.discard(cid)
-        del self._epoch_sorted[bisect.bisect_left(self._epoch_sorted, cid)]
-        self._epoch_frozen = None
-        self._not_warmed.discard(cid)
-        self._witness_waiting.discard(cid)
-        self._commit_waiting.discard(cid)
-        self._vote_waiting.discard(cid)
-        self._votes.forget(cid)
-        if self._uploader == cid:
-            self._uploader = None  # _settle picks the next one
 
 
 _OK = Outcome()

@@ -12,6 +12,16 @@ from typing import Any
 from transport.state import ClientStatus, ClientView, ResultRef, RoundView, round_to_dict
 
 
+def is_int(value: object) -> bool:
+    """An int that is not a bool (what every count and round number must be)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_id(value: object) -> bool:
+    """A non-empty string (what every client id and hash must be)."""
+    return isinstance(value, str) and value != ""
+
+
 def _fast_client_view(**fields: Any) -> ClientView:
     """A ClientView without the frozen dataclass's per-field ``object.__setattr__``.
 

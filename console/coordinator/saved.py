@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from console.coordinator.messages import is_int
-from console.coordinator.records import Round
+from console.coordinator.records import Round, is_int
 from transport.state import CheckpointRef, ResultRef, RoundOutcome, RoundView
 
 STATE_VERSION = 1
