@@ -202,18 +202,7 @@ class Coordinator(Messages):
 
     def _to_warmup(self, now: float, ev: list[Event], reason: str) -> None:
         """A new epoch: every pending client becomes a member."""
-        members = sorted(self._pending)
-        for cid in members:
-            c = self._clients[cid]
-            c.status = ClientStatus.ACTIVE
-            c.warmed_up = False
-            c.changed()
-        self._views = None
-        self._pending = set()
-        self._epoch_live = set(members)
-        self._epoch_sorted = members
-        self._epoch_frozen = None
-        self._epoch_size = len(members)
+        members = self._enroll_pending()
         self._not_warmed = set(members)
         self._vote_waiting = set(members)
         self._votes = VoteTally()
@@ -257,9 +246,7 @@ class Coordinator(Messages):
             quorum=q,
             started=now,
         )
-        if self._epoch_frozen is None:
-            self._epoch_frozen = frozenset(live)
-        self._rounds.append(Round(view, self._epoch_frozen))
+        self._rounds.append(Round(view, self._members()))
         self._witness_waiting = set(witnesses)
         self._commit_waiting = set(train)
         self._vote_waiting = set(self._epoch_live)
@@ -425,15 +412,7 @@ class Coordinator(Messages):
         abandoned in Warmup gives its number to the next one."""
         self._uploader = None
         self._checkpoint_round = None
-        for cid in self._epoch_live:
-            c = self._clients[cid]
-            c.status = ClientStatus.PENDING
-            c.changed()
-        self._views = None
-        self._pending |= self._epoch_live
-        self._epoch_live = set()
-        self._epoch_sorted = []
-        self._epoch_frozen = None
+        self._release_members()
         self._not_warmed = set()
         self._witness_waiting = set()
         self._commit_waiting = set()

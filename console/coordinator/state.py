@@ -247,6 +247,40 @@ class CoordinatorState:
 
     # ------------------------------------------------------------------ clients
 
+    def _enroll_pending(self) -> list[str]:
+        """Every pending client becomes a member of the new epoch; their sorted ids."""
+        members = sorted(self._pending)
+        for cid in members:
+            c = self._clients[cid]
+            c.status = ClientStatus.ACTIVE
+            c.warmed_up = False
+            c.changed()
+        self._views = None
+        self._pending = set()
+        self._epoch_live = set(members)
+        self._epoch_sorted = members
+        self._epoch_frozen = None
+        self._epoch_size = len(members)
+        return members
+
+    def _release_members(self) -> None:
+        """Every live member of the ending epoch goes back to pending, for the next one."""
+        for cid in self._epoch_live:
+            c = self._clients[cid]
+            c.status = ClientStatus.PENDING
+            c.changed()
+        self._views = None
+        self._pending |= self._epoch_live
+        self._epoch_live = set()
+        self._epoch_sorted = []
+        self._epoch_frozen = None
+
+    def _members(self) -> frozenset[str]:
+        """The live members, frozen (cached until one leaves: every round shares it)."""
+        if self._epoch_frozen is None:
+            self._epoch_frozen = frozenset(self._epoch_live)
+        return self._epoch_frozen
+
     def _client_changed(self, c: Client) -> None:
         c.changed()
         self._views = None
