@@ -19,7 +19,7 @@ STATE_VERSION = 1
 
 @dataclass
 class Progress:
-    """A parsed saved state (rounds still open when it was saved are marked abandoned)."""
+    """A run's saved progress (rounds still open when it was saved are marked abandoned)."""
 
     epoch: int
     round: int
@@ -32,29 +32,19 @@ class Progress:
     def last_accepted(self) -> Round | None:
         return next((r for r in reversed(self.rounds) if r.outcome is RoundOutcome.ACCEPTED), None)
 
-
-def dump_progress(
-    *,
-    run_id: str,
-    seed: int,
-    epoch: int,
-    round: int,
-    accepted_rounds: int,
-    checkpoint: CheckpointRef | None,
-    rounds: list[dict[str, Any]],
-    kicked: list[str],
-) -> dict[str, Any]:
-    return {
-        "version": STATE_VERSION,
-        "run_id": run_id,
-        "seed": seed,
-        "epoch": epoch,
-        "round": round,
-        "accepted_rounds": accepted_rounds,
-        "checkpoint": None if checkpoint is None else asdict(checkpoint),
-        "rounds": rounds,
-        "kicked": kicked,
-    }
+    def to_state(self, run_id: str, seed: int) -> dict[str, Any]:
+        """The JSON-able form :func:`load_progress` reads back."""
+        return {
+            "version": STATE_VERSION,
+            "run_id": run_id,
+            "seed": seed,
+            "epoch": self.epoch,
+            "round": self.round,
+            "accepted_rounds": self.accepted_rounds,
+            "checkpoint": None if self.checkpoint is None else asdict(self.checkpoint),
+            "rounds": [r.as_dict() for r in self.rounds],
+            "kicked": self.kicked,
+        }
 
 
 def load_progress(raw: dict[str, Any], *, run_id: str, seed: int) -> Progress:

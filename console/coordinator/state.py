@@ -17,7 +17,7 @@ from typing import Any
 
 from console.coordinator.committee import VoteTally
 from console.coordinator.records import Client, Round
-from console.coordinator.saved import dump_progress, load_progress
+from console.coordinator.saved import Progress, load_progress
 from console.settings import CoordinatorConfig
 from transport.state import (
     CheckpointRef,
@@ -215,19 +215,16 @@ class CoordinatorState:
         ``since``: leave out the rounds numbered up to it (the caller keeps them elsewhere and
         hands them back to ``restore``), so the state's size does not grow with the run.
         """
-        return dump_progress(
-            run_id=self._run_id,
-            seed=self._seed,
+        kicked = [cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED]
+        return Progress(
             # a console resumed from this state starts a new epoch
             epoch=self._epoch + (1 if self._state in _EPOCH_STATES else 0),
             round=self._round,
             accepted_rounds=self._accepted_rounds,
             checkpoint=self._checkpoint,
-            rounds=[r.as_dict() for r in self._rounds_after(since)],
-            kicked=sorted(
-                cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED
-            ),
-        )
+            rounds=self._rounds_after(since),
+            kicked=sorted(kicked),
+        ).to_state(self._run_id, self._seed)
 
     def _restore(self, raw: dict[str, Any]) -> None:
         saved = load_progress(raw, run_id=self._run_id, seed=self._seed)
