@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from console.config import Config
-from console.events import Outcome, Rejection
+from console.coordinator.events import Outcome, Rejection
 from console.view import ConsoleSnapshot
 from transport.net import connect_address
 

@@ -53,8 +53,12 @@ class ServerConfig:
 class CoordinatorConfig:
     init_min_clients: int = key(4, r.COUNT)
     min_clients: int = key(2, r.COUNT, r.at_most("coordinator.init_min_clients"))
-    witness_nodes: int = key(  # 0: every live client, up to coordinator.MAX_AUTO_WITNESSES
-        2, r.at_least(0, " (0: every live client witnesses)"), r.at_most("coordinator.min_clients")
+    witness_nodes: int = (
+        key(  # 0: every live client, up to coordinator.coordinator.committee.MAX_AUTO_WITNESSES
+            2,
+            r.at_least(0, " (0: every live client witnesses)"),
+            r.at_most("coordinator.min_clients"),
+        )
     )
     waiting_for_members_extra_time: float = key(0.5, r.at_least(0))  # 0: start at once
     warmup_time: float = key(30.0, r.SECONDS)  # 0: rounds start before any node warmed up

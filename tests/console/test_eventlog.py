@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from console.coordinator.events import CheckpointRequested, RoundEnded, StateChanged
 from console.eventlog import EventLog
-from console.events import CheckpointRequested, RoundEnded, StateChanged
 from transport.state import RoundOutcome, RunState
 
 

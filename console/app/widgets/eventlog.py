@@ -11,7 +11,7 @@ from console.eventlog import LogLine
 
 MAX_LINES = 500
 _LEVEL_STYLE = {"warning": "yellow", "error": "bold red"}
-_LABEL = {  # the coordinator's event kinds (console/events.py) as short labels
+_LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as short labels
     "state_changed": "state",
     "client_joined": "join",
     "client_dropped": "drop",

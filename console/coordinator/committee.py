@@ -1,6 +1,7 @@
-"""Who trains, who witnesses, and whose result counts: pure, seeded functions.
+"""The round committee: who trains, who witnesses, and whose result a quorum accepts.
 
-Everything here is a function of its arguments. Randomness comes from the run seed through
+Everything here is a function of its arguments (:class:`VoteTally` only keeps a running
+sum of the votes it is given). Randomness comes from the run seed through
 SHA-256 and a splitmix64 stream, never from :mod:`random`, so a round's committee is the same
 on every Python version, after a restore, and in a replay.
 """
@@ -12,6 +13,8 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+
+MAX_AUTO_WITNESSES = 32  # witness_nodes = 0 means "every live client, up to this many"
 
 _MASK64 = (1 << 64) - 1
 
@@ -73,9 +76,11 @@ def seeded_prefix(
     return tuple(order[:n])
 
 
-def elect_witnesses(clients: Sequence[str], seed: int, n: int) -> tuple[str, ...]:
+def elect_witnesses(
+    clients: Sequence[str], seed: int, n: int, *, presorted: bool = False
+) -> tuple[str, ...]:
     """Deterministic seeded shuffle of the sorted ids, first ``n`` (in draw order)."""
-    return seeded_prefix(clients, seed, n, "witness")
+    return seeded_prefix(clients, seed, n, "witness", presorted=presorted)
 
 
 def sum_votes(votes: Iterable[Sequence[tuple[str, int]]]) -> defaultdict[str, int]:
@@ -103,6 +108,42 @@ def top_candidates(
         return seeded_prefix(allowed, seed, k, "train")
     ranked.sort()  # (-weight, id): heaviest first, ties by id; faster than a heap here
     return tuple(c for _, c in ranked[:k])
+
+
+class VoteTally:
+    """The votes for the next round and their running sum, so a round start only ranks.
+
+    Same result as :func:`tally_votes` over the votes still counted, without re-summing every
+    vote at each round start.
+    """
+
+    __slots__ = ("_votes", "_totals", "_named")
+
+    def __init__(self) -> None:
+        self._votes: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._totals: defaultdict[str, int] = defaultdict(int)
+        self._named: defaultdict[str, int] = defaultdict(int)  # how many votes name each
+
+    def __contains__(self, voter: object) -> bool:
+        return voter in self._votes
+
+    def add(self, voter: str, candidates: tuple[tuple[str, int], ...]) -> None:
+        self._votes[voter] = candidates
+        for candidate, weight in candidates:
+            self._totals[candidate] += weight
+            self._named[candidate] += 1
+
+    def forget(self, voter: str) -> None:
+        """A departed voter's vote no longer counts (as if it had never been cast)."""
+        for candidate, weight in self._votes.pop(voter, ()):
+            self._totals[candidate] -= weight
+            self._named[candidate] -= 1
+            if not self._named[candidate]:
+                del self._named[candidate], self._totals[candidate]
+
+    def top(self, eligible: Collection[str], k: int, seed: int) -> tuple[str, ...]:
+        """The train set, as :func:`top_candidates` ranks it."""
+        return top_candidates(self._totals, eligible, k, seed)
 
 
 def tally_votes(

@@ -24,8 +24,8 @@ from hypothesis.stateful import (
 
 from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
-from console.events import EpochStarted, Outcome, RoundStarted, StateChanged
-from console.selection import elect_witnesses, quorum, round_seed, tally_votes
+from console.coordinator.committee import elect_witnesses, quorum, round_seed, tally_votes
+from console.coordinator.events import EpochStarted, Outcome, RoundStarted, StateChanged
 from transport.state import (
     CheckpointRef,
     ClientStatus,

@@ -1,0 +1,118 @@
+"""A run's saved progress: what ``Coordinator.to_state`` writes and ``restore`` reads back.
+
+Plain JSON-able data, enough for a new console process to resume the run: counters, the
+checkpoint, the rounds (in the broadcast's form, :func:`round_to_dict`) and the kicked ids.
+Parsing validates everything and names what is wrong; no file I/O here (the server and
+``console/history.py`` store it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from console.coordinator.records import Round, is_int
+from transport.state import CheckpointRef, ResultRef, RoundOutcome, RoundView
+
+STATE_VERSION = 1
+
+
+@dataclass
+class Progress:
+    """A run's saved progress (rounds still open when it was saved are marked abandoned)."""
+
+    epoch: int
+    round: int
+    accepted_rounds: int
+    checkpoint: CheckpointRef | None
+    rounds: list[Round]
+    kicked: list[str]
+
+    @property
+    def last_accepted(self) -> Round | None:
+        return next((r for r in reversed(self.rounds) if r.outcome is RoundOutcome.ACCEPTED), None)
+
+    def to_state(self, run_id: str, seed: int) -> dict[str, Any]:
+        """The JSON-able form :func:`load_progress` reads back."""
+        return {
+            "version": STATE_VERSION,
+            "run_id": run_id,
+            "seed": seed,
+            "epoch": self.epoch,
+            "round": self.round,
+            "accepted_rounds": self.accepted_rounds,
+            "checkpoint": None if self.checkpoint is None else asdict(self.checkpoint),
+            "rounds": [r.as_dict() for r in self.rounds],
+            "kicked": self.kicked,
+        }
+
+
+def load_progress(raw: dict[str, Any], *, run_id: str, seed: int) -> Progress:
+    """Parse a saved state of run ``run_id``; ValueError names what is wrong."""
+    if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+        raise ValueError(f"saved state must be a dict with version {STATE_VERSION}")
+    if raw.get("run_id") != run_id:
+        raise ValueError(f"saved state is for run {raw.get('run_id')!r}, not {run_id!r}")
+    if raw.get("seed") != seed:
+        raise ValueError(f"saved state has seed {raw.get('seed')!r}, not {seed}")
+    for key in ("epoch", "round", "accepted_rounds"):
+        if not is_int(raw.get(key)) or raw[key] < 0:
+            raise ValueError(f"saved state: {key} must be an integer >= 0")
+    rounds = [Round(round_from_dict(x)) for x in raw.get("rounds", [])]
+    numbers = [r.round for r in rounds]
+    if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+        raise ValueError("saved state: round numbers must increase")
+    for r in rounds:
+        if r.outcome is RoundOutcome.OPEN:  # the console stopped mid-round
+            r.outcome = RoundOutcome.ABANDONED
+    cp = raw.get("checkpoint")
+    if cp is not None:
+        if not (is_int(cp.get("epoch")) and is_int(cp.get("round"))):
+            raise ValueError("saved state: checkpoint needs an integer epoch and round")
+        cp = CheckpointRef(epoch=cp["epoch"], round=cp["round"], hash=str(cp["hash"]))
+    return Progress(
+        epoch=raw["epoch"],
+        round=max([raw["round"], *numbers]),
+        accepted_rounds=raw["accepted_rounds"],
+        checkpoint=cp,
+        rounds=rounds,
+        kicked=[str(cid) for cid in raw.get("kicked", [])],
+    )
+
+
+def round_from_dict(raw: Any) -> RoundView:
+    """Parse one round of a saved state (``to_state``); ValueError names what is wrong."""
+    try:
+        return _parse_round(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"saved round is malformed: {exc!r}") from exc
+
+
+def _parse_round(raw: dict[str, Any]) -> RoundView:
+    def ref(x: dict[str, Any]) -> ResultRef:
+        if not isinstance(x["hash"], str) or not is_int(x["samples"]):
+            raise ValueError(f"bad result {x!r}")
+        return ResultRef(hash=x["hash"], samples=x["samples"])
+
+    for key in ("round", "epoch", "seed", "quorum"):
+        if not is_int(raw[key]):
+            raise ValueError(f"{key} must be an integer, not {raw[key]!r}")
+    ended = raw.get("ended")
+    return RoundView(
+        round=raw["round"],
+        epoch=raw["epoch"],
+        seed=raw["seed"],
+        train_set=tuple(str(x) for x in raw["train_set"]),
+        witnesses=tuple(str(x) for x in raw["witnesses"]),
+        quorum=raw["quorum"],
+        started=float(raw["started"]),
+        ended=None if ended is None else float(ended),
+        outcome=RoundOutcome(raw["outcome"]),
+        commits={str(k): ref(v) for k, v in raw.get("commits", {}).items()},
+        attestations={
+            str(w): {str(t): str(h) for t, h in a.items()}
+            for w, a in raw.get("attestations", {}).items()
+        },
+        accepted={str(k): ref(v) for k, v in raw.get("accepted", {}).items()},
+        aggregates={str(k): str(v) for k, v in raw.get("aggregates", {}).items()},
+    )
