@@ -35,8 +35,8 @@ from typing import Any
 from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
 from console.app.widgets import ClientsTable
-from console.eventlog import LogLine
-from console.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from console.record.eventlog import LogLine
+from console.record.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
 from tests.factories import run_snapshot
 from transport.state import ClientStatus, ClientView, RoundOutcome
 

@@ -156,9 +156,9 @@ def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
 
     from rich.logging import RichHandler
 
-    from console.checkpoint import CheckpointError
     from console.headless import run_headless
-    from console.spawn import DataServerError
+    from console.server.checkpoint import CheckpointError
+    from console.server.spawn import DataServerError
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

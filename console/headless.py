@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from console.config import Config
-from console.metrics_export import metrics_rows, write_metrics_csv
+from console.record.export import metrics_rows, write_metrics_csv
 from console.server import ConsoleServer
-from console.spawn import DataServerProcess, LocalNodes, start_data_server
+from console.server.spawn import DataServerProcess, LocalNodes, start_data_server
 from transport.exit_codes import ExitCode
 from transport.net import connect_address
 from transport.state import RunState

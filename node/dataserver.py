@@ -3,7 +3,7 @@
     python -m node.dataserver --state tcp://HOST:STATE_PORT --bind tcp://HOST:DATA_PORT \\
         --run-id ID --spec-json '{...RunSpec.to_dict()...}'
 
-The console starts it (``console/spawn.py``) when ``[data] serve = true``. It lives in
+The console starts it (``console/server/spawn.py``) when ``[data] serve = true``. It lives in
 ``node/`` because the console imports no torch: it loads the data with :mod:`node.data`,
 follows the console's state broadcast (a plain SUB) to know the epoch and its members, and
 answers each ``data_request{node_id, epoch}`` on its ROUTER with

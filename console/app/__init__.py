@@ -31,7 +31,7 @@ def run_replay(path: Path) -> int:
     from rich.console import Console
 
     from console.app.app import ConsoleApp
-    from console.replay import ReplayBackend, ReplayError, load_recording
+    from console.record.replay import ReplayBackend, ReplayError, load_recording
     from transport.exit_codes import ExitCode
 
     try:

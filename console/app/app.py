@@ -32,7 +32,7 @@ from console.app.widgets import (
     RunHeader,
     WitnessPanel,
 )
-from console.view import ConsoleSnapshot
+from console.record.view import ConsoleSnapshot
 from transport.exit_codes import ExitCode
 from transport.state import RunState
 

@@ -2,7 +2,7 @@
 
 The app never imports zmq. :class:`LiveBackend` wraps the real :class:`ConsoleServer` and the
 spawned local nodes (imported lazily, on start); :class:`StaticBackend` serves one fixed
-snapshot for snapshot tests and the benchmark; ``console.replay.ReplayBackend`` plays a
+snapshot for snapshot tests and the benchmark; ``console.record.replay.ReplayBackend`` plays a
 recorded event log.
 """
 
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from console.config import Config
 from console.coordinator.events import Outcome, Rejection
-from console.view import ConsoleSnapshot
+from console.record.view import ConsoleSnapshot
 from transport.net import connect_address
 
 if TYPE_CHECKING:
     from console.server import ConsoleServer
-    from console.spawn import LocalNodes
+    from console.server.spawn import LocalNodes
 
 
 class ActionResult(Protocol):
@@ -115,7 +115,7 @@ class LiveBackend:
 
     async def start_async(self) -> None:
         from console.server import ConsoleServer
-        from console.spawn import LocalNodes
+        from console.server.spawn import LocalNodes
 
         self.server = ConsoleServer(
             self.config, run_dir=self.run_dir, resume=self.resume_run, clock=self.clock

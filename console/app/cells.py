@@ -11,7 +11,7 @@ import math
 from collections import Counter
 
 from console.app.columns import Column
-from console.view import ClientRow, RoundRow
+from console.record.view import ClientRow, RoundRow
 from transport.state import RoundOutcome, RunSnapshot, RunState
 
 Cell = tuple[str, str]  # (text, Rich style)

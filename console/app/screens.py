@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from console.view import ClientRow
+from console.record.view import ClientRow
 
 KeyHelp = tuple[str, str]  # (keys, what they do)
 

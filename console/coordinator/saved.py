@@ -3,7 +3,7 @@
 Plain JSON-able data, enough for a new console process to resume the run: counters, the
 checkpoint, the rounds (in the broadcast's form, :func:`round_to_dict`) and the kicked ids.
 Parsing validates everything and names what is wrong; no file I/O here (the server and
-``console/history.py`` store it).
+``console/server/history.py`` store it).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, EventLogView, RunHeader
 from console.app.widgets.eventlog import MAX_LINES as EVENT_LINES
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
-from console.eventlog import LogLine
-from console.spawn import LocalNode, LocalNodes
+from console.record.eventlog import LogLine
+from console.server.spawn import LocalNode, LocalNodes
 from tests.snapshots.fixtures import mid_round_view
 from transport import messages as m
 from transport.codec import encode

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from console.checkpoint import StoredCheckpoint, load_latest
+from console.server.checkpoint import StoredCheckpoint, load_latest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ WRITER = r"""
 import os, sys
 from pathlib import Path
 import numpy as np
-import console.checkpoint as cp
+import console.server.checkpoint as cp
 from transport.tensors import TensorPayload
 
 directory, die_at, epochs, size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -153,7 +153,7 @@ SAME_EPOCH_WRITER = r"""
 import sys
 from pathlib import Path
 import numpy as np
-import console.checkpoint as cp
+import console.server.checkpoint as cp
 from transport.tensors import TensorPayload
 
 directory = Path(sys.argv[1])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from console.coordinator.events import CheckpointRequested, RoundEnded, StateChanged
-from console.eventlog import EventLog
+from console.record.eventlog import EventLog
 from transport.state import RoundOutcome, RunState
 
 

@@ -6,8 +6,8 @@ import csv
 import math
 from pathlib import Path
 
-from console.metrics_export import COLUMNS, metrics_rows, write_metrics_csv
-from console.records import RunRecords
+from console.record.export import COLUMNS, metrics_rows, write_metrics_csv
+from console.record.records import RunRecords
 from tests.factories import round_view
 from transport.state import ResultRef, RoundOutcome, RoundView
 

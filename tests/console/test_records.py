@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from console.app.cells import client_state
-from console.records import RunRecords
+from console.record.records import RunRecords
 from tests.factories import round_view, run_snapshot
 from transport.state import ClientStatus, ClientView, RoundOutcome, RunSnapshot, RunState
 

@@ -12,7 +12,7 @@ import pytest
 
 from console.app.app import ConsoleApp
 from console.app.widgets import ClientsTable, EventLogView, RunHeader
-from console.replay import (
+from console.record.replay import (
     MAX_GAP,
     ReplayBackend,
     ReplayError,
@@ -20,7 +20,7 @@ from console.replay import (
     view_from_dict,
     view_to_dict,
 )
-from console.view import ConsoleSnapshot
+from console.record.view import ConsoleSnapshot
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from console.checkpoint import CheckpointError, history_name, record_state, write_checkpoint
 from console.config import Config
 from console.coordinator import STATE_VERSION, round_to_dict
-from console.history import HISTORY_CHUNK, HISTORY_LAG
 from console.server import ConsoleServer
+from console.server.checkpoint import CheckpointError, history_name, record_state, write_checkpoint
+from console.server.history import HISTORY_CHUNK, HISTORY_LAG
 from tests.console.test_app_pilot import make_config
 from transport.state import ResultRef, RoundOutcome, RoundView
 from transport.tensors import TensorPayload

@@ -10,9 +10,9 @@ import zmq
 
 from console.cli import main as fl_console
 from console.config import ConfigError, SecurityConfig, load_config
-from console.eventlog import EventLog
 from console.keygen import generate_keys
-from console.security import ConsoleSecurity, Throttle
+from console.record.eventlog import EventLog
+from console.server.security import ConsoleSecurity, Throttle
 from transport.keys import read_key_dir, read_keypair, read_public_key
 
 SECTION = """

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import zmq
 
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
-from console.server import ConsoleServer, Endpoints
+from console.server.server import ConsoleServer, Endpoints
 from tests.factories import REPO
 from transport import messages as m
 from transport.codec import DecodeError, decode, encode

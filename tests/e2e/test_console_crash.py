@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from console.checkpoint import load_latest
+from console.server.checkpoint import load_latest
 from tests.e2e.fault_runs import (
     ControlledRun,
     Incarnation,

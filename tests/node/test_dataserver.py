@@ -19,7 +19,7 @@ import torch
 import zmq
 import zmq.asyncio
 
-from console.spawn import DataServerError, start_data_server
+from console.server.spawn import DataServerError, start_data_server
 from node.data import Dataset, load_dataset, shard
 from node.datafetch import (
     DataFetchError,

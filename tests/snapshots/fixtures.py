@@ -6,8 +6,8 @@ the snapshot itself, so the screen is the same on every run.
 
 from __future__ import annotations
 
-from console.eventlog import LogLine
-from console.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from console.record.eventlog import LogLine
+from console.record.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
 from tests.factories import run_snapshot
 from transport.state import (
     CheckpointRef,

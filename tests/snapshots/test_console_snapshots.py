@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
-from console.replay import RecordedView, Recording, ReplayBackend
-from console.view import ConsoleSnapshot
+from console.record.replay import RecordedView, Recording, ReplayBackend
+from console.record.view import ConsoleSnapshot
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
 WIDE = (120, 40)

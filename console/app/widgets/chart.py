@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
 
-from console.view import RoundRow
+from console.record.view import RoundRow
 
 Series = tuple[tuple[int, float | None, float | None], ...]
 

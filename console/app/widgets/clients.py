@@ -8,7 +8,7 @@ from operator import attrgetter
 
 from console.app.cells import CLIENT_COLUMNS, HEARTBEAT, client_cells, heartbeat_cell
 from console.app.widgets.table import KeyedTable
-from console.view import ClientRow
+from console.record.view import ClientRow
 
 _all_but_heartbeat = attrgetter(*(f.name for f in fields(ClientRow) if f.name != "heartbeat_age"))
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widgets import RichLog
 
-from console.eventlog import LogLine
+from console.record.eventlog import LogLine
 
 MAX_LINES = 500
 _LEVEL_STYLE = {"warning": "yellow", "error": "bold red"}

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from console.app.cells import phase_line
-from console.view import ConsoleSnapshot
+from console.record.view import ConsoleSnapshot
 
 
 class RunHeader(Widget):

@@ -17,7 +17,7 @@ from console.app.cells import (
     short_hash,
 )
 from console.app.widgets.table import KeyedTable
-from console.view import RoundRow
+from console.record.view import RoundRow
 
 
 class RoundsTable(KeyedTable):

@@ -25,7 +25,7 @@ from pathlib import Path
 import zmq
 
 from console.config import SecurityConfig
-from console.eventlog import EventLog
+from console.record.eventlog import EventLog
 from transport.keys import (
     KeyAllowlist,
     read_key_dir,

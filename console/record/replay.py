@@ -24,8 +24,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from console.eventlog import LogLine
-from console.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from console.record.eventlog import LogLine
+from console.record.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
 from transport.state import RoundOutcome, RunSnapshot, SnapshotError
 
 log = logging.getLogger(__name__)

@@ -22,21 +22,21 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from console.checkpoint import (
+from console.config import Config
+from console.coordinator import Coordinator, Outcome
+from console.record.eventlog import EventLog
+from console.record.records import RunRecords
+from console.record.replay import view_to_dict
+from console.record.view import ConsoleSnapshot, RoundRow
+from console.server.checkpoint import (
     CheckpointError,
     StoredCheckpoint,
     load_latest,
     record_state,
     write_checkpoint,
 )
-from console.config import Config
-from console.coordinator import Coordinator, Outcome
-from console.eventlog import EventLog
-from console.history import RoundHistory
-from console.records import RunRecords
-from console.replay import view_to_dict
-from console.security import ConsoleSecurity
-from console.view import ConsoleSnapshot, RoundRow
+from console.server.history import RoundHistory
+from console.server.security import ConsoleSecurity
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.net import announced_from, is_loopback

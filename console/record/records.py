@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from console.view import ClientRow, RoundRow, WitnessRow
+from console.record.view import ClientRow, RoundRow, WitnessRow
 from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot, RunState
 
 

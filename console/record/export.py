@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from console.records import RoundRecord, RunRecords
+from console.record.records import RoundRecord, RunRecords
 from transport.state import RoundView
 
 COLUMNS = (

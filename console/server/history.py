@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from console.checkpoint import CheckpointError, read_round_history, write_round_history
 from console.coordinator import Coordinator, round_to_dict
+from console.server.checkpoint import CheckpointError, read_round_history, write_round_history
 
 HISTORY_CHUNK = 20  # rounds per round-history file
 HISTORY_LAG = 4  # the most recent rounds stay in the state itself

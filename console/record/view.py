@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from console.eventlog import LogLine
+from console.record.eventlog import LogLine
 from transport.state import RoundOutcome, RunSnapshot
 
 
