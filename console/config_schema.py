@@ -20,6 +20,8 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from console.settings import Config
 from transport.keys import is_z85_key
 from transport.spec import (
@@ -51,17 +53,26 @@ class Field:
         return f"{self.section}.{self.name}" if self.section else self.name
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
+def _default(f: Any) -> Any:  # a dataclass field, or a msgspec Struct's (transport.spec)
+    if f.default not in (dataclasses.MISSING, msgspec.NODEFAULT):
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()
+
+
+def _is_section(hint: Any) -> bool:
+    return dataclasses.is_dataclass(hint) or (
+        isinstance(hint, type) and issubclass(hint, msgspec.Struct)
+    )
 
 
 def _fields_of(kind: type, section: str, skip: frozenset[str] = frozenset()) -> dict[str, Field]:
     hints = typing.get_type_hints(kind)
+    fields = (
+        dataclasses.fields(kind) if dataclasses.is_dataclass(kind) else msgspec.structs.fields(kind)
+    )
     return {
         f.name: Field(section, f.name, hints[f.name], _default(f))
-        for f in dataclasses.fields(kind)
+        for f in fields
         if f.name not in skip
     }
 
@@ -70,7 +81,7 @@ def _build_schema() -> tuple[dict[str, type], dict[str, dict[str, Field]]]:
     tables: dict[str, type] = {}
     keys: dict[str, dict[str, Field]] = {TOP: {}}
     for name, top_field in _fields_of(Config, TOP, NOT_IN_FILE).items():
-        if dataclasses.is_dataclass(top_field.hint):
+        if _is_section(top_field.hint):
             tables[name] = top_field.hint
             keys[name] = _fields_of(top_field.hint, name)
         else:

@@ -31,8 +31,10 @@ import bisect
 import math
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from console.events import (
     AggregateReported,
@@ -805,7 +807,7 @@ class Coordinator:
             "epoch": self._epoch + (1 if self._state in _EPOCH_STATES else 0),
             "round": self._round,
             "accepted_rounds": self._accepted_rounds,
-            "checkpoint": None if self._checkpoint is None else asdict(self._checkpoint),
+            "checkpoint": msgspec.to_builtins(self._checkpoint),
             "rounds": [r.as_dict() for r in self._rounds_after(since)],
             "kicked": sorted(
                 cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -366,21 +367,21 @@ class ConsoleServer:
             node_id=msg.node_id,
             state_endpoint=self.endpoints.state,
             seq=self.seq,
-            spec=self._run_spec().to_dict(),
-            snapshot=self._snapshot(now).to_dict(),
+            spec=self._run_spec(),
+            snapshot=self._snapshot(now),
         )
 
     def _run_spec(self) -> RunSpec:
         spec = self.config.run_spec()
         if self.data_server is not None and spec.data_endpoint != self.data_server:
-            spec = dataclasses.replace(spec, data_endpoint=self.data_server)
+            spec = msgspec.structs.replace(spec, data_endpoint=self.data_server)
         return spec
 
     def _snapshot(self, now: float) -> RunSnapshot:
         """The coordinator's snapshot as nodes get it: with the data server's address."""
         snap = self.coordinator.snapshot(now)
         if self.data_server is not None:
-            snap = dataclasses.replace(snap, data_server=self.data_server)
+            snap = msgspec.structs.replace(snap, data_server=self.data_server)
         return snap
 
     def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:
@@ -595,7 +596,7 @@ class ConsoleServer:
             return
         self.seq += 1
         snap = self._snapshot(self.clock())
-        frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap.to_dict()))
+        frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap))
         try:
             self._pub.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # PUB never blocks; this is a closed socket at shutdown

@@ -46,7 +46,7 @@ from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.sockets import SocketFactory, endpoint
 from transport.spec import RunSpec, SpecError
-from transport.state import ClientStatus, RunSnapshot, RunState, SnapshotError
+from transport.state import ClientStatus, RunSnapshot, RunState
 from transport.tensors import TensorPayload
 
 log = logging.getLogger(__name__)
@@ -215,9 +215,9 @@ class DataService:
             try:
                 msg = decode(frames, STATE_LIMITS)
                 if isinstance(msg, m.StateUpdate):
-                    self.server.observe(RunSnapshot.from_dict(msg.snapshot))
+                    self.server.observe(msg.snapshot)
                     self.following.set()
-            except (DecodeError, SnapshotError) as exc:
+            except DecodeError as exc:
                 log.warning("ignored a malformed state broadcast: %s", exc)
 
     async def _serve(self) -> None:

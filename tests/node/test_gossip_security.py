@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 import zmq
@@ -122,7 +123,7 @@ def test_follow_keeps_only_live_clients_keys() -> None:
     sec.follow(snapshot)
     assert sec.peer_keys["b"] == other.keys.public and other.keys.public in sec.peers
 
-    sec.follow(RunSnapshot(**{**snapshot.__dict__, "clients": dropped}))
+    sec.follow(msgspec.structs.replace(snapshot, clients=dropped))
     assert "b" not in sec.peer_keys and other.keys.public not in sec.peers
 
 
