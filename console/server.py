@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -623,8 +622,8 @@ class ConsoleServer:
             view = view_to_dict(dataclasses.replace(current, rounds=tuple(changed)), with_log=False)
             if not full:
                 view["rounds_delta"] = True
-            line = json.dumps({"kind": "view", "t": round(now, 6), "view": view}, default=str)
-            fh.write(line + "\n")
+            line = msgspec.json.encode({"kind": "view", "t": round(now, 6), "view": view})
+            fh.write(line.decode() + "\n")
             fh.flush()
         except (OSError, TypeError, ValueError) as exc:  # a replay record never stops the run
             log.warning("view record not written: %s", exc)

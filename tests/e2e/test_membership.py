@@ -128,7 +128,7 @@ def test_late_joiner_gets_the_current_state_in_its_join_ack(
     seq_after = console.call(lambda s: s.seq)
     assert isinstance(ack, m.JoinAck), ack
     now = console.snapshot()
-    seen = RunSnapshot.from_dict(ack.snapshot)
+    seen = ack.snapshot
     assert seen.state is now.state is RunState.ROUND_TRAIN
     assert (seen.epoch, seen.round) == (now.epoch, now.round) == (0, 1)
     assert status_of(seen, "late-node") is ClientStatus.PENDING  # in its own join reply
