@@ -25,6 +25,9 @@ DTYPE_SIZES: dict[str, int] = {
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
+_set = object.__setattr__
+
+
 class TensorPayload:
     """A named tensor as bytes: ``data`` is exactly ``numel * itemsize`` bytes, C order.
 
@@ -37,8 +40,10 @@ class TensorPayload:
     def __init__(
         self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview
     ) -> None:
-        for attr, value in (("name", name), ("dtype", dtype), ("shape", shape), ("data", data)):
-            object.__setattr__(self, attr, value)
+        _set(self, "name", name)
+        _set(self, "dtype", dtype)
+        _set(self, "shape", shape)
+        _set(self, "data", data)
 
     name: str
     dtype: str
