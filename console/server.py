@@ -40,6 +40,7 @@ from console.settings import Config
 from console.view import ConsoleSnapshot, RoundRow
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.fields import ErrorCode
 from transport.sockets import (
     PeerUnreachable,
     SocketFactory,
@@ -316,20 +317,28 @@ class ConsoleServer:
         ref = msg.TYPE
         node_id = getattr(msg, "node_id", None)
         if node_id is None:
-            return [self._reject(now, sender, ref, "malformed", f"{ref} is not a request")]
+            return [self._reject(now, sender, ref, ErrorCode.MALFORMED, f"{ref} is not a request")]
         if node_id != sender:
             return [
                 self._reject(
-                    now, sender, ref, "malformed", f"node_id {node_id!r} differs from its socket id"
+                    now,
+                    sender,
+                    ref,
+                    ErrorCode.MALFORMED,
+                    f"node_id {node_id!r} differs from its socket id",
                 )
             ]
         if isinstance(msg, m.Join):
             return [self._on_join(msg, now, key=key, address=address)]
         if self.security is not None and (why := self.security.check(sender, key)) is not None:
-            return [self._reject(now, sender, ref, "malformed", why)]
+            return [self._reject(now, sender, ref, ErrorCode.MALFORMED, why)]
         handler = getattr(self, f"_on_{ref}", None)
         if handler is None:
-            return [self._reject(now, sender, ref, "malformed", f"{ref} is not a control request")]
+            return [
+                self._reject(
+                    now, sender, ref, ErrorCode.MALFORMED, f"{ref} is not a control request"
+                )
+            ]
         return [handler(msg, now)]
 
     def _reject(self, now: float, sender: str, ref: str, code: str, reason: str) -> m.Error:
@@ -417,7 +426,7 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 f"warmed up with model {msg.model_hash[:12]}, the checkpoint is {expected.hash[:12]}",
             )
         outcome = self.coordinator.warmed_up(msg.node_id, now, model_hash=msg.model_hash)
@@ -491,20 +500,24 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "unavailable",
+                ErrorCode.UNAVAILABLE,
                 "no checkpoint yet: build the initial model from the run seed",
             )
         try:
             payloads = stored.payloads()
         except CheckpointError as exc:
-            return self._reject(now, msg.node_id, msg.TYPE, "unavailable", str(exc))
+            return self._reject(now, msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, str(exc))
         return m.ModelReply(round=stored.round, hash=stored.hash, tensors=payloads)
 
     def _on_checkpoint_upload(self, msg: m.CheckpointUpload, now: float) -> m.Message:
         snap = self.coordinator.snapshot(now)
         if snap.checkpoint_uploader != msg.node_id:
             return self._reject(
-                now, msg.node_id, msg.TYPE, "wrong_state", "no checkpoint upload was asked of you"
+                now,
+                msg.node_id,
+                msg.TYPE,
+                ErrorCode.WRONG_STATE,
+                "no checkpoint upload was asked of you",
             )
         actual = model_hash(msg.tensors)
         if actual != msg.hash:
@@ -512,7 +525,7 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 "uploaded weights do not match their hash",
             )
         agreed = self.records.agreed_aggregate(msg.round)
@@ -521,7 +534,7 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 f"uploaded model {actual[:12]} differs from the aggregate the nodes agree on "
                 f"({agreed[:12]})",
             )
@@ -536,7 +549,9 @@ class ConsoleServer:
             )
         except (OSError, CheckpointError) as exc:
             self.events.write(now, "checkpoint", f"checkpoint write failed: {exc}", level="error")
-            return self._reject(now, msg.node_id, msg.TYPE, "unavailable", f"write failed: {exc}")
+            return self._reject(
+                now, msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, f"write failed: {exc}"
+            )
         outcome = self.coordinator.checkpoint_saved(ref, now)
         if outcome.rejection is None:
             # The state a --resume restores is the one after the checkpoint counted: the
