@@ -4,9 +4,10 @@
 
 One asyncio process on loopback holds an in-process :class:`~console.server.ConsoleServer`
 (port 0) and ``--subscribers`` real :class:`~node.link.ConsoleLink` objects: each joined the
-run over the control socket and follows the state PUB exactly as an ``fl-node`` does (decode,
-validate, ``RunSnapshot.from_dict``, sequence check, callbacks). The operator pauses and
-resumes the run (each a state change, broadcast at once), alternately, ``--changes`` times.
+run over the control socket and follows the state PUB exactly as an ``fl-node`` does (one
+typed msgspec decode that validates the snapshot, sequence check, callbacks). The operator
+pauses and resumes the run (each a state change, broadcast at once), alternately,
+``--changes`` times.
 A change's latency runs from just before the server's call (``server.pause()``: coordinator,
 event log, snapshot, encode, PUB send) to the moment the last link has accepted a snapshot
 carrying it, on the same clock (``time.perf_counter``). With ``--members 100`` the snapshot
@@ -152,9 +153,7 @@ async def _console_latency(members: int, subscribers: int, changes: int) -> dict
                     latencies.append(max(arrivals.seen.values()) - started)
                     firsts.append(min(arrivals.seen.values()) - started)
             payload = encode(
-                m.StateUpdate(
-                    seq=server.seq, snapshot=server.coordinator.snapshot(server.clock()).to_dict()
-                )
+                m.StateUpdate(seq=server.seq, snapshot=server.coordinator.snapshot(server.clock()))
             )
             size = sum(len(memoryview(f)) for f in payload)
         finally:

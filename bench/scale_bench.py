@@ -18,7 +18,7 @@ endpoint, as ``node/link.py`` does. Every client then heartbeats every ``heartbe
   the slowest SUB, and of the median SUB). Baseline: a bare pyzmq PUB -> the same N SUBs'
   process, a payload of the same size as the server's snapshot frame.
 - **tick cost**: ``coordinator.tick(now)`` (nobody due) and one full ``server._broadcast()``
-  (snapshot, ``to_dict``, encode, PUB send, the throttled view record) at N clients; baseline:
+  (snapshot, encode, PUB send, the throttled view record) at N clients; baseline:
   ``json.dumps`` of the same snapshot dict plus a PUB send. The broadcast is profiled
   (cProfile) and its top functions listed. The tick broadcast's steady load (snapshot bytes x N
   per ``heartbeat_interval``) and the heartbeats' round trip as the client process sees it
@@ -394,7 +394,7 @@ async def simulate(n: int, work: Path) -> dict[str, Any]:
             server._broadcast()
             await asyncio.sleep(0.05)
         snap_frame = encode(
-            m.StateUpdate(seq=0, snapshot=server.coordinator.snapshot(server.clock()).to_dict())
+            m.StateUpdate(seq=0, snapshot=server.coordinator.snapshot(server.clock()))
         )
         size = len(snap_frame[0])
         join_frame = size  # a join_ack carries the snapshot: the same order of size

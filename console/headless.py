@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -48,7 +49,7 @@ def build_summary(
         "wall_time": wall_time,
         "mean_round_time": sum(durations) / len(durations) if durations else None,
         "final_metrics": final,
-        "checkpoint": None if snap.checkpoint is None else vars(snap.checkpoint),
+        "checkpoint": msgspec.to_builtins(snap.checkpoint),
         "rejected_messages": server.rejected_messages,
         "refused_connections": server.security.refused if server.security is not None else 0,
         "rounds": rounds,

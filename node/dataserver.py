@@ -45,9 +45,10 @@ from node.weights import to_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.exit_codes import ExitCode
+from transport.fields import ErrorCode
 from transport.sockets import SocketFactory, endpoint
 from transport.spec import RunSpec, SpecError
-from transport.state import ClientStatus, RunSnapshot, RunState, SnapshotError
+from transport.state import ClientStatus, RunSnapshot, RunState
 from transport.tensors import TensorPayload
 
 log = logging.getLogger(__name__)
@@ -106,26 +107,36 @@ class DataServer:
         except DecodeError as exc:
             return self._refuse(sender, exc.ref, exc.code, exc.reason)
         if not isinstance(msg, m.DataRequest):
-            return self._refuse(sender, msg.TYPE, "malformed", f"{msg.TYPE} is not a data request")
+            return self._refuse(
+                sender, msg.TYPE, ErrorCode.MALFORMED, f"{msg.TYPE} is not a data request"
+            )
         if msg.node_id != sender:
             return self._refuse(
-                sender, msg.TYPE, "malformed", f"node_id {msg.node_id!r} differs from its socket id"
+                sender,
+                msg.TYPE,
+                ErrorCode.MALFORMED,
+                f"node_id {msg.node_id!r} differs from its socket id",
             )
         return self.reply_to(msg)
 
     def reply_to(self, msg: m.DataRequest) -> m.Message:
         snap = self.snapshot
         if snap is None:
-            return self._refuse(msg.node_id, msg.TYPE, "unavailable", "no state received yet")
+            return self._refuse(
+                msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, "no state received yet"
+            )
         if snap.state not in EPOCH_STATES:
             return self._refuse(
-                msg.node_id, msg.TYPE, "unavailable", f"no epoch in progress ({snap.state.value})"
+                msg.node_id,
+                msg.TYPE,
+                ErrorCode.UNAVAILABLE,
+                f"no epoch in progress ({snap.state.value})",
             )
         if msg.epoch != snap.epoch:
             return self._refuse(
                 msg.node_id,
                 msg.TYPE,
-                "wrong_state",
+                ErrorCode.WRONG_STATE,
                 f"not this epoch: asked for epoch {msg.epoch}, the run is in epoch {snap.epoch}",
             )
         members = epoch_members(snap)
@@ -133,7 +144,7 @@ class DataServer:
             return self._refuse(
                 msg.node_id,
                 msg.TYPE,
-                "not_member",
+                ErrorCode.NOT_MEMBER,
                 f"{msg.node_id} is not a member of epoch {snap.epoch}",
             )
         reply = self._reply(msg.node_id, snap.epoch, members)
@@ -169,7 +180,7 @@ class DataServer:
         self.stats.by_code[code] += 1
         # unavailable is expected while an epoch starts (a node may see it before we do)
         log.log(
-            logging.INFO if code == "unavailable" else logging.WARNING,
+            logging.INFO if code == ErrorCode.UNAVAILABLE else logging.WARNING,
             "refused %s from %s (%s): %s [%d refused so far]",
             ref,
             sender,
@@ -215,9 +226,9 @@ class DataService:
             try:
                 msg = decode(frames, STATE_LIMITS)
                 if isinstance(msg, m.StateUpdate):
-                    self.server.observe(RunSnapshot.from_dict(msg.snapshot))
+                    self.server.observe(msg.snapshot)
                     self.following.set()
-            except (DecodeError, SnapshotError) as exc:
+            except DecodeError as exc:
                 log.warning("ignored a malformed state broadcast: %s", exc)
 
     async def _serve(self) -> None:

@@ -35,6 +35,7 @@ from node.security import NodeSecurity
 from node.weights import WeightsError, from_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.fields import ErrorCode
 from transport.retry import Backoff, pause
 from transport.sockets import SocketFactory, peer_key
 from transport.tensors import TensorPayload, model_hash
@@ -176,7 +177,9 @@ class GossipService:
         if isinstance(msg, m.ModelFetch):
             return self._answer_fetch(identity, msg), msg.round
         if not isinstance(msg, m.ModelPush):
-            return self._refuse(msg.TYPE, "malformed", f"{msg.TYPE} is not a gossip message"), None
+            return self._refuse(
+                msg.TYPE, ErrorCode.MALFORMED, f"{msg.TYPE} is not a gossip message"
+            ), None
         return self.take(msg, identity), msg.round
 
     def take(self, msg: m.ModelPush, identity: zmq.Frame | None = None) -> m.Message:
@@ -188,37 +191,37 @@ class GossipService:
         sender's, and that a relay is a live member passing on exactly what was committed.
         """
         if msg.run_id != self.run_id:
-            return self._refuse(msg.TYPE, "wrong_run_id", f"run {msg.run_id!r} is not ours")
+            return self._refuse(msg.TYPE, ErrorCode.WRONG_RUN_ID, f"run {msg.run_id!r} is not ours")
         why = self.expects(msg.round, msg.trainer)
         if why is not None:
-            return self._refuse(msg.TYPE, "wrong_round", why)
+            return self._refuse(msg.TYPE, ErrorCode.WRONG_ROUND, why)
         if model_hash(msg.tensors) != msg.hash:
             return self._refuse(
-                msg.TYPE, "hash_mismatch", "the payload does not match the announced hash"
+                msg.TYPE, ErrorCode.HASH_MISMATCH, "the payload does not match the announced hash"
             )
         committed = self.committed(msg.round, msg.trainer)
         if committed is not None and committed != msg.hash:
             return self._refuse(
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 f"{msg.trainer} committed {committed[:12]} for round {msg.round}, "
                 f"not {msg.hash[:12]}",
             )
         if self.reference is None:
-            return self._refuse(msg.TYPE, "unavailable", "model not built yet")
+            return self._refuse(msg.TYPE, ErrorCode.UNAVAILABLE, "model not built yet")
         try:
             update = self.decode_payloads(msg.tensors)
         except WeightsError as exc:
-            return self._refuse(msg.TYPE, "bad_model", str(exc))
+            return self._refuse(msg.TYPE, ErrorCode.BAD_MODEL, str(exc))
         if identity is not None:
             why = self._not_from_sender(identity, msg.sender)
             if why is not None:
-                return self._refuse(msg.TYPE, "wrong_sender", why)
+                return self._refuse(msg.TYPE, ErrorCode.WRONG_SENDER, why)
         if msg.sender != msg.trainer:
             if not self.is_live(msg.sender):
                 return self._refuse(
                     msg.TYPE,
-                    "wrong_sender",
+                    ErrorCode.WRONG_SENDER,
                     f"{msg.sender} relayed {msg.trainer}'s update but is not a live member",
                 )
             if committed is None:
@@ -226,7 +229,7 @@ class GossipService:
                 # commit is broadcast (a race, not a fault: not counted as a refusal).
                 return m.Error(
                     ref=msg.TYPE,
-                    code="unavailable",
+                    code=ErrorCode.UNAVAILABLE,
                     reason=f"{msg.sender} relayed {msg.trainer}'s update before its commit "
                     "reached us",
                 )
@@ -258,16 +261,18 @@ class GossipService:
     def _answer_fetch(self, identity: zmq.Frame, msg: m.ModelFetch) -> m.Message:
         why = self._not_from_sender(identity, msg.sender)
         if why is not None:
-            return self._refuse(msg.TYPE, "wrong_sender", why)
+            return self._refuse(msg.TYPE, ErrorCode.WRONG_SENDER, why)
         if msg.run_id != self.run_id:
-            return self._refuse(msg.TYPE, "wrong_run_id", f"run {msg.run_id!r} is not ours")
+            return self._refuse(msg.TYPE, ErrorCode.WRONG_RUN_ID, f"run {msg.run_id!r} is not ours")
         if not self.is_live(msg.sender):
-            return self._refuse(msg.TYPE, "not_member", f"{msg.sender} is not a live member")
+            return self._refuse(
+                msg.TYPE, ErrorCode.NOT_MEMBER, f"{msg.sender} is not a live member"
+            )
         held = self.inbox.get(msg.round, {}).get(msg.trainer)
         if held is None or not held.payloads:
             return m.Error(
                 ref=msg.TYPE,
-                code="unavailable",
+                code=ErrorCode.UNAVAILABLE,
                 reason=f"no update of {msg.trainer} for round {msg.round} here (yet)",
             )
         return self._push_message(msg.round, held, route=())
@@ -477,7 +482,7 @@ class GossipService:
                 self.stats.pushes_sent += 1
                 return "ok"
             if isinstance(reply, m.Error):
-                if reply.code == "unavailable" and loop.time() + PUSH_POLL.cap < deadline:
+                if reply.code == ErrorCode.UNAVAILABLE and loop.time() + PUSH_POLL.cap < deadline:
                     await pause(waits, deadline)  # it has no commit or model yet: try shortly
                     continue
                 log.warning("peer %s refused our push: %s", peer, reply.reason)

@@ -27,7 +27,7 @@ from transport.net import connectable
 from transport.retry import Backoff
 from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory
 from transport.spec import RunSpec
-from transport.state import ClientStatus, RunSnapshot, SnapshotError
+from transport.state import ClientStatus, RunSnapshot
 
 if TYPE_CHECKING:
     from node.gossip import GossipStats
@@ -182,11 +182,7 @@ class ConsoleLink:
             raise ConsoleUnreachable(f"join not accepted yet ({reply.code}): {reply.reason}")
         if not isinstance(reply, m.JoinAck):
             raise ConsoleUnreachable(f"unexpected reply to join: {reply.TYPE}")
-        try:
-            self.spec = RunSpec.from_dict(reply.spec)
-            snapshot = RunSnapshot.from_dict(reply.snapshot)
-        except (ValueError, SnapshotError) as exc:
-            raise JoinRejected(f"console sent an unusable join reply: {exc}") from exc
+        self.spec, snapshot = reply.spec, reply.snapshot
         # A console bound on every interface announces tcp://0.0.0.0:PORT: use its real host.
         state_endpoint = connectable(reply.state_endpoint, self.control_endpoint)
         if self._sub is None or self._sub_endpoint != state_endpoint:
@@ -252,6 +248,8 @@ class ConsoleLink:
         try:
             return decode(frames, REPLY_LIMITS)
         except DecodeError as exc:
+            if exc.ref == "join_ack":  # a spec or snapshot we cannot follow: retrying won't help
+                raise JoinRejected(f"console sent an unusable join reply: {exc.reason}") from exc
             raise ConsoleUnreachable(f"unreadable reply to {msg.TYPE}: {exc.reason}") from exc
 
     async def _wait_reply(
@@ -354,8 +352,8 @@ class ConsoleLink:
                 msg = decode(frames, REPLY_LIMITS)
                 if not isinstance(msg, m.StateUpdate):
                     continue
-                snapshot = RunSnapshot.from_dict(msg.snapshot)
-            except (DecodeError, SnapshotError) as exc:
+                snapshot = msg.snapshot
+            except DecodeError as exc:
                 log.warning("ignored a malformed state broadcast: %s", exc)
                 continue
             if snapshot.run_id != self.run_id:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import logging
 
+import msgspec
 import torch
 
 from node import weights
@@ -171,7 +171,7 @@ class StartLearningStage:
             if ctx.dataset is None:
                 data_spec = spec.data
                 if ctx.data_path is not None:
-                    data_spec = dataclasses.replace(data_spec, source=str(ctx.data_path))
+                    data_spec = msgspec.structs.replace(data_spec, source=str(ctx.data_path))
                 ctx.dataset = await asyncio.to_thread(
                     load_dataset, data_spec, seed=spec.seed, base_dir=None
                 )

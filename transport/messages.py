@@ -1,10 +1,8 @@
-"""Every wire message: one frozen dataclass each, validated when built.
+"""Every wire message, declared once: a frozen msgspec Struct tagged with its wire name.
 
 A message is plain data. Its fields are declared with the kinds of ``transport.fields``
-(``NodeId``, ``Hash``, ``MetricMap``, ...); :class:`Message` checks and normalises every field
-in ``__post_init__`` from that declaration, so a message that exists is well formed, whether a
-node built it or ``transport.codec`` decoded it from the wire. Bad values raise
-:class:`MessageError`.
+(``NodeId``, ``Hash``, ``MetricMap``, ...), whose limits msgspec checks when
+``transport.codec`` decodes a header; a message we build ourselves is not checked again.
 
 ``TYPE`` is the wire name (the header's ``type``); ``docs/ARCHITECTURE.md`` lists which socket
 carries which message.
@@ -12,35 +10,35 @@ carries which message.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from msgspec import Struct
 
 from transport.fields import (
-    ERROR_CODES,
-    VALIDATORS,
     Attestations,
     Candidates,
+    Count,
     ErrorCode,
     Hash,
-    JsonObject,
     MessageError,
     MetricMap,
     NodeId,
     NodeIds,
-    Tensors,
+    Text,
     check_node_id,
-    check_tensor,
 )
+from transport.spec import RunSpec
+from transport.state import RunSnapshot
+from transport.tensors import TensorPayload
 
 PROTOCOL_VERSION = 1
 
 __all__ = [
     "PROTOCOL_VERSION",
-    "ERROR_CODES",
+    "ErrorCode",
     "MESSAGE_TYPES",
     "MessageError",
     "check_node_id",
-    "check_tensor",
     "Message",
     "Join",
     "JoinAck",
@@ -65,254 +63,173 @@ __all__ = [
     "ModelFetch",
 ]
 
-# ----------------------------------------------------------------------------- messages
+Tensors = tuple[TensorPayload, ...]  # metadata in the header, each tensor's bytes in a frame
 
 
-@dataclass(frozen=True)
-class Message:
-    """Base of every wire message: validates and normalises its fields from their kinds."""
+class Message(Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=True):
+    """Base of every wire message. ``v``, the protocol version, is written first on the wire."""
 
     TYPE: ClassVar[str] = ""
-    # Filled by _register: field name -> kind, the fields without a default, the tensor field.
-    KINDS: ClassVar[dict[str, str]] = {}
-    REQUIRED: ClassVar[frozenset[str]] = frozenset()
-    TENSOR_FIELD: ClassVar[str | None] = None
-
-    _CHECKS: ClassVar[tuple[tuple[str, Any, str], ...]] = ()  # (field, validator, label)
-
-    def __post_init__(self) -> None:
-        for name, check, label in self._CHECKS:
-            object.__setattr__(self, name, check(getattr(self, name), label))
+    v: int = PROTOCOL_VERSION
 
 
-MESSAGE_TYPES: dict[str, type[Message]] = {}
-
-
-def _register(cls: type[Message]) -> type[Message]:
-    kinds = {f.name: str(f.type) for f in fields(cls)}
-    unknown = {k for k in kinds.values() if k not in VALIDATORS}
-    assert not unknown, f"{cls.__name__}: no validator for {unknown}"
-    assert cls.TYPE and cls.TYPE not in MESSAGE_TYPES, cls
-    tensor_fields = [name for name, kind in kinds.items() if kind == "Tensors"]
-    assert len(tensor_fields) <= 1, cls
-    cls.KINDS = kinds
-    cls.REQUIRED = frozenset(
-        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-    )
-    cls.TENSOR_FIELD = tensor_fields[0] if tensor_fields else None
-    cls._CHECKS = tuple((n, VALIDATORS[k], f"{cls.TYPE}.{n}") for n, k in kinds.items())
-    MESSAGE_TYPES[cls.TYPE] = cls
-    return cls
-
-
-@_register
-@dataclass(frozen=True)
-class Join(Message):
-    TYPE: ClassVar[str] = "join"
-    run_id: str
+class Join(Message, tag="join"):
+    run_id: Text
     node_id: NodeId
-    gossip_endpoint: str
-    pid: int = 0
-    host: str = ""
+    gossip_endpoint: Text
+    pid: Count = 0
+    host: Text = ""
 
 
-@_register
-@dataclass(frozen=True)
-class JoinAck(Message):
-    TYPE: ClassVar[str] = "join_ack"
+class JoinAck(Message, tag="join_ack"):
     node_id: NodeId
-    state_endpoint: str
-    seq: int
-    spec: JsonObject  # RunSpec.to_dict(); the node calls RunSpec.from_dict
-    snapshot: JsonObject  # RunSnapshot.to_dict(); the node calls RunSnapshot.from_dict
+    state_endpoint: Text
+    seq: Count
+    spec: RunSpec
+    snapshot: RunSnapshot
 
 
-@_register
-@dataclass(frozen=True)
-class Heartbeat(Message):
-    TYPE: ClassVar[str] = "heartbeat"
+class Heartbeat(Message, tag="heartbeat"):
     node_id: NodeId
-    stage: str = ""  # the node's current workflow stage, shown in the console
-    round: int = 0
-    gossip_refused: int = 0  # model pushes its gossip ROUTER refused so far
-    gossip_refusal: str = ""  # the latest of them, "code: reason"
+    stage: Text = ""  # the node's current workflow stage, shown in the console
+    round: Count = 0
+    gossip_refused: Count = 0  # model pushes its gossip ROUTER refused so far
+    gossip_refusal: Text = ""  # the latest of them, "code: reason"
 
 
-@_register
-@dataclass(frozen=True)
-class Leave(Message):
-    TYPE: ClassVar[str] = "leave"
+class Leave(Message, tag="leave"):
     node_id: NodeId
-    reason: str = ""
+    reason: Text = ""
 
 
-@_register
-@dataclass(frozen=True)
-class WarmedUp(Message):
-    TYPE: ClassVar[str] = "warmed_up"
+class WarmedUp(Message, tag="warmed_up"):
     node_id: NodeId
-    epoch: int
+    epoch: Count
     model_hash: Hash
 
 
-@_register
-@dataclass(frozen=True)
-class Vote(Message):
-    TYPE: ClassVar[str] = "vote"
+class Vote(Message, tag="vote"):
     node_id: NodeId
-    round: int
+    round: Count
     candidates: Candidates
 
 
-@_register
-@dataclass(frozen=True)
-class Commit(Message):
-    TYPE: ClassVar[str] = "commit"
+class Commit(Message, tag="commit"):
     node_id: NodeId
-    round: int
+    round: Count
     hash: Hash
-    samples: int
+    samples: Count
     metrics: MetricMap
 
 
-@_register
-@dataclass(frozen=True)
-class Witness(Message):
-    TYPE: ClassVar[str] = "witness"
+class Witness(Message, tag="witness"):
     node_id: NodeId
-    round: int
+    round: Count
     attestations: Attestations  # trainer -> hash of the model received from it
 
 
-@_register
-@dataclass(frozen=True)
-class Aggregate(Message):
-    TYPE: ClassVar[str] = "aggregate"
+class Aggregate(Message, tag="aggregate"):
     node_id: NodeId
-    round: int
+    round: Count
     hash: Hash
     metrics: MetricMap
 
 
-@_register
-@dataclass(frozen=True)
-class Metrics(Message):
-    TYPE: ClassVar[str] = "metrics"
+class Metrics(Message, tag="metrics"):
     node_id: NodeId
-    round: int
+    round: Count
     metrics: MetricMap  # bytes_sent, bytes_received, train_time, update_norm, ...
 
 
-@_register
-@dataclass(frozen=True)
-class CheckpointUpload(Message):
-    TYPE: ClassVar[str] = "checkpoint_upload"
+class CheckpointUpload(Message, tag="checkpoint_upload"):
     node_id: NodeId
-    epoch: int
-    round: int
+    epoch: Count
+    round: Count
     hash: Hash
     tensors: Tensors
 
 
-@_register
-@dataclass(frozen=True)
-class ModelRequest(Message):
-    TYPE: ClassVar[str] = "model_request"
+class ModelRequest(Message, tag="model_request"):
     node_id: NodeId
-    epoch: int
+    epoch: Count
 
 
-@_register
-@dataclass(frozen=True)
-class ModelReply(Message):
-    TYPE: ClassVar[str] = "model_reply"
-    round: int
+class ModelReply(Message, tag="model_reply"):
+    round: Count
     hash: Hash
     tensors: Tensors
 
 
-@_register
-@dataclass(frozen=True)
-class DataRequest(Message):
-    TYPE: ClassVar[str] = "data_request"
+class DataRequest(Message, tag="data_request"):
     node_id: NodeId
-    epoch: int
+    epoch: Count
 
 
-@_register
-@dataclass(frozen=True)
-class DataReply(Message):
-    TYPE: ClassVar[str] = "data_reply"
-    epoch: int
+class DataReply(Message, tag="data_reply"):
+    epoch: Count
     tensors: Tensors  # x, y: the node's shard; x_test, y_test: the held-out split
-    classes: int = 0  # classes of the whole dataset (a shard may lack some); 0: from the labels
+    classes: Count = 0  # classes of the whole dataset (a shard may lack some); 0: from the labels
 
 
-@_register
-@dataclass(frozen=True)
-class Ack(Message):
-    TYPE: ClassVar[str] = "ack"
-    ref: str  # the TYPE acknowledged
-    seq: int = 0
+class Ack(Message, tag="ack"):
+    ref: Text  # the TYPE acknowledged
+    seq: Count = 0
 
 
-@_register
-@dataclass(frozen=True)
-class Error(Message):
-    TYPE: ClassVar[str] = "error"
-    ref: str  # the TYPE refused ("?" when the header could not be read)
-    code: ErrorCode  # one of ERROR_CODES (any [a-z_] word is accepted, for newer peers)
-    reason: str
+class Error(Message, tag="error"):
+    ref: Text  # the TYPE refused ("?" when the header could not be read)
+    code: ErrorCode
+    reason: Text
 
 
-@_register
-@dataclass(frozen=True)
-class StateUpdate(Message):
-    TYPE: ClassVar[str] = "state"
-    seq: int
-    snapshot: JsonObject  # RunSnapshot.to_dict()
+class StateUpdate(Message, tag="state"):
+    seq: Count
+    snapshot: RunSnapshot
 
 
-@_register
-@dataclass(frozen=True)
-class ModelPush(Message):
+class ModelPush(Message, tag="model_push"):
     """A trainer's encoded update for one round, from the trainer or a relay (``sender``).
 
     ``hash`` is the hash of ``tensors`` as sent (what witnesses attest). ``route`` is the relay
     order the trainer chose (``[learning] gossip_fanout`` > 0): receivers forward to their
-    children in it; empty when the trainer pushes to every peer itself.
+    children in it; empty when the trainer pushes to every peer itself. Its ids are distinct.
     """
 
-    TYPE: ClassVar[str] = "model_push"
-    run_id: str
+    run_id: Text
     sender: NodeId
-    round: int
+    round: Count
     trainer: NodeId
     hash: Hash
-    samples: int
+    samples: Count
     tensors: Tensors
     route: NodeIds = ()
 
+    def __post_init__(self) -> None:
+        if len(set(self.route)) != len(self.route):
+            raise ValueError("route: a node id appears twice")
 
-@_register
-@dataclass(frozen=True)
-class ModelAck(Message):
-    TYPE: ClassVar[str] = "model_ack"
-    round: int
+
+class ModelAck(Message, tag="model_ack"):
+    round: Count
     trainer: NodeId
     hash: Hash
 
 
-@_register
-@dataclass(frozen=True)
-class ModelFetch(Message):
+class ModelFetch(Message, tag="model_fetch"):
     """Ask a peer for a trainer's update it holds (a relay on the way died, or it is late).
 
     Answered with a ``model_push`` from the holder, or an ``error`` (``unavailable``).
     """
 
-    TYPE: ClassVar[str] = "model_fetch"
-    run_id: str
+    run_id: Text
     sender: NodeId
-    round: int
+    round: Count
     trainer: NodeId
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+for _cls in Message.__subclasses__():
+    _cls.TYPE = _cls.__struct_config__.tag  # type: ignore[assignment]
+    MESSAGE_TYPES[_cls.TYPE] = _cls
+# Message types whose header lists tensors, each followed by its frame.
+WITH_TENSORS = frozenset(c for c in MESSAGE_TYPES.values() if "tensors" in c.__struct_fields__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 # dtype name (torch's spelling without "torch.") -> bytes per element
 DTYPE_SIZES: dict[str, int] = {
@@ -26,12 +25,48 @@ DTYPE_SIZES: dict[str, int] = {
 FLOAT_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 
-@dataclass(frozen=True)
+_set = object.__setattr__
+
+
 class TensorPayload:
+    """A named tensor as bytes: ``data`` is exactly ``numel * itemsize`` bytes, C order.
+
+    A plain class, not a dataclass, on purpose: msgspec leaves it to ``transport.codec``, which
+    writes its metadata into the header and passes ``data`` through as its own frame.
+    """
+
+    __slots__ = ("name", "dtype", "shape", "data")
+
+    def __init__(
+        self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "dtype", dtype)
+        _set(self, "shape", shape)
+        _set(self, "data", data)
+
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes | memoryview  # exactly numel * itemsize bytes, C order
+    data: bytes | memoryview
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"TensorPayload is immutable: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorPayload):
+            return NotImplemented
+        return (self.name, self.dtype, self.shape, self.data) == (
+            other.name,
+            other.dtype,
+            other.shape,
+            other.data,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TensorPayload(name={self.name!r}, dtype={self.dtype!r}, shape={self.shape!r})"
 
     @property
     def numel(self) -> int:
@@ -42,7 +77,7 @@ class TensorPayload:
         return self.numel * DTYPE_SIZES[self.dtype]
 
     def meta(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
 
 
 def model_hash(tensors: Iterable[TensorPayload]) -> str:

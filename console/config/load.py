@@ -22,6 +22,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
@@ -82,23 +83,41 @@ class Key:
         return f"{self.section}.{self.name}" if self.section else self.name
 
 
+def _is_section(hint: Any) -> bool:
+    """A table of data.toml: our dataclasses, or transport.spec's Structs nodes receive."""
+    return dataclasses.is_dataclass(hint) or (
+        isinstance(hint, type) and issubclass(hint, msgspec.Struct)
+    )
+
+
 def _keys_of(kind: type, section: str) -> dict[str, Key]:
     hints, spec_rules = typing.get_type_hints(kind), SPEC_RULES.get(kind, {})
+    if dataclasses.is_dataclass(kind):
+        return {
+            f.name: Key(
+                section,
+                f.name,
+                hints[f.name],
+                f.default_factory() if f.default is dataclasses.MISSING else f.default,  # type: ignore[misc]
+                f.metadata.get(RULES, spec_rules.get(f.name, ())),
+            )
+            for f in dataclasses.fields(kind)
+            if f.metadata.get(IN_FILE, True)
+        }
     return {
         f.name: Key(
             section,
             f.name,
             hints[f.name],
-            f.default_factory() if f.default is dataclasses.MISSING else f.default,  # type: ignore[misc]
-            f.metadata.get(RULES, spec_rules.get(f.name, ())),
+            f.default_factory() if f.default is msgspec.NODEFAULT else f.default,
+            spec_rules.get(f.name, ()),
         )
-        for f in dataclasses.fields(kind)
-        if f.metadata.get(IN_FILE, True)
+        for f in msgspec.structs.fields(kind)
     }
 
 
 TABLES: dict[str, type] = {
-    k.name: k.hint for k in _keys_of(Config, TOP).values() if dataclasses.is_dataclass(k.hint)
+    k.name: k.hint for k in _keys_of(Config, TOP).values() if _is_section(k.hint)
 }
 KEYS: dict[str, dict[str, Key]] = {  # section -> key name -> Key
     TOP: {n: k for n, k in _keys_of(Config, TOP).items() if n not in TABLES},

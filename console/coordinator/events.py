@@ -12,19 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from transport.fields import ErrorCode
 from transport.state import RoundOutcome, RunState
 
 REJECTION_CODES = frozenset(
     {
-        "wrong_run_id",
-        "not_member",
-        "not_witness",
-        "wrong_round",
-        "wrong_state",
-        "duplicate",
-        "kicked",
-        "malformed",
-        "unavailable",
+        ErrorCode.WRONG_RUN_ID,
+        ErrorCode.NOT_MEMBER,
+        ErrorCode.NOT_WITNESS,
+        ErrorCode.WRONG_ROUND,
+        ErrorCode.WRONG_STATE,
+        ErrorCode.DUPLICATE,
+        ErrorCode.KICKED,
+        ErrorCode.MALFORMED,
+        ErrorCode.UNAVAILABLE,
     }
 )
 

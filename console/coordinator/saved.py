@@ -8,8 +8,10 @@ Parsing validates everything and names what is wrong; no file I/O here (the serv
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from console.coordinator.records import Round, is_int
 from transport.state import CheckpointRef, ResultRef, RoundOutcome, RoundView
@@ -41,7 +43,7 @@ class Progress:
             "epoch": self.epoch,
             "round": self.round,
             "accepted_rounds": self.accepted_rounds,
-            "checkpoint": None if self.checkpoint is None else asdict(self.checkpoint),
+            "checkpoint": msgspec.to_builtins(self.checkpoint),
             "rounds": [r.as_dict() for r in self.rounds],
             "kicked": self.kicked,
         }

@@ -20,13 +20,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from console.record.eventlog import LogLine
-from console.record.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
-from transport.state import RoundOutcome, RunSnapshot, SnapshotError
+from console.record.view import ConsoleSnapshot, RoundRow
 
 log = logging.getLogger(__name__)
 
@@ -43,154 +44,24 @@ class ReplayError(ValueError):
 
 def view_to_dict(view: ConsoleSnapshot, *, with_log: bool = True) -> dict[str, Any]:
     """A JSON-able dict of ``view``; :func:`view_from_dict` gives back an equal snapshot."""
-    out: dict[str, Any] = {
-        "run": view.run.to_dict(),
-        "address": view.address,
-        "seq": view.seq,
-        "clients": [_row_dict(c, _CLIENT_FIELDS) for c in view.clients],
-        "rounds": [_round_dict(r) for r in view.rounds],
-        "rejected_messages": view.rejected_messages,
-        "checkpoint_dir": view.checkpoint_dir,
-        "notes": dict(view.notes),
-    }
+    out: dict[str, Any] = msgspec.to_builtins(replace(view, log=()))
+    del out["log"]
     if with_log:
         out["log"] = [[line.t, line.kind, line.text, line.level] for line in view.log]
     return out
 
 
 def view_from_dict(raw: Any) -> ConsoleSnapshot:
-    """The snapshot ``raw`` describes; raises :class:`ValueError` when it is not our shape."""
-    try:
-        _need(raw, dict)
-        return ConsoleSnapshot(
-            run=RunSnapshot.from_dict(raw["run"]),
-            address=_need(raw["address"], str),
-            seq=_need(raw["seq"], int),
-            clients=tuple(_client(c) for c in _need(raw["clients"], list)),
-            rounds=tuple(_round(r) for r in _need(raw["rounds"], list)),
-            log=tuple(_line(x) for x in _need(raw.get("log", []), list)),
-            rejected_messages=_need(raw.get("rejected_messages", 0), int),
-            checkpoint_dir=_need(raw.get("checkpoint_dir", ""), str),
-            notes={str(k): str(v) for k, v in _need(raw.get("notes", {}), dict).items()},
-        )
-    except SnapshotError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"malformed view: {exc!r}") from exc
+    """The snapshot ``raw`` describes; raises :class:`ValueError` when it is not our shape.
 
-
-_CLIENT_FIELDS = tuple(f.name for f in fields(ClientRow))
-_ROUND_FIELDS = tuple(f.name for f in fields(RoundRow) if f.name != "witness_rows")
-_NUMBER = (int, float)
-_CLIENT_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (str,),
-    "address": (str,),
-    "status": (str,),
-    "stage": (str,),
-    "role": (str,),
-    "heartbeat_age": (*_NUMBER, type(None)),
-    "rounds_trained": (int,),
-    "last_loss": (*_NUMBER, type(None)),
-    "last_accuracy": (*_NUMBER, type(None)),
-    "update_norm": (*_NUMBER, type(None)),
-    "bytes_in": (int,),
-    "bytes_out": (int,),
-    "rejected": (int,),
-    "drop_reason": (str,),
-    "gossip_refused": (int,),
-    "round_bytes_up": (int, type(None)),
-    "round_bytes_down": (int, type(None)),
-    "compression_ratio": (*_NUMBER, type(None)),
-}
-
-
-def _row_dict(row: object, names: Iterable[str]) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in names}
-
-
-def _round_dict(row: RoundRow) -> dict[str, Any]:
-    out = _row_dict(row, _ROUND_FIELDS)
-    out["outcome"] = row.outcome.value
-    out["witness_rows"] = [
-        {"witness": w.witness, "reported": w.reported, "attested": w.attested, "agrees": w.agrees}
-        for w in row.witness_rows
-    ]
-    return out
-
-
-def _need(value: Any, kind: type | tuple[type, ...]) -> Any:
-    if isinstance(value, bool) and kind is int:
-        raise TypeError(f"expected an integer, got {value!r}")
-    if not isinstance(value, kind):
-        raise TypeError(f"expected {kind}, got {type(value).__name__}")
-    return value
-
-
-def _client(raw: Any) -> ClientRow:
-    _need(raw, dict)
-    values = {}
-    for name, kinds in _CLIENT_TYPES.items():
-        if name not in raw:
-            continue  # a field added later has a default
-        value = raw[name]
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise TypeError(f"client {name}: unexpected {value!r}")
-        values[name] = float(value) if isinstance(value, int) and float in kinds else value
-    return ClientRow(**values)
-
-
-def _strs(raw: Any) -> tuple[str, ...]:
-    return tuple(_need(x, str) for x in _need(raw, list))
-
-
-def _opt_float(raw: Any) -> float | None:
-    return None if raw is None else float(_need(raw, _NUMBER))
-
-
-def _opt_int(raw: Any) -> int | None:
-    return None if raw is None else _need(raw, int)
-
-
-def _round(raw: Any) -> RoundRow:
-    _need(raw, dict)
-    return RoundRow(
-        round=_need(raw["round"], int),
-        epoch=_need(raw["epoch"], int),
-        train_set=_strs(raw["train_set"]),
-        witnesses_elected=_need(raw["witnesses_elected"], int),
-        witnesses_reported=_need(raw["witnesses_reported"], int),
-        quorum=_need(raw["quorum"], int),
-        accepted=_strs(raw["accepted"]),
-        rejected=_strs(raw["rejected"]),
-        outcome=RoundOutcome(raw["outcome"]),
-        duration=_opt_float(raw.get("duration")),
-        loss=_opt_float(raw.get("loss")),
-        accuracy=_opt_float(raw.get("accuracy")),
-        aggregate_hashes=_need(raw.get("aggregate_hashes", 0), int),
-        witness_rows=tuple(_witness(w) for w in _need(raw.get("witness_rows", []), list)),
-        commits={
-            _need(k, str): _need(v, str) for k, v in _need(raw.get("commits", {}), dict).items()
-        },
-        busiest_uplink=_opt_int(raw.get("busiest_uplink")),
-        busiest_node=_need(raw.get("busiest_node", ""), str),
-        gossip_bytes=_opt_int(raw.get("gossip_bytes")),
-    )
-
-
-def _witness(raw: Any) -> WitnessRow:
-    _need(raw, dict)
-    attested = _need(raw["attested"], dict)
-    return WitnessRow(
-        witness=_need(raw["witness"], str),
-        reported=_need(raw["reported"], bool),
-        attested={_need(k, str): _need(v, str) for k, v in attested.items()},
-        agrees=_need(raw["agrees"], bool),
-    )
-
-
-def _line(raw: Any) -> LogLine:
-    t, kind, text, level = _need(raw, list)
-    return LogLine(float(_need(t, _NUMBER)), _need(kind, str), _need(text, str), _need(level, str))
+    The view's declaration (``console/view.py``, ``transport/state.py``) is the schema: msgspec
+    checks every field; a field added later takes its default in an older recording.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"malformed view: expected an object, got {type(raw).__name__}")
+    view = msgspec.convert({**raw, "log": ()}, ConsoleSnapshot)
+    lines = msgspec.convert(raw.get("log", []), list[tuple[float, str, str, str]])
+    return replace(view, log=tuple(LogLine(*line) for line in lines)) if lines else view
 
 
 # ---------------------------------------------------------------------- a recording
@@ -224,13 +95,13 @@ def parse_recording(lines: Iterable[str]) -> Recording:
                 raise ValueError("not an object")
             if record.get("kind") == "view" and "view" in record:
                 view = view_from_dict(record["view"])
-                t = float(_need(record.get("t", view.run.now), _NUMBER))
+                t = msgspec.convert(record.get("t", view.run.now), float)
                 delta = record["view"].get("rounds_delta") is True and bool(views)
                 views.append(RecordedView(t, view, len(log_lines), delta))
             elif isinstance(record.get("text"), str):
                 log_lines.append(
                     LogLine(
-                        float(_need(record.get("t", 0.0), _NUMBER)),
+                        msgspec.convert(record.get("t", 0.0), float),
                         str(record.get("kind", "")),
                         record["text"],
                         str(record.get("level", "info")),

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -39,6 +39,7 @@ from console.server.history import RoundHistory
 from console.server.security import ConsoleSecurity
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.fields import ErrorCode
 from transport.net import announced_from, is_loopback
 from transport.sockets import (
     PeerUnreachable,
@@ -315,20 +316,28 @@ class ConsoleServer:
         ref = msg.TYPE
         node_id = getattr(msg, "node_id", None)
         if node_id is None:
-            return [self._reject(now, sender, ref, "malformed", f"{ref} is not a request")]
+            return [self._reject(now, sender, ref, ErrorCode.MALFORMED, f"{ref} is not a request")]
         if node_id != sender:
             return [
                 self._reject(
-                    now, sender, ref, "malformed", f"node_id {node_id!r} differs from its socket id"
+                    now,
+                    sender,
+                    ref,
+                    ErrorCode.MALFORMED,
+                    f"node_id {node_id!r} differs from its socket id",
                 )
             ]
         if isinstance(msg, m.Join):
             return [self._on_join(msg, now, key=key, address=address)]
         if self.security is not None and (why := self.security.check(sender, key)) is not None:
-            return [self._reject(now, sender, ref, "malformed", why)]
+            return [self._reject(now, sender, ref, ErrorCode.MALFORMED, why)]
         handler = getattr(self, f"_on_{ref}", None)
         if handler is None:
-            return [self._reject(now, sender, ref, "malformed", f"{ref} is not a control request")]
+            return [
+                self._reject(
+                    now, sender, ref, ErrorCode.MALFORMED, f"{ref} is not a control request"
+                )
+            ]
         return [handler(msg, now)]
 
     def _reject(self, now: float, sender: str, ref: str, code: str, reason: str) -> m.Error:
@@ -365,21 +374,21 @@ class ConsoleServer:
             node_id=msg.node_id,
             state_endpoint=self.endpoints.state,
             seq=self.seq,
-            spec=self._run_spec().to_dict(),
-            snapshot=self._snapshot(now).to_dict(),
+            spec=self._run_spec(),
+            snapshot=self._snapshot(now),
         )
 
     def _run_spec(self) -> RunSpec:
         spec = self.config.run_spec()
         if self.data_server is not None and spec.data_endpoint != self.data_server:
-            spec = dataclasses.replace(spec, data_endpoint=self.data_server)
+            spec = msgspec.structs.replace(spec, data_endpoint=self.data_server)
         return spec
 
     def _snapshot(self, now: float) -> RunSnapshot:
         """The coordinator's snapshot as nodes get it: with the data server's address."""
         snap = self.coordinator.snapshot(now)
         if self.data_server is not None:
-            snap = dataclasses.replace(snap, data_server=self.data_server)
+            snap = msgspec.structs.replace(snap, data_server=self.data_server)
         return snap
 
     def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:
@@ -416,7 +425,7 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 f"warmed up with model {msg.model_hash[:12]}, the checkpoint is {expected.hash[:12]}",
             )
         outcome = self.coordinator.warmed_up(msg.node_id, now, model_hash=msg.model_hash)
@@ -490,20 +499,24 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "unavailable",
+                ErrorCode.UNAVAILABLE,
                 "no checkpoint yet: build the initial model from the run seed",
             )
         try:
             payloads = stored.payloads()
         except CheckpointError as exc:
-            return self._reject(now, msg.node_id, msg.TYPE, "unavailable", str(exc))
+            return self._reject(now, msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, str(exc))
         return m.ModelReply(round=stored.round, hash=stored.hash, tensors=payloads)
 
     def _on_checkpoint_upload(self, msg: m.CheckpointUpload, now: float) -> m.Message:
         snap = self.coordinator.snapshot(now)
         if snap.checkpoint_uploader != msg.node_id:
             return self._reject(
-                now, msg.node_id, msg.TYPE, "wrong_state", "no checkpoint upload was asked of you"
+                now,
+                msg.node_id,
+                msg.TYPE,
+                ErrorCode.WRONG_STATE,
+                "no checkpoint upload was asked of you",
             )
         actual = model_hash(msg.tensors)
         if actual != msg.hash:
@@ -511,7 +524,7 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 "uploaded weights do not match their hash",
             )
         agreed = self.records.agreed_aggregate(msg.round)
@@ -520,7 +533,7 @@ class ConsoleServer:
                 now,
                 msg.node_id,
                 msg.TYPE,
-                "hash_mismatch",
+                ErrorCode.HASH_MISMATCH,
                 f"uploaded model {actual[:12]} differs from the aggregate the nodes agree on "
                 f"({agreed[:12]})",
             )
@@ -535,7 +548,9 @@ class ConsoleServer:
             )
         except (OSError, CheckpointError) as exc:
             self.events.write(now, "checkpoint", f"checkpoint write failed: {exc}", level="error")
-            return self._reject(now, msg.node_id, msg.TYPE, "unavailable", f"write failed: {exc}")
+            return self._reject(
+                now, msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, f"write failed: {exc}"
+            )
         outcome = self.coordinator.checkpoint_saved(ref, now)
         if outcome.rejection is None:
             # The state a --resume restores is the one after the checkpoint counted: the
@@ -594,7 +609,7 @@ class ConsoleServer:
             return
         self.seq += 1
         snap = self._snapshot(self.clock())
-        frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap.to_dict()))
+        frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap))
         try:
             self._pub.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:  # PUB never blocks; this is a closed socket at shutdown
@@ -621,8 +636,8 @@ class ConsoleServer:
             view = view_to_dict(dataclasses.replace(current, rounds=tuple(changed)), with_log=False)
             if not full:
                 view["rounds_delta"] = True
-            line = json.dumps({"kind": "view", "t": round(now, 6), "view": view}, default=str)
-            fh.write(line + "\n")
+            line = msgspec.json.encode({"kind": "view", "t": round(now, 6), "view": view})
+            fh.write(line.decode() + "\n")
             fh.flush()
         except (OSError, TypeError, ValueError) as exc:  # a replay record never stops the run
             log.warning("view record not written: %s", exc)

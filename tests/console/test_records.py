@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 from console.app.cells import client_state
 from console.record.records import RunRecords
@@ -52,7 +52,7 @@ def test_bytes_each_way_are_kept_per_client() -> None:
     records.bytes_out("n1", 80)
 
     (row,) = records.client_rows(
-        dataclasses.replace(
+        msgspec.structs.replace(
             _snapshot(RunState.ROUND_TRAIN),
             clients=(ClientView("n1", ClientStatus.ACTIVE),),
         )
@@ -70,7 +70,7 @@ def test_a_round_row_is_rebuilt_only_when_its_round_or_its_record_changes() -> N
     records.aggregated("n1", 3, "ab" * 32, {"accuracy": 0.5})
     second = records.round_row(view)
     assert second is not first and second.accuracy == 0.5
-    decided_again = dataclasses.replace(view, ended=3.0)  # the coordinator's view changed
+    decided_again = msgspec.structs.replace(view, ended=3.0)  # the coordinator's view changed
     assert records.round_row(decided_again).duration == 2.0
 
 
@@ -98,7 +98,7 @@ def _round(n: int, train_set: tuple[str, ...] = ("n1", "n2")):
 
 
 def _active(*ids: str) -> RunSnapshot:
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         _snapshot(RunState.ROUND_TRAIN),
         clients=tuple(ClientView(i, ClientStatus.ACTIVE, last_seen=9.5) for i in ids),
     )

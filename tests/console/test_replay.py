@@ -302,11 +302,8 @@ def test_a_long_run_records_each_round_row_about_once(tmp_path: Path) -> None:
         await server.stop()
 
     asyncio.run(main())
-    records = [
-        json.loads(line)
-        for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()
-        if '"kind": "view"' in line
-    ]
+    lines = (tmp_path / "run" / "events.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r.get("kind") == "view"]
     written = sum(len(r["view"]["rounds"]) for r in records)
     assert len(records) >= 120
     assert written == len(full_rows) + 40  # every row once, however many views

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
 import zmq.asyncio
@@ -24,7 +25,7 @@ def _config(tmp_path: Path, serve: bool) -> Config:
         base,
         run_id="data-address",
         server=ServerConfig(host="127.0.0.1", state_port=0, control_port=0, data_port=7123),
-        data=replace(base.data, serve=serve),
+        data=msgspec.structs.replace(base.data, serve=serve),
         checkpoint=CheckpointConfig(dir=tmp_path / "checkpoints"),
     )
 
@@ -45,7 +46,7 @@ async def _join_and_listen(config: Config, run_dir: Path) -> tuple[RunSpec, RunS
         ack = decode(await asyncio.wait_for(dealer.recv_multipart(), 10))
         state = decode(await asyncio.wait_for(sub.recv_multipart(), 10))  # a tick's broadcast
         assert isinstance(ack, m.JoinAck) and isinstance(state, m.StateUpdate)
-        return RunSpec.from_dict(ack.spec), RunSnapshot.from_dict(state.snapshot)
+        return ack.spec, state.snapshot
     finally:
         await server.stop()
         ctx.destroy(linger=0)

@@ -19,7 +19,6 @@ from console.config import CheckpointConfig, Config, ServerConfig
 from console.server import ConsoleServer
 from transport import messages as m
 from transport.codec import decode, encode
-from transport.state import RunSnapshot
 
 
 def _config(tmp_path: Path) -> Config:
@@ -51,7 +50,7 @@ async def _announced(config: Config, run_dir: Path, gossip: str) -> tuple[str, s
         for _ in range(50):  # bounded: a tick broadcasts every 0.05 s
             state = decode(await asyncio.wait_for(sub.recv_multipart(), 10))
             assert isinstance(state, m.StateUpdate)
-            client = RunSnapshot.from_dict(state.snapshot).client("n1")
+            client = state.snapshot.client("n1")
             if client is not None:
                 return client.gossip_endpoint, server.records.clients["n1"].address
         raise AssertionError("n1 never appeared in the broadcast")

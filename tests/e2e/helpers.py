@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import zmq
 
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
@@ -84,7 +85,7 @@ def make_config(
             host="127.0.0.1", state_port=state_port, control_port=control_port, data_port=0
         ),
         coordinator=replace(base.coordinator, **timings),
-        learning=replace(base.learning, **learn),
+        learning=msgspec.structs.replace(base.learning, **learn),
         local=LocalConfig(spawn=0),
         checkpoint=CheckpointConfig(dir=tmp_path / "checkpoints"),
     )

@@ -25,7 +25,7 @@ from transport.tensors import TensorPayload, model_hash
 
 HASH = "ab" * 32
 DECODE_CODES = frozenset({"malformed", "wrong_version", "too_large", "bad_tensor"})
-ANY_REFUSAL = frozenset(m.ERROR_CODES)
+ANY_REFUSAL = frozenset(m.ErrorCode)
 
 
 @dataclass(frozen=True)

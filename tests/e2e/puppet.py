@@ -99,7 +99,7 @@ class Puppet(threading.Thread):
             m.Join(run_id=self.run_id, node_id=self.name_, gossip_endpoint=gossip_endpoint)
         )
         assert isinstance(reply, m.JoinAck), reply
-        self.snapshot = RunSnapshot.from_dict(reply.snapshot)
+        self.snapshot = reply.snapshot
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         poller.register(self.gossip, zmq.POLLIN)
@@ -118,7 +118,7 @@ class Puppet(threading.Thread):
             while sub.poll(0, zmq.POLLIN):
                 msg = decode(sub.recv_multipart())
                 if isinstance(msg, m.StateUpdate):
-                    self.snapshot = RunSnapshot.from_dict(msg.snapshot)
+                    self.snapshot = msg.snapshot
         if self.gossip in ready:
             while self.gossip.poll(0, zmq.POLLIN):
                 self._ack_push(self.gossip.recv_multipart())

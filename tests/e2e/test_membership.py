@@ -6,7 +6,6 @@ are real ``fl-node`` processes or raw DEALERs speaking the wire protocol by hand
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.e2e.conftest import Consoles, Processes
@@ -37,7 +37,7 @@ RawFactory = Callable[[str, str], RawClient]
 
 def _essence(snap: RunSnapshot) -> RunSnapshot:
     """The snapshot without its timestamp: what a rejected request must not change."""
-    return dataclasses.replace(snap, now=0.0)
+    return msgspec.structs.replace(snap, now=0.0)
 
 
 def _join_raw_members(console: ServerThread, raw: RawFactory, count: int) -> list[RawClient]:
@@ -128,7 +128,7 @@ def test_late_joiner_gets_the_current_state_in_its_join_ack(
     seq_after = console.call(lambda s: s.seq)
     assert isinstance(ack, m.JoinAck), ack
     now = console.snapshot()
-    seen = RunSnapshot.from_dict(ack.snapshot)
+    seen = ack.snapshot
     assert seen.state is now.state is RunState.ROUND_TRAIN
     assert (seen.epoch, seen.round) == (now.epoch, now.round) == (0, 1)
     assert status_of(seen, "late-node") is ClientStatus.PENDING  # in its own join reply

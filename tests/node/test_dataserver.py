@@ -7,13 +7,13 @@ test PUB that plays the console; one test runs the real process the console star
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 import pytest
 import torch
 import zmq
@@ -218,7 +218,7 @@ def test_a_request_in_another_nodes_name_is_malformed(dataset: Dataset) -> None:
 
 
 def test_served_digits_keep_their_image_shape_and_all_classes() -> None:
-    spec = dataclasses.replace(
+    spec = msgspec.structs.replace(
         SPEC, data=DataSpec(source="digits", partition="dirichlet", alpha=0.1, serve=True)
     )
     digits = load_dataset(spec.data, seed=spec.seed, base_dir=None)
@@ -234,9 +234,9 @@ def test_served_digits_keep_their_image_shape_and_all_classes() -> None:
 
 
 def test_the_data_address_comes_from_the_broadcast_and_a_wildcard_takes_the_consoles_host() -> None:
-    announced = dataclasses.replace(snapshot(), data_server="tcp://0.0.0.0:7001")
+    announced = msgspec.structs.replace(snapshot(), data_server="tcp://0.0.0.0:7001")
     assert data_endpoint(SPEC, announced, "tcp://10.1.2.3:5556") == "tcp://10.1.2.3:7001"
-    from_join = dataclasses.replace(SPEC, data_endpoint="tcp://192.168.0.9:7002")
+    from_join = msgspec.structs.replace(SPEC, data_endpoint="tcp://192.168.0.9:7002")
     assert data_endpoint(from_join, snapshot(), "tcp://10.1.2.3:5556") == "tcp://192.168.0.9:7002"
     assert data_endpoint(SPEC, None, "tcp://127.0.0.1:5556") == ""
 

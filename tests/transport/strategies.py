@@ -1,14 +1,17 @@
-"""Hypothesis strategies for every wire message, built from the messages' field kinds."""
+"""Hypothesis strategies for every wire message, built from the messages' declared field types."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import numpy as np
 from hypothesis import strategies as st
 
-from transport.messages import MESSAGE_TYPES, Message
+from transport import fields as f
+from transport.messages import MESSAGE_TYPES, Message, Tensors
+from transport.spec import RunSpec
+from transport.state import ClientStatus, ClientView, ResultRef, RoundView, RunSnapshot, RunState
 from transport.tensors import DTYPE_SIZES, TensorPayload
 
 node_ids = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
@@ -49,23 +52,87 @@ def tensor_tuples(draw: st.DrawFn) -> tuple[TensorPayload, ...]:
     return tuple(draw(tensor_payloads(n)) for n in names)
 
 
-KIND_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
-    "int": counts,
-    "str": texts,
-    "NodeId": node_ids,
-    "Hash": hashes,
-    "MetricMap": metric_maps,
-    "Candidates": st.lists(st.tuples(node_ids, counts), max_size=5).map(tuple),
-    "Attestations": st.dictionaries(node_ids, hashes, max_size=5),
-    "NodeIds": st.lists(node_ids, max_size=5, unique=True).map(tuple),
-    "JsonObject": json_objects,
-    "ErrorCode": st.from_regex(r"[a-z_]{1,64}", fullmatch=True),
-    "Tensors": tensor_tuples(),
-}
+def snapshot() -> RunSnapshot:
+    """One fixed snapshot: a round in progress with one client."""
+    return RunSnapshot(
+        run_id="r",
+        state=RunState.ROUND_TRAIN,
+        now=10.0,
+        phase_started=9.0,
+        deadline=12.5,
+        epoch=1,
+        round=3,
+        epoch_rounds=1,
+        accepted_rounds=2,
+        total_rounds=10,
+        rounds_per_epoch=5,
+        init_min_clients=2,
+        min_clients=2,
+        pending_pause=False,
+        clients=(ClientView(id="a", status=ClientStatus.ACTIVE, gossip_endpoint="tcp://x:1"),),
+        current=RoundView(
+            round=3, epoch=1, seed=7, train_set=("a",), witnesses=("a",), quorum=1, started=9.0
+        ),
+    )
+
+
+snapshots = st.builds(
+    RunSnapshot,
+    run_id=texts,
+    state=st.sampled_from(RunState),
+    now=finite_floats,
+    phase_started=finite_floats,
+    deadline=st.none() | finite_floats,
+    epoch=counts,
+    round=counts,
+    epoch_rounds=counts,
+    accepted_rounds=counts,
+    total_rounds=counts,
+    rounds_per_epoch=counts,
+    init_min_clients=counts,
+    min_clients=counts,
+    pending_pause=st.booleans(),
+    clients=st.lists(
+        st.builds(ClientView, id=node_ids, status=st.sampled_from(ClientStatus)), max_size=3
+    ).map(tuple),
+    current=st.none()
+    | st.builds(
+        RoundView,
+        round=counts,
+        epoch=counts,
+        seed=counts,
+        train_set=st.lists(node_ids, max_size=3).map(tuple),
+        witnesses=st.lists(node_ids, max_size=3).map(tuple),
+        quorum=counts,
+        started=finite_floats,
+        commits=st.dictionaries(node_ids, st.builds(ResultRef, hash=hashes, samples=counts)),
+    ),
+)
+
+# (declared field type, values for it): the kinds of transport.fields, and the nested data.
+TYPE_STRATEGIES: list[tuple[Any, st.SearchStrategy[Any]]] = [
+    (int, counts),
+    (f.Count, counts),
+    (f.Text, texts),
+    (f.NodeId, node_ids),
+    (f.Hash, hashes),
+    (f.MetricMap, metric_maps),
+    (f.Candidates, st.lists(st.tuples(node_ids, counts), max_size=5).map(tuple)),
+    (f.Attestations, st.dictionaries(node_ids, hashes, max_size=5)),
+    (f.NodeIds, st.lists(node_ids, max_size=5, unique=True).map(tuple)),
+    (f.ErrorCode, st.sampled_from(f.ErrorCode)),
+    (Tensors, tensor_tuples()),
+    (RunSpec, st.builds(RunSpec, run_id=texts, seed=st.integers(-(2**63), 2**63 - 1))),
+    (RunSnapshot, snapshots),
+]
+
+
+def _strategy(kind: Any) -> st.SearchStrategy[Any]:
+    return next(s for t, s in TYPE_STRATEGIES if t == kind)
 
 
 def message_of(cls: type[Message]) -> st.SearchStrategy[Message]:
-    kwargs = {f.name: KIND_STRATEGIES[cls.KINDS[f.name]] for f in dataclasses.fields(cls)}
+    kwargs = {x.name: _strategy(x.type) for x in msgspec.structs.fields(cls) if x.name != "v"}
     return st.builds(cls, **kwargs)
 
 

@@ -167,7 +167,6 @@ def test_unknown_missing_extra_and_mistyped_fields_are_malformed() -> None:
         [header(type="heartbeat", node_id="n", round=True)],
         [header(type="heartbeat", node_id="n", round=1.0)],
         [json.dumps({"type": "leave", "node_id": "n"}).encode()],  # no version
-        [b'{"v":1,"type":"leave","node_id":"n","node_id":"m"}'],  # duplicate key
         [b'{"v":1,"type":"metrics","node_id":"n","round":1,"metrics":{"x":NaN}}'],
         [b"[1,2]"],
         [b"\xff\xfe"],

@@ -8,6 +8,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from tests.transport.strategies import snapshot
 from transport import messages as m
 from transport.codec import decode
 from transport.sockets import (
@@ -117,7 +118,7 @@ def test_model_gossip_pair_pushes_and_acks(factory: SocketFactory) -> None:
 def test_pub_sub_delivers_state(factory: SocketFactory) -> None:
     pub = factory.pub(LOCAL)
     sub = factory.sub(endpoint(pub))
-    update = m.StateUpdate(seq=1, snapshot={"state": "Warmup", "now": 1.5})
+    update = m.StateUpdate(seq=1, snapshot=snapshot())
     got = None
     for _ in range(WAIT_MS // 50):  # slow joiner: the first sends may be missed
         send_sync(pub, update)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import FrozenInstanceError, asdict, fields
 
+import msgspec
 import pytest
 
 from console.config import CoordinatorConfig
@@ -1395,8 +1395,8 @@ def test_cached_client_views_equal_views_built_by_the_real_constructor() -> None
     run.start_epoch()
     run.ok(run.c.drop("c1", "gone", run.now))
     for view in run.snap().clients:
-        real = ClientView(**{f.name: getattr(view, f.name) for f in fields(ClientView)})
+        real = ClientView(**msgspec.structs.asdict(view))
         assert type(view) is ClientView
-        assert view == real and asdict(view) == asdict(real) and repr(view) == repr(real)
-        with pytest.raises(FrozenInstanceError):
+        assert view == real and repr(view) == repr(real)
+        with pytest.raises(AttributeError):
             view.status = ClientStatus.KICKED  # type: ignore[misc]
