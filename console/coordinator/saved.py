@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from console.coordinator.records import Round, is_int
-from transport.state import CheckpointRef, ResultRef, RoundOutcome, RoundView
+from transport.state import CheckpointRef, RoundOutcome, RoundView, SnapshotError
 
 STATE_VERSION = 1
 
@@ -85,36 +85,6 @@ def load_progress(raw: dict[str, Any], *, run_id: str, seed: int) -> Progress:
 def round_from_dict(raw: Any) -> RoundView:
     """Parse one round of a saved state (``to_state``); ValueError names what is wrong."""
     try:
-        return _parse_round(raw)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"saved round is malformed: {exc!r}") from exc
-
-
-def _parse_round(raw: dict[str, Any]) -> RoundView:
-    def ref(x: dict[str, Any]) -> ResultRef:
-        if not isinstance(x["hash"], str) or not is_int(x["samples"]):
-            raise ValueError(f"bad result {x!r}")
-        return ResultRef(hash=x["hash"], samples=x["samples"])
-
-    for key in ("round", "epoch", "seed", "quorum"):
-        if not is_int(raw[key]):
-            raise ValueError(f"{key} must be an integer, not {raw[key]!r}")
-    ended = raw.get("ended")
-    return RoundView(
-        round=raw["round"],
-        epoch=raw["epoch"],
-        seed=raw["seed"],
-        train_set=tuple(str(x) for x in raw["train_set"]),
-        witnesses=tuple(str(x) for x in raw["witnesses"]),
-        quorum=raw["quorum"],
-        started=float(raw["started"]),
-        ended=None if ended is None else float(ended),
-        outcome=RoundOutcome(raw["outcome"]),
-        commits={str(k): ref(v) for k, v in raw.get("commits", {}).items()},
-        attestations={
-            str(w): {str(t): str(h) for t, h in a.items()}
-            for w, a in raw.get("attestations", {}).items()
-        },
-        accepted={str(k): ref(v) for k, v in raw.get("accepted", {}).items()},
-        aggregates={str(k): str(v) for k, v in raw.get("aggregates", {}).items()},
-    )
+        return RoundView.from_dict(raw)
+    except SnapshotError as exc:
+        raise ValueError(f"saved round is malformed: {exc}") from exc
