@@ -29,6 +29,7 @@ from node.data import Dataset, Shard
 from node.workflow import NodeContext
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
+from transport.fields import ErrorCode
 from transport.net import connectable
 from transport.retry import Backoff, pause
 from transport.sockets import MODEL_MAX_BYTES, SocketFactory
@@ -42,7 +43,9 @@ ATTEMPTS = 8
 ATTEMPT_TIMEOUT = 10.0  # seconds for one request's reply
 BUDGET = 45.0  # seconds for all attempts together
 FETCH_BACKOFF = Backoff(first=0.1, cap=2.0)
-RETRY_CODES = frozenset({"unavailable", "not_member", "wrong_state", "wrong_round"})
+RETRY_CODES = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.NOT_MEMBER, ErrorCode.WRONG_STATE, ErrorCode.WRONG_ROUND}
+)
 REPLY_LIMITS = Limits(max_frames=8, max_header_bytes=64 << 10, max_total_bytes=2 << 30)
 _NAMES = ("x", "y", "x_test", "y_test")
 

@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
-from transport.fields import MAX_TEXT_LEN
+from transport.fields import MAX_TEXT_LEN, ErrorCode
 from transport.net import connectable
 from transport.retry import Backoff
 from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory
@@ -43,6 +43,10 @@ REPLY_CHECK = 0.25  # seconds between two looks at the console's broadcasts whil
 SILENCE_TICKS = 8
 SILENCE_MIN = 2.0
 JOIN_BACKOFF = Backoff(first=0.1, cap=5.0)  # joining again while the console is unreachable
+# refusals of a join that joining again cannot change
+_FATAL_JOIN_CODES = frozenset(
+    {ErrorCode.WRONG_RUN_ID, ErrorCode.KICKED, ErrorCode.MALFORMED, ErrorCode.WRONG_STATE}
+)
 
 
 class JoinRejected(RuntimeError):
@@ -177,7 +181,7 @@ class ConsoleLink:
         )
         reply = await self._request_raw(join, timeout=min(self.request_timeout, 3.0))
         if isinstance(reply, m.Error):
-            if reply.code in ("wrong_run_id", "kicked", "malformed", "wrong_state"):
+            if reply.code in _FATAL_JOIN_CODES:
                 raise JoinRejected(f"join refused ({reply.code}): {reply.reason}")
             raise ConsoleUnreachable(f"join not accepted yet ({reply.code}): {reply.reason}")
         if not isinstance(reply, m.JoinAck):
@@ -220,7 +224,11 @@ class ConsoleLink:
         """Send one request and return its reply; rejoin if the console forgot us."""
         await asyncio.wait_for(self.connected.wait(), timeout or self.request_timeout)
         reply = await self._request_raw(msg, timeout=timeout, watch_silence=True)
-        if isinstance(reply, m.Error) and reply.code == "not_member" and msg.TYPE == "heartbeat":
+        if (
+            isinstance(reply, m.Error)
+            and reply.code == ErrorCode.NOT_MEMBER
+            and msg.TYPE == "heartbeat"
+        ):
             log.warning("console no longer knows us (%s); joining again", reply.reason)
             await self._rejoin()
         return reply

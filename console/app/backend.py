@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from console.config import Config
 from console.coordinator.events import Outcome, Rejection
 from console.record.view import ConsoleSnapshot
+from transport.fields import ErrorCode
 from transport.net import connect_address
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class StaticBackend:
     def _call(self, *what: str) -> Outcome:
         self.calls.append(what)
         if self.refuse is not None:
-            return Outcome(rejection=Rejection("wrong_state", self.refuse))
+            return Outcome(rejection=Rejection(ErrorCode.WRONG_STATE, self.refuse))
         return Outcome()
 
     def pause(self) -> Outcome:
@@ -167,7 +168,9 @@ class LiveBackend:
         save = getattr(self._server(), "save_checkpoint", None)
         if save is None:
             return Outcome(
-                rejection=Rejection("unavailable", "this server cannot save a checkpoint on demand")
+                rejection=Rejection(
+                    ErrorCode.UNAVAILABLE, "this server cannot save a checkpoint on demand"
+                )
             )
         return save()
 

@@ -34,7 +34,7 @@ REJECTION_CODES = frozenset(
 class Rejection:
     """Why a call was refused. ``code`` is one of the wire's error codes."""
 
-    code: str
+    code: ErrorCode
     reason: str
 
     def __post_init__(self) -> None:

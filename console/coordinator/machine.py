@@ -61,6 +61,7 @@ from console.coordinator.events import (
 from console.coordinator.messages import Messages, reject
 from console.coordinator.records import Round
 from console.coordinator.state import DURATION
+from transport.fields import ErrorCode
 from transport.state import (
     ClientStatus,
     ResultRef,
@@ -88,9 +89,9 @@ class Coordinator(Messages):
     def pause(self, now: float) -> Outcome:
         s = self._state
         if s in (_S.FINISHED, _S.PAUSED):
-            return reject("wrong_state", f"cannot pause in {s}")
+            return reject(ErrorCode.WRONG_STATE, f"cannot pause in {s}")
         if self._pending_pause:
-            return reject("duplicate", "a pause is already pending")
+            return reject(ErrorCode.DUPLICATE, "a pause is already pending")
         ev: list[Event] = []
         if s is _S.WAITING_FOR_MEMBERS:
             self._to_paused(now, ev, "paused by the operator")
@@ -105,7 +106,7 @@ class Coordinator(Messages):
 
     def resume(self, now: float) -> Outcome:
         if self._state is not _S.PAUSED:
-            return reject("wrong_state", f"only a paused run resumes, not {self._state}")
+            return reject(ErrorCode.WRONG_STATE, f"only a paused run resumes, not {self._state}")
         ev: list[Event] = []
         self._change(now, ev, _S.WAITING_FOR_MEMBERS, "resumed by the operator")
         ev.append(Resumed())
@@ -116,10 +117,10 @@ class Coordinator(Messages):
         """The operator's "next": act as if the current phase's deadline were reached now."""
         s = self._state
         if s in (_S.FINISHED, _S.PAUSED):
-            return reject("wrong_state", f"{s} has no phase to end")
+            return reject(ErrorCode.WRONG_STATE, f"{s} has no phase to end")
         missing = self._members_needed() - len(self._pending)
         if s is _S.WAITING_FOR_MEMBERS and missing > 0:
-            return reject("wrong_state", f"waiting for {missing} more members")
+            return reject(ErrorCode.WRONG_STATE, f"waiting for {missing} more members")
         ev: list[Event] = []
         self._tick_state(now, ev, _OPERATOR)
         self._settle(now, ev)

@@ -31,20 +31,21 @@ from console.coordinator.events import (
 )
 from console.coordinator.records import Client, Round, is_id, is_int
 from console.coordinator.state import ROUND_STATES, CoordinatorState
+from transport.fields import ErrorCode
 from transport.state import CheckpointRef, ClientStatus, ResultRef, RoundOutcome
 from transport.state import RunState as S
 
 _LIVE = (ClientStatus.PENDING, ClientStatus.ACTIVE)
 
 
-def reject(code: str, reason: str) -> Outcome:
+def reject(code: ErrorCode, reason: str) -> Outcome:
     return Outcome(rejection=Rejection(code, reason))
 
 
 class Refused(Exception):
     """A message check failed: the call is refused with this code and changes nothing."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: ErrorCode, reason: str) -> None:
         super().__init__(reason)
         self.rejection = Rejection(code, reason)
 
@@ -59,7 +60,7 @@ def message(handler: _Handler) -> _Handler:
     @functools.wraps(handler)
     def call(self: Messages, *args: Any, **kwargs: Any) -> Outcome:
         if self._state is S.FINISHED:
-            return reject("wrong_state", "the run is finished")
+            return reject(ErrorCode.WRONG_STATE, "the run is finished")
         try:
             return handler(self, *args, **kwargs)
         except Refused as refused:
@@ -70,27 +71,32 @@ def message(handler: _Handler) -> _Handler:
 
 def _check_round(round: object) -> None:
     if not is_int(round):
-        raise Refused("malformed", f"round must be an integer, not {round!r}")
+        raise Refused(ErrorCode.MALFORMED, f"round must be an integer, not {round!r}")
 
 
 def parse_candidates(raw: object, limit: int) -> tuple[tuple[str, int], ...]:
     """A vote's candidates as (id, weight >= 0) pairs; Refused says what is wrong."""
     if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
-        raise Refused("malformed", "candidates must be a list of [client_id, weight] pairs")
+        raise Refused(ErrorCode.MALFORMED, "candidates must be a list of [client_id, weight] pairs")
     if len(raw) > limit:
-        raise Refused("malformed", f"{len(raw)} candidates; at most {limit} (the epoch's clients)")
+        raise Refused(
+            ErrorCode.MALFORMED, f"{len(raw)} candidates; at most {limit} (the epoch's clients)"
+        )
     out: list[tuple[str, int]] = []
     seen: set[str] = set()
     for item in raw:
         if not isinstance(item, tuple | list) or len(item) != 2:
-            raise Refused("malformed", f"candidate {item!r} is not a [client_id, weight] pair")
+            raise Refused(
+                ErrorCode.MALFORMED, f"candidate {item!r} is not a [client_id, weight] pair"
+            )
         cid, weight = item
         if not is_id(cid) or not is_int(weight) or weight < 0:
             raise Refused(
-                "malformed", f"candidate {item!r} needs a client id and an integer weight >= 0"
+                ErrorCode.MALFORMED,
+                f"candidate {item!r} needs a client id and an integer weight >= 0",
             )
         if cid in seen:
-            raise Refused("malformed", f"candidate {cid!r} is named twice")
+            raise Refused(ErrorCode.MALFORMED, f"candidate {cid!r} is named twice")
         seen.add(cid)
         out.append((cid, weight))
     return tuple(out)
@@ -117,20 +123,23 @@ class Messages(CoordinatorState):
         broadcast so peers can reach its gossip socket, and a live client's id stays bound to it.
         """
         if not (is_id(client_id) and isinstance(gossip_endpoint, str)):
-            return reject("malformed", "join needs a non-empty client id and a string endpoint")
+            return reject(
+                ErrorCode.MALFORMED, "join needs a non-empty client id and a string endpoint"
+            )
         if not isinstance(public_key, str):
-            return reject("malformed", "join's public key must be a string")
+            return reject(ErrorCode.MALFORMED, "join's public key must be a string")
         if run_id != self._run_id:
             return reject(
-                "wrong_run_id", f"run_id {run_id!r} does not match this run ({self._run_id!r})"
+                ErrorCode.WRONG_RUN_ID,
+                f"run_id {run_id!r} does not match this run ({self._run_id!r})",
             )
         if self._state is S.FINISHED:
-            return reject("wrong_state", "the run is finished")
+            return reject(ErrorCode.WRONG_STATE, "the run is finished")
         c = self._clients.get(client_id)
         if c is not None and c.status is ClientStatus.KICKED:
-            return reject("kicked", f"{client_id} was kicked by the operator")
+            return reject(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
         if c is not None and c.status in _LIVE and c.public_key != public_key:
-            return reject("duplicate", f"{client_id} is in the run with another key")
+            return reject(ErrorCode.DUPLICATE, f"{client_id} is in the run with another key")
         rejoined = c is not None
         if c is None:
             c = Client(client_id, ClientStatus.PENDING, gossip_endpoint, now)
@@ -167,7 +176,7 @@ class Messages(CoordinatorState):
     @message
     def drop(self, client_id: str, reason: str, now: float) -> Outcome:
         if not isinstance(reason, str):
-            raise Refused("malformed", "a drop reason must be a string")
+            raise Refused(ErrorCode.MALFORMED, "a drop reason must be a string")
         self._sender(client_id, member=False)
         event = ClientDropped(client_id, reason)
         return self._remove_and_settle(client_id, ClientStatus.DROPPED, reason, event, now)
@@ -176,9 +185,9 @@ class Messages(CoordinatorState):
     def kick(self, client_id: str, now: float) -> Outcome:
         c = self._clients.get(client_id) if isinstance(client_id, str) else None
         if c is None:
-            raise Refused("not_member", f"unknown client {client_id!r}")
+            raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}")
         if c.status is ClientStatus.KICKED:
-            raise Refused("duplicate", f"{client_id} is already kicked")
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already kicked")
         reason = "kicked by the operator"
         if c.status in _LIVE:
             return self._remove_and_settle(
@@ -196,12 +205,12 @@ class Messages(CoordinatorState):
     @message
     def warmed_up(self, client_id: str, now: float, *, model_hash: str = "") -> Outcome:
         if not isinstance(model_hash, str):
-            raise Refused("malformed", "model_hash must be a string")
+            raise Refused(ErrorCode.MALFORMED, "model_hash must be a string")
         c = self._sender(client_id, member=True)
         if self._state not in (S.WARMUP, *ROUND_STATES):
-            raise Refused("wrong_state", f"warmed_up is not expected in {self._state}")
+            raise Refused(ErrorCode.WRONG_STATE, f"warmed_up is not expected in {self._state}")
         if c.warmed_up:
-            raise Refused("duplicate", f"{client_id} already reported warmed up")
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} already reported warmed up")
         c.warmed_up = True  # after a Warmup timeout a late report is recorded, nothing waits
         self._not_warmed.discard(client_id)
         return self._touch_and_settle(c, ClientWarmedUp(client_id, model_hash), now)
@@ -213,13 +222,13 @@ class Messages(CoordinatorState):
         _check_round(round)
         c = self._sender(client_id, member=True)
         if self._state not in (S.WARMUP, *ROUND_STATES):
-            raise Refused("wrong_state", f"no round to vote for in {self._state}")
+            raise Refused(ErrorCode.WRONG_STATE, f"no round to vote for in {self._state}")
         if round != self._round + 1:
             raise Refused(
-                "wrong_round", f"votes are for round {self._round + 1}, not round {round}"
+                ErrorCode.WRONG_ROUND, f"votes are for round {self._round + 1}, not round {round}"
             )
         if client_id in self._votes:
-            raise Refused("duplicate", f"{client_id} already voted for round {round}")
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} already voted for round {round}")
         self._votes.add(client_id, parse_candidates(candidates, self._epoch_size))
         self._vote_waiting.discard(client_id)
         return self._touch_and_settle(c, VoteCast(round, client_id), now)
@@ -233,13 +242,15 @@ class Messages(CoordinatorState):
             or not is_int(result.samples)
             or result.samples < 0
         ):
-            raise Refused("malformed", "a commit needs a hash and a sample count >= 0")
+            raise Refused(ErrorCode.MALFORMED, "a commit needs a hash and a sample count >= 0")
         c = self._sender(client_id, member=True)
         r = self._open_round(round)
         if client_id not in r.train_set:
-            raise Refused("not_member", f"{client_id} is not in the train set of round {round}")
+            raise Refused(
+                ErrorCode.NOT_MEMBER, f"{client_id} is not in the train set of round {round}"
+            )
         if client_id in r.commits:
-            raise Refused("duplicate", f"{client_id} already committed round {round}")
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} already committed round {round}")
         r.commits[client_id] = result
         r.changed()
         self._commit_waiting.discard(client_id)  # informational: no phase waits for commits
@@ -254,16 +265,20 @@ class Messages(CoordinatorState):
         if not isinstance(attestations, Mapping) or not all(
             is_id(t) and is_id(h) for t, h in attestations.items()
         ):
-            raise Refused("malformed", "attestations must map trainer ids to hash strings")
+            raise Refused(ErrorCode.MALFORMED, "attestations must map trainer ids to hash strings")
         c = self._sender(client_id, member=True)
         r = self._open_round(round)
         if client_id not in r.witnesses:
-            raise Refused("not_witness", f"{client_id} is not a witness of round {round}")
+            raise Refused(ErrorCode.NOT_WITNESS, f"{client_id} is not a witness of round {round}")
         if client_id in r.attestations:
-            raise Refused("duplicate", f"{client_id} already reported as witness of round {round}")
+            raise Refused(
+                ErrorCode.DUPLICATE, f"{client_id} already reported as witness of round {round}"
+            )
         strangers = [t for t in attestations if t not in r.train_set]
         if strangers:
-            raise Refused("malformed", f"{strangers[0]!r} is not in the train set of round {round}")
+            raise Refused(
+                ErrorCode.MALFORMED, f"{strangers[0]!r} is not in the train set of round {round}"
+            )
         r.attestations[client_id] = dict(attestations)
         r.changed()
         self._witness_waiting.discard(client_id)
@@ -272,17 +287,21 @@ class Messages(CoordinatorState):
     @message
     def report_aggregate(self, client_id: str, round: int, model_hash: str, now: float) -> Outcome:
         if not is_int(round) or not is_id(model_hash):
-            raise Refused("malformed", "an aggregate needs an integer round and a hash")
+            raise Refused(ErrorCode.MALFORMED, "an aggregate needs an integer round and a hash")
         c = self._sender(client_id, member=False)
         r = next((x for x in self._rounds[-2:] if x.round == round), None)
         if r is None:
-            raise Refused("wrong_round", f"round {round} is not the current or previous round")
+            raise Refused(
+                ErrorCode.WRONG_ROUND, f"round {round} is not the current or previous round"
+            )
         if r.outcome is not RoundOutcome.ACCEPTED:
-            raise Refused("wrong_round", f"round {round} has no accepted set ({r.outcome})")
+            raise Refused(ErrorCode.WRONG_ROUND, f"round {round} has no accepted set ({r.outcome})")
         if client_id not in r.members:
-            raise Refused("not_member", f"{client_id} did not take part in round {round}")
+            raise Refused(ErrorCode.NOT_MEMBER, f"{client_id} did not take part in round {round}")
         if client_id in r.aggregates:
-            raise Refused("duplicate", f"{client_id} already reported its round {round} model")
+            raise Refused(
+                ErrorCode.DUPLICATE, f"{client_id} already reported its round {round} model"
+            )
         r.aggregates[client_id] = model_hash
         r.changed()
         self._touch(c, now)
@@ -296,14 +315,18 @@ class Messages(CoordinatorState):
             or not is_int(ref.round)
             or not is_id(ref.hash)
         ):
-            raise Refused("malformed", "a checkpoint needs an integer epoch and round and a hash")
+            raise Refused(
+                ErrorCode.MALFORMED, "a checkpoint needs an integer epoch and round and a hash"
+            )
         if self._checkpoint_round is None:
-            raise Refused("wrong_state", f"no checkpoint is expected in {self._state}")
+            raise Refused(ErrorCode.WRONG_STATE, f"no checkpoint is expected in {self._state}")
         if ref.epoch != self._epoch:
-            raise Refused("wrong_state", f"checkpoint of epoch {ref.epoch}; this is {self._epoch}")
+            raise Refused(
+                ErrorCode.WRONG_STATE, f"checkpoint of epoch {ref.epoch}; this is {self._epoch}"
+            )
         if ref.round != self._checkpoint_round:
             raise Refused(
-                "wrong_round",
+                ErrorCode.WRONG_ROUND,
                 f"checkpoint of round {ref.round}; round {self._checkpoint_round} was requested",
             )
         self._checkpoint = ref
@@ -319,29 +342,33 @@ class Messages(CoordinatorState):
         """The live client behind a message; Refused says why it may not send it."""
         c = self._clients.get(client_id) if isinstance(client_id, str) else None
         if c is None:
-            raise Refused("not_member", f"unknown client {client_id!r}; join first")
+            raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}; join first")
         if c.status is ClientStatus.KICKED:
-            raise Refused("kicked", f"{client_id} was kicked by the operator")
+            raise Refused(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
         if c.status is ClientStatus.DROPPED:
-            raise Refused("not_member", f"{client_id} was dropped ({c.drop_reason}); join again")
+            raise Refused(
+                ErrorCode.NOT_MEMBER, f"{client_id} was dropped ({c.drop_reason}); join again"
+            )
         if c.status is ClientStatus.LEFT:
-            raise Refused("not_member", f"{client_id} left the run; join again")
+            raise Refused(ErrorCode.NOT_MEMBER, f"{client_id} left the run; join again")
         if member and c.status is not ClientStatus.ACTIVE:
             if self._state in (S.WAITING_FOR_MEMBERS, S.PAUSED):
-                raise Refused("wrong_state", f"no epoch is in progress ({self._state})")
+                raise Refused(ErrorCode.WRONG_STATE, f"no epoch is in progress ({self._state})")
             raise Refused(
-                "not_member", f"{client_id} is pending: not a member of epoch {self._epoch}"
+                ErrorCode.NOT_MEMBER, f"{client_id} is pending: not a member of epoch {self._epoch}"
             )
         return c
 
     def _open_round(self, round: int) -> Round:
         """The current round, if ``round`` is it and it is still open."""
         if self._state not in ROUND_STATES:
-            raise Refused("wrong_state", f"no round is open in {self._state}")
+            raise Refused(ErrorCode.WRONG_STATE, f"no round is open in {self._state}")
         if round != self._round:
-            raise Refused("wrong_round", f"round {round} is not the current round {self._round}")
+            raise Refused(
+                ErrorCode.WRONG_ROUND, f"round {round} is not the current round {self._round}"
+            )
         if self._rounds[-1].outcome is not RoundOutcome.OPEN:
-            raise Refused("wrong_state", f"round {round} is already decided")
+            raise Refused(ErrorCode.WRONG_STATE, f"round {round} is already decided")
         return self._rounds[-1]
 
     # ------------------------------------------------------------------ clients
