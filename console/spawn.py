@@ -2,9 +2,15 @@
 spawn``) and, with ``[data] serve = true``, the data server (``python -m node.dataserver``; it
 lives in ``node/`` because the console imports no torch, and is run, never imported, here).
 
+Local nodes are forked by one ``python -m node.forkserver`` child (on Linux): it imports torch
+and the node's modules once, then forks a node per request, so four nodes cost one interpreter
+start and one torch import instead of four at once. Each node is still its own process: the
+console signals it by pid, and the fork server reports when it ends (see :class:`ForkedProcess`).
+Elsewhere, or with ``fork_server=False``, each node is a plain ``python -m node.cli`` child.
+
 Children are started with a parent-death signal (Linux ``PR_SET_PDEATHSIG``), so even a
-console killed with SIGKILL leaves no orphan node behind; a clean exit terminates them,
-waits, and kills what does not stop in time.
+console killed with SIGKILL leaves no orphan node behind (the fork server dies with the console
+and its nodes with it); a clean exit terminates them, waits, and kills what does not stop in time.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, Protocol
 
 from transport.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+START_TIMEOUT = 120.0  # the fork server imports torch before its first fork
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -37,10 +46,225 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _child_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+class NodeProcess(Protocol):
+    """What the console needs of a local node's process (``subprocess.Popen`` has it all)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class ForkedProcess:
+    """A node forked by the fork server: a real process the console signals by pid, whose end
+    the fork server reports (it is the server's child, not ours). Popen's methods, same meaning.
+    """
+
+    def __init__(self, server: ForkServer, request_id: int, name: str) -> None:
+        self.server = server
+        self.request_id = request_id
+        self.name = name
+        self._pid: int | None = None
+        self.returncode: int | None = None
+        self._started = threading.Event()
+        self._ended = threading.Event()
+
+    @property
+    def started(self) -> bool:
+        return self._pid is not None
+
+    @property
+    def pid(self) -> int:
+        """The node's pid; waits (bounded) while the fork server is still importing."""
+        if self._pid is None and not self._started.wait(START_TIMEOUT):
+            raise RuntimeError(f"{self.name} was not started within {START_TIMEOUT:.0f}s")
+        if self._pid is None:
+            raise RuntimeError(f"{self.name} was never started (the fork server is gone)")
+        return self._pid
+
+    def _set_started(self, pid: int) -> None:
+        self._pid = pid
+        self._started.set()
+
+    def _set_ended(self, code: int) -> None:
+        self.returncode = code
+        self._started.set()
+        self._ended.set()
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.server.gone and self._pid is not None:
+            # The server's end report will not come: its death signal stopped the node.
+            if not _alive(self._pid):
+                self._set_ended(-signal.SIGTERM)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"{self.name} (forked)", timeout or 0.0)
+            self._ended.wait(0.1 if left is None else min(left, 0.1))
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+class ForkServer:
+    """``python -m node.forkserver`` as a child: asked to fork nodes, tells when they end."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready: dict[str, Any] | None = None
+        self.gone = False
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._pending: dict[int, ForkedProcess] = {}
+        self._by_pid: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}
+        self._stdin: IO[bytes] | None = None
+
+    def start(self) -> ForkServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as err:
+            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "node.forkserver"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=_child_env(),
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            )
+        self._stdin = self.process.stdin
+        threading.Thread(target=self._read, name="forkserver-reader", daemon=True).start()
+        log.info("started the node fork server (pid %d)", self.process.pid)
+        return self
+
+    def fork(self, name: str, argv: Sequence[str], log_path: Path) -> ForkedProcess:
+        with self._lock:
+            self._next_id += 1
+            child = ForkedProcess(self, self._next_id, name)
+            if self.gone or self._stdin is None:
+                child._set_ended(1)
+                return child
+            self._pending[child.request_id] = child
+        request = {"id": child.request_id, "name": name, "argv": list(argv), "log": str(log_path)}
+        try:
+            self._stdin.write((json.dumps(request) + "\n").encode())
+            self._stdin.flush()
+        except (OSError, ValueError):  # the server is gone (its reader marks the rest)
+            with self._lock:
+                self._pending.pop(child.request_id, None)
+            child._set_ended(1)
+        return child
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "ready" in message:
+                self.ready = message["ready"]
+                log.debug("fork server ready: %s", self.ready)
+            elif "started" in message:
+                with self._lock:
+                    child = self._pending.pop(message["started"], None)
+                    pid = int(message["pid"])
+                    if child is None:
+                        continue
+                    self._by_pid[pid] = child
+                    early = self._early_exits.pop(pid, None)
+                child._set_started(pid)
+                log.info("started %s (pid %d)", child.name, pid)
+                if early is not None:
+                    child._set_ended(early)
+            elif "exited" in message:
+                pid, code = int(message["exited"]), int(message["code"])
+                with self._lock:
+                    child = self._by_pid.get(pid)
+                    if child is None:
+                        self._early_exits[pid] = code
+                        continue
+                child._set_ended(code)
+                if code != 0:
+                    log.warning("%s (pid %d) exited with code %d", child.name, pid, code)
+        with self._lock:
+            self.gone = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for child in pending:
+            child._set_ended(1)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the server (it stops its remaining nodes), wait, SIGKILL if need be."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout + 2.0)  # it gives its nodes ``STOP_GRACE`` itself
+        except subprocess.TimeoutExpired:
+            log.warning("the fork server did not stop in time; killing it")
+            process.kill()
+            process.wait(timeout=5)
+        if self._stdin is not None:
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+
+
+def fork_server_available() -> bool:
+    """Linux (fork, a parent-death signal), unless ``FL_FORK_SERVER=0`` asks for one
+    interpreter per node."""
+    if os.environ.get("FL_FORK_SERVER", "1") == "0":
+        return False
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
 @dataclass
 class LocalNode:
     name: str
-    process: subprocess.Popen[bytes]
+    process: NodeProcess
     log_path: Path
 
     @property
@@ -49,7 +273,12 @@ class LocalNode:
 
 
 class LocalNodes:
-    """``node_args(name)``: extra arguments for the node called ``name`` (its CURVE keys)."""
+    """``node_args(name)``: extra arguments for the node called ``name`` (its CURVE keys).
+
+    ``fork_server``: fork nodes from one ``node.forkserver`` child (the default where fork
+    exists) instead of starting an interpreter per node. :meth:`prepare` starts that server
+    early, so it imports torch while the console binds its sockets.
+    """
 
     def __init__(
         self,
@@ -59,13 +288,21 @@ class LocalNodes:
         log_dir: Path,
         prefix: str = "node",
         node_args: Callable[[str], Sequence[str]] | None = None,
+        fork_server: bool | None = None,
     ) -> None:
         self.run_id = run_id
         self.control_endpoint = control_endpoint
         self.log_dir = log_dir
         self.prefix = prefix
         self.node_args = node_args
+        self.use_fork_server = fork_server_available() if fork_server is None else fork_server
+        self.fork_server: ForkServer | None = None
         self.nodes: list[LocalNode] = []
+
+    def prepare(self) -> None:
+        """Start the fork server now (it imports torch and the node's modules, ~1-2 s)."""
+        if self.use_fork_server and self.fork_server is None:
+            self.fork_server = ForkServer(self.log_dir / "forkserver.log").start()
 
     def start(self, count: int, *, extra_args: tuple[str, ...] = ()) -> list[LocalNode]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -75,12 +312,9 @@ class LocalNodes:
             started.append(self.start_one(name, extra_args=extra_args))
         return started
 
-    def start_one(self, name: str, *, extra_args: tuple[str, ...] = ()) -> LocalNode:
-        log_path = self.log_dir / f"{name}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "node.cli",
+    def node_argv(self, name: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+        """The fl-node arguments of the local node ``name``."""
+        return [
             "--connect",
             self.control_endpoint,
             "--run-id",
@@ -90,14 +324,26 @@ class LocalNodes:
             *(self.node_args(name) if self.node_args is not None else ()),
             *extra_args,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+    def start_one(self, name: str, *, extra_args: tuple[str, ...] = ()) -> LocalNode:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        argv = self.node_argv(name, extra_args)
+        if self.use_fork_server:
+            self.prepare()
+            assert self.fork_server is not None
+            forked = self.fork_server.fork(name, argv, log_path)
+            node = LocalNode(name, forked, log_path)
+            self.nodes.append(node)
+            log.info("starting %s from the fork server, log %s", name, log_path)
+            return node
         with open(log_path, "ab") as out:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                cmd,
+                [sys.executable, "-m", "node.cli", *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env=_child_env(),
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         node = LocalNode(name, process, log_path)
@@ -108,19 +354,27 @@ class LocalNodes:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every child, wait up to ``timeout``, SIGKILL the rest, reap all."""
         for node in self.nodes:
-            if node.alive:
+            if node.alive and _has_pid(node.process):
                 node.process.send_signal(signal.SIGTERM)
         for node in self.nodes:
+            if not _has_pid(node.process):
+                continue  # never forked: the fork server's stop ends it if it comes now
             try:
                 node.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %.0fs; killing it", node.name, timeout)
                 node.process.kill()
                 node.process.wait(timeout=5)
+        if self.fork_server is not None:
+            self.fork_server.stop(timeout)
 
     @property
     def pids(self) -> list[int]:
-        return [n.process.pid for n in self.nodes]
+        return [n.process.pid for n in self.nodes if _has_pid(n.process)]
+
+
+def _has_pid(process: NodeProcess) -> bool:
+    return not isinstance(process, ForkedProcess) or process.started
 
 
 class DataServerError(RuntimeError):
@@ -158,14 +412,13 @@ class DataServerProcess:
             "--spec-json",
             json.dumps(self.spec.to_dict()),
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 cmd,
                 stdout=subprocess.PIPE,
                 stderr=out,
                 stdin=subprocess.DEVNULL,
-                env=env,
+                env=_child_env(),
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         log.info("started the data server (pid %d), log %s", self.process.pid, self.log_path)
