@@ -42,6 +42,7 @@ from typing import Any
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 STOP_GRACE = 5.0
+_FORK_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 NODE_TITLE = b"fl-node"  # the children's process name (/proc/PID/comm), so `ps` tells them apart
 
 
@@ -115,11 +116,15 @@ class ForkServer:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
+        # A signal for the new node must not run this server's handlers in it (a SIGTERM would
+        # be swallowed by ``on_term``'s copy): blocked across the fork, unblocked in the child
+        # once its handlers are the defaults again, so it then stops the node as it should.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = self._child(request, parent)
+                code = self._child(request, parent, mask)
             except SystemExit as exc:  # argparse's usage errors, a node's sys.exit
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
                 if isinstance(exc.code, str):
@@ -132,14 +137,16 @@ class ForkServer:
                     sys.stderr.flush()
                 finally:
                     os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[pid] = str(request.get("name", ""))
         self.emit({"started": request.get("id"), "name": request.get("name"), "pid": pid})
 
-    def _child(self, request: dict[str, Any], parent: int) -> int:
+    def _child(self, request: dict[str, Any], parent: int, mask: set[signal.Signals]) -> int:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(self._wake_r)
         os.close(self._wake_w)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

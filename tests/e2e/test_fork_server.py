@@ -36,12 +36,14 @@ def _nodes(tmp_path: Path, *, join_timeout: float = 60.0) -> LocalNodes:
 
 
 def _catches(pid: int, sig: signal.Signals, within: float = 30.0) -> bool:
-    """Wait until ``pid`` has a handler for ``sig`` (its ``SigCgt`` mask in /proc)."""
+    """Wait until the node ``pid`` has its own handler for ``sig`` (its ``SigCgt`` mask in
+    /proc, once it is named fl-node: before, the fork server's handlers are copies)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:") and int(line.split()[1], 16) >> (sig - 1) & 1:
-                return True
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "fl-node":
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("SigCgt:") and int(line.split()[1], 16) >> (sig - 1) & 1:
+                    return True
         time.sleep(0.05)
     return False
 
@@ -67,12 +69,12 @@ def test_forked_nodes_are_real_processes_of_the_fork_server_with_their_own_pids(
         assert len(set(pids)) == 3 and os.getpid() not in pids
         assert set(pids) <= children_of(server.process.pid)
         assert all(is_running(p) for p in pids)
-        assert all(_catches(p, signal.SIGTERM) for p in pids)  # each runs fl-node's main
+        # each node is named fl-node in ps (the server keeps its own) and runs fl-node's main
+        assert all(_catches(p, signal.SIGTERM) for p in pids)
+        assert Path(f"/proc/{server.process.pid}/comm").read_text().strip() != "fl-node"
         assert all(n.alive for n in started)
         assert nodes.pids == pids
         assert server.ready is not None and server.ready["threads"] == 1, server.ready
-        # each node is named fl-node in ps (the server keeps its own name)
-        assert {Path(f"/proc/{p}/comm").read_text().strip() for p in pids} == {"fl-node"}
     finally:
         nodes.stop(timeout=5)
     assert _wait_gone(pids, 5) == []
@@ -158,3 +160,17 @@ def test_stopping_before_the_fork_server_is_ready_forks_nothing_and_hangs_nothin
         assert process.wait(timeout=5) is not None
         if process.started:
             assert not is_running(process.pid)
+
+
+def test_a_sigterm_sent_the_moment_a_node_is_forked_still_stops_it(tmp_path: Path) -> None:
+    """Not swallowed by the fork server's own SIGTERM handler, which the child inherits until it
+    resets its handlers (the signal is blocked across the fork)."""
+    nodes = _nodes(tmp_path)
+    try:
+        started = nodes.start(3)
+        for node in started:
+            node.process.send_signal(signal.SIGTERM)  # as soon as its pid is known
+        for node in started:
+            assert node.process.wait(timeout=15) in (0, -signal.SIGTERM)
+    finally:
+        nodes.stop(timeout=5)
