@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from console.spawn import ForkedProcess, LocalNodes
+from console.forkserver import ForkedProcess
+from console.spawn import LocalNodes
 from tests.e2e.helpers import children_of, free_ports, is_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux only")]
