@@ -19,6 +19,8 @@ finish within the job's limit is killed and listed. Every figure is the median o
 
 Figures:
 
+- **round1 s**: from the command (the console's launch) to round 1's start; **job s**: from the
+  command to the console's exit (the whole job, start-up and shutdown included).
 - **round**: the summary's ``rounds[i].duration`` (RoundTrain entry to the round's outcome);
   **period**: from one ``round_started`` event to the next in the same epoch (the full cycle,
   with the vote for the next round); **rounds/s** = 1 / median period. The round is split, from
@@ -298,11 +300,14 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 def _child_pids(pid: int) -> list[int]:
+    """``pid``'s descendants: its children (the fork server, a data server) and theirs (the
+    nodes the fork server forked)."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
-    return [int(p) for p in text.split()]
+    children = [int(p) for p in text.split()]
+    return children + [g for c in children for g in _child_pids(c)]
 
 
 def _reap(console: HeadlessConsole, pids: list[int]) -> None:
@@ -333,8 +338,9 @@ def run_once(job: Job, work: Path) -> dict[str, Any]:
         deadline = time.monotonic() + job.timeout
         while console.process.poll() is None and time.monotonic() < deadline:
             pids = sorted(set(pids) | set(_child_pids(console.process.pid)))
-            time.sleep(0.2)
+            time.sleep(0.05)
         code = console.process.poll()
+        out["exited"] = time.time()
         if code is None:
             out["error"] = f"no end within {job.timeout:.0f}s (killed)"
         elif code != 0:
@@ -390,6 +396,9 @@ def analyse(run: dict[str, Any], base: dict[str, Any], job: Job) -> dict[str, An
     period = statistics.median(periods) if periods else statistics.median(durations)
     first, last = min(started), max(ended)
     out: dict[str, Any] = {
+        # from the command (the console's launch) to round 1's start, and to the console's exit
+        "to_round1": started[first]["wall"] - run["launched"],
+        "command_wall": run["exited"] - run["launched"],
         "final_state": summary["final_state"],
         "accepted_rounds": accepted,
         "drops": sum(1 for e in events if e["kind"] in DROP_EVENTS),
@@ -568,6 +577,8 @@ def run(jobs: tuple[str, ...] = DEFAULT_JOBS, repeats: int = 3) -> dict[str, Any
 COLUMNS = (  # (title, key, format)
     ("job", "job", "{:>8}"),
     ("N", "nodes", "{:>2}"),
+    ("round1 s", "to_round1", "{:>8.2f}"),
+    ("job s", "command_wall", "{:>6.2f}"),
     ("round ms", "round_median", "{:>8.1f}"),
     ("mean ms", "round_mean", "{:>7.1f}"),
     ("period ms", "period_median", "{:>9.1f}"),

@@ -151,6 +151,15 @@ def _spawn(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
+    from console.spawn import LocalNodes
+
+    # The nodes' fork server imports torch (~2 s) while the console imports and binds.
+    nodes = LocalNodes(
+        run_id=config.run_id, control_endpoint="", log_dir=_run_dir(args, config) / "nodes"
+    )
+    if _spawn(args, config):
+        nodes.prepare()
+
     import asyncio
     import logging
 
@@ -174,6 +183,7 @@ def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
                 summary_path=args.summary,
                 metrics_csv=args.metrics_csv,
                 resume=args.resume,
+                nodes=nodes,
             )
         )
     except (CheckpointError, DataServerError, KeyFileError) as exc:  # a key file gone since --check

@@ -67,23 +67,30 @@ async def run_headless(
     metrics_csv: Path | None = None,
     resume: bool = False,
     console: Console | None = None,
+    nodes: LocalNodes | None = None,
 ) -> int:
+    """``nodes``: the local nodes to start ``spawn`` of, perhaps already prepared (their fork
+    server importing torch while the console starts); new ones otherwise."""
     console = console or Console(stderr=True)
-    server = ConsoleServer(config, run_dir=run_dir, resume=resume)
     started = time.monotonic()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    endpoints = server.start()
-    nodes = LocalNodes(
-        run_id=config.run_id,
-        control_endpoint=connect_address(endpoints.control),
-        log_dir=run_dir / "nodes",
-        node_args=server.spawn_args,
-    )
+    if nodes is None:
+        nodes = LocalNodes(run_id=config.run_id, control_endpoint="", log_dir=run_dir / "nodes")
+    if spawn:
+        nodes.prepare()  # the fork server imports torch while the console binds its sockets
+    try:
+        server = ConsoleServer(config, run_dir=run_dir, resume=resume)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        endpoints = server.start()
+    except BaseException:
+        nodes.stop()
+        raise
     data_server: DataServerProcess | None = None
     try:
+        nodes.control_endpoint = connect_address(endpoints.control)
+        nodes.node_args = server.spawn_args
         if config.data.serve:
             data_server = start_data_server(
                 config.run_spec(),

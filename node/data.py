@@ -18,8 +18,11 @@ Every node derives the same dataset and the same held-out test split from the ru
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
 import importlib
+import importlib.util
 import logging
 import math
 import re
@@ -89,12 +92,38 @@ def load_dataset(spec: DataSpec, *, seed: int, base_dir: Path | None) -> Dataset
 
 
 def _digits(spec: DataSpec, seed: int) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.from_numpy(np.asarray(bunch.data, dtype=np.float32) / 16.0)
-    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    x, y = _digits_arrays()
     return _split(x, y, spec.test_fraction, seed, image_shape=(8, 8), where="digits")
+
+
+def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits, read from the CSV it ships, as ``load_digits`` reads it.
+
+    Importing ``sklearn.datasets`` costs ~1 s (scipy and friends); the file itself loads in
+    ~20 ms. Same bytes as ``load_digits()``: float64 from ``np.loadtxt``, then float32 / 16.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    roots = [] if spec is None else list(spec.submodule_search_locations or ())
+    path = next(
+        (
+            p
+            for p in (Path(r) / "datasets" / "data" / "digits.csv.gz" for r in roots)
+            if p.is_file()
+        ),
+        None,
+    )
+    if path is None:  # an unusual install: let scikit-learn find its file
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        data, target = np.asarray(bunch.data), np.asarray(bunch.target)
+    else:
+        with gzip.open(path, mode="rt", encoding="utf-8") as fh:
+            table = np.loadtxt(fh, delimiter=",")
+        data, target = table[:, :-1], table[:, -1].astype(int, copy=False)
+    x = torch.from_numpy(np.asarray(data, dtype=np.float32) / 16.0)
+    y = torch.from_numpy(np.asarray(target, dtype=np.int64))
+    return x, y
 
 
 def _synthetic(spec: DataSpec, seed: int) -> Dataset:
@@ -363,6 +392,76 @@ def shard(dataset: Dataset, node_index: int, num_nodes: int, spec: DataSpec, see
         seed=seed,
     )
     return Shard(dataset.x_train[idx], dataset.y_train[idx])
+
+
+def load_node_data(
+    spec: DataSpec, *, seed: int, base_dir: Path | None, node_index: int, num_nodes: int
+) -> Dataset:
+    """Node ``node_index`` of ``num_nodes``'s data: its shard as the training rows, and the
+    whole held-out split; the bytes of ``shard(load_dataset(...), ...)`` and its test split.
+
+    Synthetic data is generated chunk by chunk and only this node's rows (and the test rows) are
+    kept, so a node holds its shard, not the whole set (60,000 x 784 floats are 188 MB per node).
+    Other sources are small (digits) or the user's own (a file, a loader): loaded, then cut.
+    """
+    if spec.source == "synthetic":
+        return _synthetic_part(spec, seed, node_index, num_nodes)
+    ds = load_dataset(spec, seed=seed, base_dir=base_dir)
+    part = shard(ds, node_index, num_nodes, spec, seed)
+    return dataclasses.replace(ds, x_train=part.x, y_train=part.y)
+
+
+SYNTHETIC_CHUNK_ROWS = 4096  # rows generated at a time; a multiple of 16 (see _synthetic_rows)
+
+
+def _synthetic_part(spec: DataSpec, seed: int, node_index: int, num_nodes: int) -> Dataset:
+    samples, features, classes = spec.samples, spec.features, spec.classes
+    if samples < 1 or features < 1 or classes < 2:
+        return _synthetic(spec, seed)  # raises the same DataError
+    if not 0.0 < spec.test_fraction < 1.0:
+        raise DataError(f"data.test_fraction must be in (0, 1), got {spec.test_fraction}")
+    n_test = max(1, round(samples * spec.test_fraction))
+    total = samples + n_test
+    gen = torch.Generator().manual_seed(_mix(seed, "synthetic"))
+    scale = _SYNTHETIC_SEPARATION / math.sqrt(2.0 * features)
+    means = torch.randn(classes, features, generator=gen).mul_(scale)
+    y = torch.arange(total, dtype=torch.int64).remainder_(classes)
+    idx = partition(
+        y[:samples],
+        num_nodes=num_nodes,
+        node_index=node_index,
+        scheme=spec.partition,
+        alpha=spec.alpha,
+        seed=seed,
+    )
+    keep = torch.cat([idx, torch.arange(samples, total, dtype=torch.int64)])
+    x = _synthetic_rows(gen, means, total, keep)
+    n = int(idx.shape[0])
+    return Dataset(x[:n], y[idx], x[n:], y[samples:], features, classes, None)
+
+
+def _synthetic_rows(
+    gen: torch.Generator, means: torch.Tensor, total: int, keep: torch.Tensor
+) -> torch.Tensor:
+    """Rows ``keep`` (sorted) of ``_synthetic``'s ``x``, drawing the same random stream.
+
+    torch fills a float tensor of n >= 16 values with n uniforms, turns them into normals 16 at
+    a time, and redraws the last 16 when 16 does not divide n. Chunks of a multiple of 16 values
+    (every chunk but the last) therefore draw exactly what one call over all rows draws; the last
+    chunk has the same tail, and is merged into the one before when it holds under 16 values.
+    """
+    classes, features = means.shape
+    bounds = list(range(0, total, SYNTHETIC_CHUNK_ROWS)) + [total]
+    if len(bounds) > 2 and (bounds[-1] - bounds[-2]) * features < 16:
+        del bounds[-2]
+    out = torch.empty(int(keep.shape[0]), features)
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        chunk = torch.empty(end - start, features).normal_(generator=gen)
+        lo = int(torch.searchsorted(keep, start))
+        hi = int(torch.searchsorted(keep, end))
+        rows = keep[lo:hi]
+        out[lo:hi] = chunk[rows - start].add_(means[rows.remainder(classes)])
+    return out
 
 
 def node_index_for(node_id: str, num_nodes: int) -> int:

@@ -24,7 +24,7 @@ from node.compression import (
     raw_bytes,
     trainable_names,
 )
-from node.data import Dataset, Shard, load_dataset, node_index_for, shard
+from node.data import Dataset, Shard, load_dataset, load_node_data, node_index_for
 from node.datafetch import fetch_served_data
 from node.gossip import GossipService, ReceivedModel
 from node.models import build_model
@@ -167,14 +167,33 @@ class StartLearningStage:
         spec = ctx.spec
         if spec.data.serve and ctx.data_path is None:
             await fetch_served_data(ctx, snap)  # sets dataset, shard and shard_key for the epoch
-        if ctx.model is None:
-            if ctx.dataset is None:
-                data_spec = spec.data
-                if ctx.data_path is not None:
-                    data_spec = msgspec.structs.replace(data_spec, source=str(ctx.data_path))
+        elif ctx.data_path is not None:
+            if ctx.dataset is None:  # a node with its own data trains on all of it
+                data_spec = msgspec.structs.replace(spec.data, source=str(ctx.data_path))
                 ctx.dataset = await asyncio.to_thread(
                     load_dataset, data_spec, seed=spec.seed, base_dir=None
                 )
+                ctx.shard = Shard(ctx.dataset.x_train, ctx.dataset.y_train)
+        else:
+            members = tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
+            if ctx.shard_key != members:
+                index = (
+                    members.index(ctx.node_id)
+                    if ctx.node_id in members
+                    else node_index_for(ctx.node_id, len(members))
+                )
+                # Only this node's shard (and the held-out split): see node.data.load_node_data.
+                ctx.dataset = await asyncio.to_thread(
+                    load_node_data,
+                    spec.data,
+                    seed=spec.seed,
+                    base_dir=None,
+                    node_index=index,
+                    num_nodes=len(members),
+                )
+                ctx.shard = Shard(ctx.dataset.x_train, ctx.dataset.y_train)
+                ctx.shard_key = members
+        if ctx.model is None and ctx.dataset is not None:
             ds = ctx.dataset
             ctx.model = build_model(
                 spec.model,
@@ -186,19 +205,6 @@ class StartLearningStage:
             prepare_codec(ctx)
             # Pay torch's first-call costs now, in Warmup, not in the first round's training.
             await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
-        members = tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
-        if ctx.shard_key != members and ctx.dataset is not None:
-            index = (
-                members.index(ctx.node_id)
-                if ctx.node_id in members
-                else node_index_for(ctx.node_id, len(members))
-            )
-            if ctx.data_path is not None:
-                index, count = 0, 1  # a node with its own data trains on all of it
-            else:
-                count = len(members)
-            ctx.shard = shard(ctx.dataset, index, count, spec.data, spec.seed)
-            ctx.shard_key = members
         await self._global_model(ctx, snap)
 
     async def _global_model(self, ctx: NodeContext, snap: RunSnapshot) -> None:

@@ -2,14 +2,19 @@
 spawn``) and, with ``[data] serve = true``, the data server (``python -m node.dataserver``; it
 lives in ``node/`` because the console imports no torch, and is run, never imported, here).
 
+Local nodes are forked by one ``python -m node.forkserver`` child (on Linux): it imports torch
+and the node's modules once, then forks a node per request, so four nodes cost one interpreter
+start and one torch import instead of four at once. Each node is still its own process: the
+console signals it by pid, and the fork server reports when it ends (see :class:`ForkedProcess`).
+Elsewhere, or with ``fork_server=False``, each node is a plain ``python -m node.cli`` child.
+
 Children are started with a parent-death signal (Linux ``PR_SET_PDEATHSIG``), so even a
-console killed with SIGKILL leaves no orphan node behind; a clean exit terminates them,
-waits, and kills what does not stop in time.
+console killed with SIGKILL leaves no orphan node behind (the fork server dies with the console
+and its nodes with it); a clean exit terminates them, waits, and kills what does not stop in time.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -22,25 +27,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from console.server.forkserver import (
+    ForkedProcess,
+    ForkServer,
+    NodeProcess,
+    child_env,
+    die_with_parent,
+    fork_server_available,
+)
 from transport.spec import RunSpec
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
 class LocalNode:
     name: str
-    process: subprocess.Popen[bytes]
+    process: NodeProcess
     log_path: Path
 
     @property
@@ -49,7 +52,12 @@ class LocalNode:
 
 
 class LocalNodes:
-    """``node_args(name)``: extra arguments for the node called ``name`` (its CURVE keys)."""
+    """``node_args(name)``: extra arguments for the node called ``name`` (its CURVE keys).
+
+    ``fork_server``: fork nodes from one ``node.forkserver`` child (the default where fork
+    exists) instead of starting an interpreter per node. :meth:`prepare` starts that server
+    early, so it imports torch while the console binds its sockets.
+    """
 
     def __init__(
         self,
@@ -59,13 +67,21 @@ class LocalNodes:
         log_dir: Path,
         prefix: str = "node",
         node_args: Callable[[str], Sequence[str]] | None = None,
+        fork_server: bool | None = None,
     ) -> None:
         self.run_id = run_id
         self.control_endpoint = control_endpoint
         self.log_dir = log_dir
         self.prefix = prefix
         self.node_args = node_args
+        self.use_fork_server = fork_server_available() if fork_server is None else fork_server
+        self.fork_server: ForkServer | None = None
         self.nodes: list[LocalNode] = []
+
+    def prepare(self) -> None:
+        """Start the fork server now (it imports torch and the node's modules, ~1-2 s)."""
+        if self.use_fork_server and self.fork_server is None:
+            self.fork_server = ForkServer(self.log_dir / "forkserver.log").start()
 
     def start(self, count: int, *, extra_args: tuple[str, ...] = ()) -> list[LocalNode]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -75,12 +91,9 @@ class LocalNodes:
             started.append(self.start_one(name, extra_args=extra_args))
         return started
 
-    def start_one(self, name: str, *, extra_args: tuple[str, ...] = ()) -> LocalNode:
-        log_path = self.log_dir / f"{name}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "node.cli",
+    def node_argv(self, name: str, extra_args: tuple[str, ...] = ()) -> list[str]:
+        """The fl-node arguments of the local node ``name``."""
+        return [
             "--connect",
             self.control_endpoint,
             "--run-id",
@@ -90,15 +103,27 @@ class LocalNodes:
             *(self.node_args(name) if self.node_args is not None else ()),
             *extra_args,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+    def start_one(self, name: str, *, extra_args: tuple[str, ...] = ()) -> LocalNode:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        argv = self.node_argv(name, extra_args)
+        if self.use_fork_server:
+            self.prepare()
+            assert self.fork_server is not None
+            forked = self.fork_server.fork(name, argv, log_path)
+            node = LocalNode(name, forked, log_path)
+            self.nodes.append(node)
+            log.info("starting %s from the fork server, log %s", name, log_path)
+            return node
         with open(log_path, "ab") as out:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                cmd,
+                [sys.executable, "-m", "node.cli", *argv],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                env=child_env(),
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         node = LocalNode(name, process, log_path)
         self.nodes.append(node)
@@ -108,19 +133,27 @@ class LocalNodes:
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every child, wait up to ``timeout``, SIGKILL the rest, reap all."""
         for node in self.nodes:
-            if node.alive:
+            if node.alive and _has_pid(node.process):
                 node.process.send_signal(signal.SIGTERM)
         for node in self.nodes:
+            if not _has_pid(node.process):
+                continue  # never forked: the fork server's stop ends it if it comes now
             try:
                 node.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %.0fs; killing it", node.name, timeout)
                 node.process.kill()
                 node.process.wait(timeout=5)
+        if self.fork_server is not None:
+            self.fork_server.stop(timeout)
 
     @property
     def pids(self) -> list[int]:
-        return [n.process.pid for n in self.nodes]
+        return [n.process.pid for n in self.nodes if _has_pid(n.process)]
+
+
+def _has_pid(process: NodeProcess) -> bool:
+    return not isinstance(process, ForkedProcess) or process.started
 
 
 class DataServerError(RuntimeError):
@@ -158,15 +191,14 @@ class DataServerProcess:
             "--spec-json",
             json.dumps(self.spec.to_dict()),
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 cmd,
                 stdout=subprocess.PIPE,
                 stderr=out,
                 stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                env=child_env(),
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         log.info("started the data server (pid %d), log %s", self.process.pid, self.log_path)
         return self

@@ -302,6 +302,18 @@ def children_of(pid: int) -> set[int]:
     return out
 
 
+def spawned_nodes(console_pid: int) -> set[int]:
+    """Pids of the live fl-node processes a console spawned: its ``node.cli`` children, or the
+    children of its node fork server (``node.forkserver``; each fork is a node)."""
+    nodes = set()
+    for child in children_of(console_pid):
+        if is_running(child, "node.cli"):
+            nodes.add(child)
+        elif is_running(child, "node.forkserver"):
+            nodes |= {pid for pid in children_of(child) if is_running(pid)}
+    return nodes
+
+
 def session_members(sid: int) -> set[int]:
     """Live (not zombie) processes of session ``sid``: a child's children included."""
     out = set()

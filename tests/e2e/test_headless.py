@@ -18,10 +18,10 @@ import pytest
 from tests.e2e.conftest import Processes
 from tests.e2e.helpers import (
     NodeProcess,
-    children_of,
     is_running,
     read_events,
     session_members,
+    spawned_nodes,
 )
 from tests.factories import write_config
 
@@ -47,10 +47,10 @@ def _headless(processes: Processes, config: Path, run_dir: Path, spawn: int) -> 
 
 
 def _watch_children(console: NodeProcess, until: float) -> set[int]:
-    """The console's fl-node children, scanned from /proc until it exits or ``until``."""
+    """The console's fl-node processes, scanned from /proc until it exits or ``until``."""
     seen: set[int] = set()
     while console.alive and time.monotonic() < until:
-        seen |= {pid for pid in children_of(console.pid) if is_running(pid, "node.cli")}
+        seen |= spawned_nodes(console.pid)
         time.sleep(0.05)
     return seen
 
@@ -85,7 +85,7 @@ def test_headless_spawn_4_runs_to_finished_exits_0_and_leaves_no_process_behind(
     assert summary["rejected_messages"] == 0, refused
     assert "run_finished" in [e["kind"] for e in read_events(run_dir / "events.jsonl")]
     _no_traceback(run_dir, console)
-    assert [pid for pid in children if is_running(pid, "node.cli")] == []
+    assert [pid for pid in children if is_running(pid)] == []
     assert session_members(console.pid) == set()
 
 
@@ -104,9 +104,9 @@ def test_ctrl_c_stops_a_headless_run_and_its_nodes_mid_run(
     while not any(e["kind"] == "round_started" for e in read_events(run_dir / "events.jsonl")):
         assert console.alive, console.output()[-3000:]
         assert time.monotonic() < deadline, "the run did not reach its first round"
-        children |= {pid for pid in children_of(console.pid) if is_running(pid, "node.cli")}
+        children |= spawned_nodes(console.pid)
         time.sleep(0.05)
-    children |= {pid for pid in children_of(console.pid) if is_running(pid, "node.cli")}
+    children |= spawned_nodes(console.pid)
     assert len(children) == 2
 
     if to == "console":
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_a_headless_run_and_its_nodes_mid_run(
     assert code > 0, f"exit {code}: not a clean stop\n{console.output()[-3000:]}"
     assert "stopped on signal" in console.output()
     _no_traceback(run_dir, console)
-    assert [pid for pid in children if is_running(pid, "node.cli")] == []
+    assert [pid for pid in children if is_running(pid)] == []
     assert session_members(console.pid) == set()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_state"] != "Finished"
