@@ -7,7 +7,7 @@ import logging
 
 from node.workflow import NodeContext
 from transport import messages as m
-from transport.state import ClientStatus, RoundView, RunSnapshot, RunState
+from transport.state import RoundView, RunSnapshot, RunState
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,6 @@ def round_view(snap: RunSnapshot, round: int) -> RoundView | None:
         if view is not None and view.round == round:
             return view
     return None
-
-
-def live_trainers(ctx: NodeContext, round: int) -> set[str]:
-    snap = ctx.snapshot
-    view = round_view(snap, round)
-    if view is None:
-        return set()
-    live = {c.id for c in snap.clients if c.status is ClientStatus.ACTIVE}
-    return {t for t in view.train_set if t in live}
 
 
 def phase_remaining(ctx: NodeContext, default: float = WAIT_SLICE) -> float:
@@ -50,9 +41,3 @@ async def send(ctx: NodeContext, msg: m.Message, what: str) -> bool:
         log.warning("%s rejected (%s): %s", what, reply.code, reply.reason)
         return False
     return True
-
-
-def witness_budget(ctx: NodeContext) -> float:
-    """How long to wait for models: most of what is left of RoundTrain."""
-    remaining = phase_remaining(ctx)
-    return max(0.05, remaining - max(0.05, 0.05 * remaining))

@@ -14,7 +14,7 @@ from node.compression import apply_update
 from node.stages import cooldown, vote
 from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, round_view, send
 from node.training import evaluate
-from node.workflow import NodeContext, Stage
+from node.workflow import NodeContext, RoundStage, Stage
 from transport import messages as m
 from transport.state import RoundOutcome, RoundView, RunSnapshot, RunState
 from transport.tensors import model_hash
@@ -22,13 +22,10 @@ from transport.tensors import model_hash
 log = logging.getLogger(__name__)
 
 
-class RoundFinishedStage:
+class RoundFinishedStage(RoundStage):
     """Witness, vote for the next round, aggregate exactly the accepted set, report it."""
 
     name = "RoundFinished"
-
-    def __init__(self, round: int) -> None:
-        self.round = round
 
     async def run(self, ctx: NodeContext) -> Stage | None:
         r = self.round

@@ -6,21 +6,18 @@ from __future__ import annotations
 import logging
 
 from node.gossip import GossipService
-from node.stages import finished
-from node.stages.console import live_trainers, phase_remaining, round_view, witness_budget
-from node.workflow import NodeContext, Stage
+from node.stages import finished, wait
+from node.stages.console import phase_remaining, round_view
+from node.workflow import NodeContext, RoundStage, Stage
 from transport.state import ClientStatus
 
 log = logging.getLogger(__name__)
 
 
-class GossipModelStage:
+class GossipModelStage(RoundStage):
     """Push our trained model to every live peer that lacks it; collect the others'."""
 
     name = "GossipModel"
-
-    def __init__(self, round: int) -> None:
-        self.round = round
 
     async def run(self, ctx: NodeContext) -> Stage | None:
         ctx.set_stage("gossiping", self.round)
@@ -32,9 +29,7 @@ class GossipModelStage:
             failed = {p: r for p, r in outcome.items() if r != "ok"}
             if failed:
                 log.warning("round %d: push failed for %s", self.round, failed)
-        await ctx.gossip.wait_for_models(
-            self.round, lambda: live_trainers(ctx, self.round), witness_budget(ctx)
-        )
+        await wait.wait_for_trainers(ctx, self.round)
         return finished.RoundFinishedStage(self.round)
 
 

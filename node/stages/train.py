@@ -10,18 +10,15 @@ from node.gossip import ReceivedModel
 from node.stages import gossip
 from node.stages.console import send
 from node.training import evaluate, train_local
-from node.workflow import NodeContext, Stage
+from node.workflow import NodeContext, RoundStage, Stage
 from transport import messages as m
 from transport.tensors import model_hash
 
 
-class TrainStage:
+class TrainStage(RoundStage):
     """Local epochs from the global model; evaluate; commit hash, samples and metrics."""
 
     name = "Train"
-
-    def __init__(self, round: int) -> None:
-        self.round = round
 
     async def run(self, ctx: NodeContext) -> Stage | None:
         assert ctx.model is not None and ctx.shard is not None and ctx.dataset is not None

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from node.stages import cooldown, finished, start, train, wait
 from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send
-from node.workflow import NodeContext, Stage
+from node.workflow import NodeContext, RoundStage, Stage
 from transport import messages as m
 from transport.state import ClientStatus, RunSnapshot, RunState
 
 
-class VoteTrainSetStage:
+class VoteTrainSetStage(RoundStage):
     """Vote for the next round's train set, then wait for the coordinator's tally."""
 
     name = "VoteTrainSet"
-
-    def __init__(self, round: int) -> None:
-        self.round = round
 
     async def run(self, ctx: NodeContext) -> Stage | None:
         ctx.set_stage("voting", self.round)
