@@ -22,7 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class GossipRouter:
-    """Receives pushes and fetches on the node's gossip ROUTER (part of ``GossipService``)."""
+    """Receives pushes and fetches on the node's gossip ROUTER (part of ``GossipService``).
+
+    What it keeps goes through the service's ``store``; an update with a route is passed on by
+    the service's ``_forward``; a fetch is answered with the dealers' ``_push_message``.
+    """
 
     run_id: str
     inbox: dict[int, dict[str, ReceivedModel]]

@@ -26,7 +26,8 @@ WANTED_SLICE = 0.05  # how often a waiting push re-checks that its peer is still
 
 
 class GossipDealers:
-    """Sends pushes and requests over one DEALER per peer (part of ``GossipService``)."""
+    """Sends pushes and requests over one DEALER per peer (part of ``GossipService``): the
+    trainer's own push, a relay's forwarding and a fetch all go through ``_exchange``."""
 
     node_id: str
     run_id: str
