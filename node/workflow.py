@@ -205,6 +205,16 @@ class Stage(Protocol):
     async def run(self, ctx: NodeContext) -> Stage | None: ...
 
 
+class RoundStage:
+    """A stage of one round (VoteTrainSet, Train, WaitAggregatedModels, GossipModel,
+    RoundFinished): it is built with the round it works on."""
+
+    name: str
+
+    def __init__(self, round: int) -> None:
+        self.round = round
+
+
 class LearningWorkflow:
     """Runs stages until one returns None (the run finished, or the node was removed)."""
 

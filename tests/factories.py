@@ -8,12 +8,14 @@ defaults. Fields go by keyword only, so the factories survive a change of the cl
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
 from transport.state import RoundView, RunSnapshot, RunState
+from transport.tensors import TensorPayload
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +62,17 @@ def round_view(**fields: Any) -> RoundView:
     """Round 1 of epoch 0, started at time 0, with nobody in it and a quorum of 1."""
     base = dict(round=1, epoch=0, seed=1, train_set=(), witnesses=(), quorum=1, started=0.0)
     return RoundView(**{**base, **fields})
+
+
+def payloads_with(
+    payloads: Iterable[TensorPayload], target: str, /, **changes: Any
+) -> list[TensorPayload]:
+    """``payloads`` with the one named ``target`` rebuilt with ``changes`` (``dtype="bf16"``,
+    ``name="other"``, ``data=b""``, ...): a hostile or broken tensor among good ones."""
+    out = []
+    for p in payloads:
+        if p.name == target:
+            fields = {"name": p.name, "dtype": p.dtype, "shape": p.shape, "data": p.data}
+            p = TensorPayload(**(fields | changes))
+        out.append(p)
+    return out

@@ -27,6 +27,7 @@ from node.compression import (
 )
 from node.models import build_model
 from node.weights import WeightsError
+from tests.factories import payloads_with
 from transport.codec import decode, encode
 from transport.messages import ModelPush
 from transport.spec import ModelSpec
@@ -69,16 +70,6 @@ def _round_trip(spec: CodecSpec) -> tuple[dict, dict, frozenset[str], tuple, dic
     base, trained, trainable = _trained_pair()
     payloads = UpdateEncoder(spec, base, trainable).encode(trained, base)
     return base, trained, trainable, payloads, decode_update(payloads, spec, base, trainable)
-
-
-def _with(payloads, target: str, **changes) -> list[TensorPayload]:
-    out = []
-    for p in payloads:
-        if p.name == target:
-            fields = {"name": p.name, "dtype": p.dtype, "shape": p.shape, "data": p.data}
-            p = TensorPayload(**(fields | changes))
-        out.append(p)
-    return out
 
 
 def _data(payloads, name: str) -> np.ndarray:
@@ -400,7 +391,7 @@ def test_hostile_payloads_are_refused(codec: str, target: str, what: str, how: o
     payloads = list(UpdateEncoder(spec, base, trainable).encode(trained, base))
     (victim,) = [p for p in payloads if p.name == target]
     if what == "name":
-        payloads = _with(payloads, target, name=how)
+        payloads = payloads_with(payloads, target, name=how)
     elif what == "missing":
         payloads.remove(victim)
     elif what == "duplicate":
@@ -408,16 +399,16 @@ def test_hostile_payloads_are_refused(codec: str, target: str, what: str, how: o
     elif what == "extra":
         payloads.append(TensorPayload(str(how), "float32", (1,), b"\0" * 4))
     elif what == "dtype":
-        payloads = _with(payloads, target, dtype=how)
+        payloads = payloads_with(payloads, target, dtype=how)
     elif what == "shape":
-        payloads = _with(payloads, target, shape=how)
+        payloads = payloads_with(payloads, target, shape=how)
     elif what == "bytes":
-        payloads = _with(payloads, target, data=bytes(victim.data)[:how])
+        payloads = payloads_with(payloads, target, data=bytes(victim.data)[:how])
     elif what == "data":
-        payloads = _with(payloads, target, data=how)
+        payloads = payloads_with(payloads, target, data=how)
     elif what == "k":
         data = bytes(victim.data) + bytes(np.array([599], np.int32))
-        payloads = _with(payloads, target, shape=(how,), data=data)
+        payloads = payloads_with(payloads, target, shape=(how,), data=data)
     else:
         values = _data(payloads, target)
         if what == "value":
@@ -428,7 +419,7 @@ def test_hostile_payloads_are_refused(codec: str, target: str, what: str, how: o
             values[1] = values[0]
         else:
             values[[0, 1]] = values[[1, 0]]
-        payloads = _with(payloads, target, data=values.tobytes())
+        payloads = payloads_with(payloads, target, data=values.tobytes())
     with pytest.raises(CompressionError) as info:
         decode_update(payloads, spec, base, trainable)
     assert target.split("|")[0] in str(info.value)

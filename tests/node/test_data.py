@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +26,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return load_dataset(DataSpec(source="digits", test_fraction=0.2), seed=3, base_dir=None)
-
-
-@pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def write(source: str) -> str:
-        name = f"fl_user_data_{uuid.uuid4().hex[:8]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        return name
-
-    return write
 
 
 def _all_parts(y: torch.Tensor, num_nodes: int, scheme: str, alpha: float, seed: int):

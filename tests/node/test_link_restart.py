@@ -20,6 +20,20 @@ from transport import messages as m
 from transport.state import ClientStatus, RunState
 
 
+def node_x_link(
+    run_id: str, control: str, ctx: zmq.asyncio.Context, **options: float
+) -> ConsoleLink:
+    """A ConsoleLink as node-x (its gossip endpoint only announced: nothing gossips here)."""
+    return ConsoleLink(
+        node_id="node-x",
+        run_id=run_id,
+        control_endpoint=control,
+        gossip_endpoint="tcp://127.0.0.1:2",
+        context=ctx,
+        **options,
+    )
+
+
 def test_a_restarted_node_leaves_its_dead_process_membership_and_joins_the_next_epoch(
     tmp_path: Path,
 ) -> None:
@@ -35,13 +49,7 @@ def test_a_restarted_node_leaves_its_dead_process_membership_and_joins_the_next_
 
         async def restart() -> float:
             ctx = zmq.asyncio.Context()
-            link = ConsoleLink(
-                node_id="node-x",
-                run_id=config.run_id,
-                control_endpoint=endpoints.control,
-                gossip_endpoint="tcp://127.0.0.1:2",
-                context=ctx,
-            )
+            link = node_x_link(config.run_id, endpoints.control, ctx)
             started = time.monotonic()
             try:
                 await asyncio.wait_for(link.start(), 20)
@@ -78,14 +86,7 @@ def test_a_request_to_a_console_that_died_gives_up_when_its_broadcasts_stop(
 
     async def request_after_the_console_died() -> tuple[float, str]:
         ctx = zmq.asyncio.Context()
-        link = ConsoleLink(
-            node_id="node-x",
-            run_id=config.run_id,
-            control_endpoint=endpoints.control,
-            gossip_endpoint="tcp://127.0.0.1:2",
-            context=ctx,
-            request_timeout=30.0,
-        )
+        link = node_x_link(config.run_id, endpoints.control, ctx, request_timeout=30.0)
         try:
             await asyncio.wait_for(link.start(), 20)
             await asyncio.sleep(0.5)  # following its broadcasts

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-import textwrap
-import uuid
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -16,21 +10,6 @@ from node.models import ModelError, build_model
 from transport.spec import ModelSpec
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Write a uniquely named module into tmp_path and return its name."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    def write(source: str) -> str:
-        name = f"fl_user_model_{uuid.uuid4().hex[:8]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        monkeypatch.delitem(sys.modules, name, raising=False)
-        return name
-
-    return write
 
 
 def _states_equal(a: nn.Module, b: nn.Module) -> bool:

@@ -10,6 +10,7 @@ from torch import nn
 
 from node.models import build_model
 from node.weights import WeightsError, from_payloads, load_into, model_hash_of, to_payloads
+from tests.factories import payloads_with
 from transport.spec import ModelSpec
 from transport.tensors import TensorPayload, model_hash
 
@@ -32,16 +33,6 @@ def _mixed_state() -> dict[str, torch.Tensor]:
         "ids": torch.arange(6, dtype=torch.int32).reshape(2, 3),
         "bytes": torch.arange(4, dtype=torch.uint8),
     }
-
-
-def _with(payloads, name: str, **changes) -> list[TensorPayload]:
-    out = []
-    for p in payloads:
-        if p.name == name:
-            fields = {"name": p.name, "dtype": p.dtype, "shape": p.shape, "data": p.data}
-            p = TensorPayload(**(fields | changes))
-        out.append(p)
-    return out
 
 
 def test_round_trip_is_bit_exact_for_every_wire_dtype() -> None:
@@ -107,7 +98,7 @@ def test_identically_seeded_builds_have_equal_hashes_and_training_changes_it() -
 def test_wrong_shape_dtype_or_size_is_rejected_with_the_reason(change: dict, match: str) -> None:
     model = _mlp()
     with pytest.raises(WeightsError, match=match):
-        from_payloads(_with(to_payloads(model), "1.weight", **change), model)
+        from_payloads(payloads_with(to_payloads(model), "1.weight", **change), model)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

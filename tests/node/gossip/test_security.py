@@ -17,7 +17,7 @@ from node import weights
 from node.gossip import GossipService, ReceivedModel
 from node.security import NodeKeys, NodeSecurity
 from tests.factories import run_snapshot
-from tests.node.test_gossip import answer_to, push
+from tests.node.gossip.test_receive import answer_to, push
 from transport import messages as m
 from transport.state import ClientStatus, ClientView, RunSnapshot
 from transport.tensors import model_hash

@@ -1,0 +1,154 @@
+"""StartLearning: warm up for an epoch (model, data, codec, torch, the global model)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+
+import msgspec
+import torch
+
+from node import weights
+from node.compression import CodecSpec, UpdateEncoder, decode_update, trainable_names
+from node.data import Dataset, Shard, load_dataset, load_node_data, node_index_for
+from node.datafetch import fetch_served_data
+from node.models import build_model
+from node.stages import vote
+from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send
+from node.training import evaluate, train_local
+from node.workflow import NodeContext, Stage
+from transport import messages as m
+from transport.spec import LearningSpec
+from transport.state import ClientStatus, RunSnapshot, RunState
+from transport.tensors import model_hash
+
+log = logging.getLogger(__name__)
+
+
+class StartLearningStage:
+    """Warmup: build the model, load the shard, get the global model, report warmed up."""
+
+    name = "StartLearning"
+
+    async def run(self, ctx: NodeContext) -> Stage | None:
+        ctx.set_stage("waiting for epoch")
+        snap = await ctx.link.wait_for(
+            lambda s: (
+                s.state is RunState.FINISHED
+                or (s.state in (RunState.WARMUP, *ACTIVE_ROUND) and ctx.is_member(s))
+            ),
+            WAIT_SLICE,
+        )
+        if snap is None:
+            return self  # still waiting for members (or paused): wait another slice
+        if snap.state is RunState.FINISHED:
+            return None
+        ctx.set_stage("warming up")
+        await self._prepare(ctx, snap)
+        target = snap.round + 1 if snap.state is RunState.WARMUP else snap.round
+        if snap.state is RunState.WARMUP:
+            # Vote before reporting warmed up: the last report can end Warmup at once.
+            await vote.vote_for(ctx, target)
+        await send(
+            ctx,
+            m.WarmedUp(node_id=ctx.node_id, epoch=snap.epoch, model_hash=ctx.global_hash),
+            "warmed_up",
+        )
+        ctx.warmed_up_in = snap.phase_started if snap.state is RunState.WARMUP else None
+        # The round this node prepared for: the next one when it warmed up in Warmup, even if
+        # its own warmed_up report is what just started that round.
+        return vote.VoteTrainSetStage(target)
+
+    async def _prepare(self, ctx: NodeContext, snap: RunSnapshot) -> None:
+        spec = ctx.spec
+        if spec.data.serve and ctx.data_path is None:
+            await fetch_served_data(ctx, snap)  # sets dataset, shard and shard_key for the epoch
+        elif ctx.data_path is not None:
+            if ctx.dataset is None:  # a node with its own data trains on all of it
+                data_spec = msgspec.structs.replace(spec.data, source=str(ctx.data_path))
+                ctx.dataset = await asyncio.to_thread(
+                    load_dataset, data_spec, seed=spec.seed, base_dir=None
+                )
+                ctx.shard = Shard(ctx.dataset.x_train, ctx.dataset.y_train)
+        else:
+            members = tuple(sorted(c.id for c in snap.clients if c.status is ClientStatus.ACTIVE))
+            if ctx.shard_key != members:
+                index = (
+                    members.index(ctx.node_id)
+                    if ctx.node_id in members
+                    else node_index_for(ctx.node_id, len(members))
+                )
+                # Only this node's shard (and the held-out split): see node.data.load_node_data.
+                ctx.dataset = await asyncio.to_thread(
+                    load_node_data,
+                    spec.data,
+                    seed=spec.seed,
+                    base_dir=None,
+                    node_index=index,
+                    num_nodes=len(members),
+                )
+                ctx.shard = Shard(ctx.dataset.x_train, ctx.dataset.y_train)
+                ctx.shard_key = members
+        if ctx.model is None and ctx.dataset is not None:
+            ds = ctx.dataset
+            ctx.model = build_model(
+                spec.model,
+                features=ds.features,
+                classes=ds.classes,
+                image_shape=ds.image_shape,
+                seed=spec.seed,
+            )
+            prepare_codec(ctx)
+            # Pay torch's first-call costs now, in Warmup, not in the first round's training.
+            await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
+        await self._global_model(ctx, snap)
+
+    async def _global_model(self, ctx: NodeContext, snap: RunSnapshot) -> None:
+        assert ctx.model is not None
+        if snap.checkpoint is not None and snap.checkpoint.hash != ctx.global_hash:
+            reply = await ctx.link.request(
+                m.ModelRequest(node_id=ctx.node_id, epoch=snap.epoch), timeout=60.0
+            )
+            if (
+                isinstance(reply, m.ModelReply)
+                and model_hash(reply.tensors) == reply.hash == snap.checkpoint.hash
+            ):
+                state = weights.from_payloads(reply.tensors, ctx.model.state_dict())
+                weights.load_into(ctx.model, state)
+                ctx.global_hash, ctx.global_round = reply.hash, reply.round
+                ctx.stale_since = None
+                log.info("loaded the checkpointed global model of round %d", reply.round)
+                return
+            reason = reply.reason if isinstance(reply, m.Error) else "hash did not verify"
+            log.error("could not fetch the checkpointed model: %s", reason)
+        if not ctx.global_hash:
+            ctx.global_hash = weights.model_hash_of(ctx.model)
+
+
+def prepare_codec(ctx: NodeContext) -> None:
+    """The run's update codec for this node's model: its encoder, and the gossip's decoder."""
+    assert ctx.model is not None
+    reference = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    trainable = trainable_names(ctx.model)
+    codec = codec_of(ctx)
+    ctx.encoder = UpdateEncoder(codec, reference, trainable)
+    ctx.gossip.reference = reference
+    ctx.gossip.decoder = lambda payloads: decode_update(payloads, codec, reference, trainable)
+
+
+def warm_up_torch(model: torch.nn.Module, ds: Dataset, learning: LearningSpec) -> None:
+    """A tiny training run and an evaluation on a copy of the model.
+
+    torch pays seconds on its first optimizer step (lazy imports) and first passes; paying
+    them in Warmup keeps them out of the first round, where every node would pay them at once.
+    """
+    probe = copy.deepcopy(model)
+    tiny = Shard(ds.x_train[: learning.batch_size], ds.y_train[: learning.batch_size])
+    train_local(probe, tiny, learning, seed=0, round=0)
+    evaluate(probe, ds.x_test[:64], ds.y_test[:64])
+
+
+def codec_of(ctx: NodeContext) -> CodecSpec:
+    learning = ctx.spec.learning
+    return CodecSpec(name=learning.compression, topk_fraction=learning.topk_fraction)
