@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.report import save_result
+from bench.report import publish
 from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
 from transport.state import ClientStatus, ClientView, ResultRef, RunState
@@ -262,9 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), args.trials, args.rounds)
-    print(table(result))
-    save_result("coordinator", result, args.json)
-    print(f"wrote {args.json}")
+    publish("coordinator", result, table(result), args.json)
     return result
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from bench.report import save_result
+from bench.report import column_table, publish
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer
 from node.link import ConsoleLink
@@ -260,10 +260,7 @@ COLUMNS = (  # (title, key, format)
 
 
 def table(result: dict[str, Any]) -> str:
-    head = " ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for row in result["rows"]:
-        lines.append(" ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS))
+    lines = column_table(COLUMNS, result["rows"])
     verdict = "ok" if result["max_median_ms"] < result["target_median_ms"] else "OVER TARGET"
     lines.append(
         f"worst median {result['max_median_ms']:.2f} ms (target < {result['target_median_ms']} "
@@ -288,9 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.members), args.subscribers, args.changes)
-    print(table(result))
-    save_result("latency", result, args.json)
-    print(f"wrote {args.json}")
+    publish("latency", result, table(result), args.json)
     return result
 
 

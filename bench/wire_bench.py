@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bench.report import save_result
+from bench.report import column_table, publish
 from transport import messages as m
 from transport.codec import Limits, decode, encode, is_finite
 from transport.sockets import (
@@ -58,9 +58,9 @@ def _tensor(size_mb: int) -> TensorPayload:
     return TensorPayload("weight", "float32", values.shape, memoryview(values).cast("B"))
 
 
-def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h: str) -> float:
-    start = time.perf_counter()
-    push = m.ModelPush(
+def _push(tensor: TensorPayload, h: str) -> m.ModelPush:
+    """The measured message: round 1's model from ``sender``, one tensor."""
+    return m.ModelPush(
         run_id="bench",
         sender="sender",
         round=1,
@@ -69,7 +69,11 @@ def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h:
         samples=1,
         tensors=(tensor,),
     )
-    send_sync(dealer, push)
+
+
+def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h: str) -> float:
+    start = time.perf_counter()
+    send_sync(dealer, _push(tensor, h))
     got = recv_from_sync(router, WAIT_MS)
     if got is None:
         raise TimeoutError("model_push did not arrive")
@@ -86,16 +90,7 @@ def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h:
 
 def _codec_once(tensor: TensorPayload, h: str) -> None:
     """The CPU part of ``_ours_once`` without sockets: what the wire costs beyond the bytes."""
-    push = m.ModelPush(
-        run_id="bench",
-        sender="sender",
-        round=1,
-        trainer="sender",
-        hash=h,
-        samples=1,
-        tensors=(tensor,),
-    )
-    msg = decode(encode(push), LIMITS)
+    msg = decode(encode(_push(tensor, h)), LIMITS)
     assert isinstance(msg, m.ModelPush)
     decode(encode(m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)))
 
@@ -215,10 +210,7 @@ COLUMNS = (  # (title, key, format)
 
 
 def table(result: dict[str, Any]) -> str:
-    head = " ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for row in result["rows"]:
-        lines.append(" ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS))
+    lines = column_table(COLUMNS, result["rows"])
     lines.append(f"min ours/bare {result['min_ratio']:.2f} (target >= {result['target_ratio']})")
     lines.append(
         "+scan: bare plus one NaN/Inf scan of the received frame (any receiver reads the data "
@@ -236,9 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.sizes), args.reps, args.trials)
-    print(table(result))
-    save_result("wire", result, args.json)
-    print(f"wrote {args.json}")
+    publish("wire", result, table(result), args.json)
 
 
 if __name__ == "__main__":
