@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.coordinate import Coordinate
@@ -51,6 +52,25 @@ def make_config(tmp_path: Path) -> Config:
         ),
         checkpoint=CheckpointConfig(dir=tmp_path / "checkpoints"),
     )
+
+
+def live_app(tmp_path: Path, spawn: int = 0) -> tuple[LiveBackend, ConsoleApp]:
+    """The console app on a live backend; ``spawn`` children, harmless sleepers, when asked."""
+
+    def nodes(control: str) -> LocalNodes:
+        return SleepingNodes(run_id="pilot-run", control_endpoint=control, log_dir=tmp_path / "n")
+
+    extra: dict[str, Any] = {"spawn": spawn, "nodes_factory": nodes} if spawn else {}
+    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run", **extra)
+    return backend, ConsoleApp(backend, refresh_hz=10)
+
+
+def _kill(children: list[subprocess.Popen[bytes]]) -> None:
+    """Kill and reap what the console under test left running."""
+    for p in children:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 class SleepingNodes(LocalNodes):
@@ -97,8 +117,7 @@ def client_status(backend: LiveBackend, client_id: str) -> ClientStatus:
 
 
 def test_pause_key_reaches_the_coordinator_and_resume_key_undoes_it(tmp_path: Path) -> None:
-    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run")
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path)
 
     async def scenario(pilot: Pilot) -> None:
         join(backend, "node-a")
@@ -117,8 +136,7 @@ def test_pause_key_reaches_the_coordinator_and_resume_key_undoes_it(tmp_path: Pa
 
 
 def test_kick_key_with_confirmation_kicks_the_selected_client(tmp_path: Path) -> None:
-    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run")
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path)
 
     async def scenario(pilot: Pilot) -> None:
         join(backend, "node-a")
@@ -142,8 +160,7 @@ def test_kick_key_with_confirmation_kicks_the_selected_client(tmp_path: Path) ->
 
 
 def test_kick_cancelled_in_the_confirmation_kicks_nobody(tmp_path: Path) -> None:
-    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run")
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path)
 
     async def scenario(pilot: Pilot) -> None:
         join(backend, "node-a")
@@ -168,13 +185,7 @@ def _port_free(endpoint: str) -> bool:
 
 
 def test_quit_stops_the_spawned_children_and_the_server(tmp_path: Path) -> None:
-    def nodes(control: str) -> LocalNodes:
-        return SleepingNodes(run_id="pilot-run", control_endpoint=control, log_dir=tmp_path / "n")
-
-    backend = LiveBackend(
-        make_config(tmp_path), run_dir=tmp_path / "run", spawn=2, nodes_factory=nodes
-    )
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path, spawn=2)
     children: list[subprocess.Popen[bytes]] = []
     endpoints: list[str] = []
 
@@ -192,20 +203,11 @@ def test_quit_stops_the_spawned_children_and_the_server(tmp_path: Path) -> None:
         assert all(p.returncode is not None for p in children), "a child was not reaped"
         assert _port_free(endpoints[0]), "the control socket is still bound"
     finally:
-        for p in children:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill(children)
 
 
 def test_any_exit_stops_the_children(tmp_path: Path) -> None:
-    def nodes(control: str) -> LocalNodes:
-        return SleepingNodes(run_id="pilot-run", control_endpoint=control, log_dir=tmp_path / "n")
-
-    backend = LiveBackend(
-        make_config(tmp_path), run_dir=tmp_path / "run", spawn=1, nodes_factory=nodes
-    )
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path, spawn=1)
     children: list[subprocess.Popen[bytes]] = []
 
     async def scenario(pilot: Pilot) -> None:
@@ -217,10 +219,7 @@ def test_any_exit_stops_the_children(tmp_path: Path) -> None:
         run_console(app, scenario)
         assert children and all(p.returncode is not None for p in children)
     finally:
-        for p in children:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill(children)
 
 
 def test_a_server_that_cannot_start_exits_with_2(tmp_path: Path) -> None:
