@@ -7,11 +7,9 @@ The quit test spawns real child processes and checks that they are reaped.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from console.app.widgets.eventlog import MAX_LINES as EVENT_LINES
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.record.eventlog import LogLine
 from console.server.spawn import LocalNode, LocalNodes
+from tests.console.pilot import run_console
 from tests.snapshots.fixtures import mid_round_view
 from transport import messages as m
 from transport.codec import encode
@@ -96,17 +95,6 @@ def join(backend: LiveBackend, node_id: str) -> None:
     )
     replies = server.handle(node_id.encode(), frames, sum(len(f) for f in frames))
     assert isinstance(replies[0], m.JoinAck), replies
-
-
-def run_console(
-    app: ConsoleApp, scenario: Callable[[Pilot], Awaitable[None]], size: tuple[int, int] = (120, 40)
-) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause()
-            await scenario(pilot)
-
-    asyncio.run(main())
 
 
 def client_status(backend: LiveBackend, client_id: str) -> ClientStatus:

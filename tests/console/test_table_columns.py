@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import pytest
@@ -14,6 +13,7 @@ from console.app.backend import StaticBackend
 from console.app.cells import CLIENT_COLUMNS, ROUND_COLUMNS
 from console.app.columns import Column, column_width, columns_that_fit
 from console.app.widgets import ClientsTable, RoundsTable
+from tests.console.pilot import run_console
 from tests.snapshots.fixtures import mid_round_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,15 +40,6 @@ def test_the_most_important_columns_that_fit_are_kept_in_their_declared_order() 
 def test_the_first_column_of_each_table_is_always_shown() -> None:
     # the rows are keyed (and sorted) by it
     assert CLIENT_COLUMNS[0].priority == 0 and ROUND_COLUMNS[0].priority == 0
-
-
-def run_console(app: ConsoleApp, scenario, size: tuple[int, int]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause()
-            await scenario(pilot)
-
-    asyncio.run(main())
 
 
 def test_a_narrow_terminal_drops_columns_and_a_wide_one_brings_them_back() -> None:
