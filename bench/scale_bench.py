@@ -56,7 +56,7 @@ from typing import Any
 
 import zmq
 
-from bench.report import save_result
+from bench.report import publish
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.server import ConsoleServer
 from transport import messages as m
@@ -557,7 +557,8 @@ def bare_torch_rss_kb() -> int:
 
 
 def node_run(n: int, work: Path) -> dict[str, Any]:
-    from tests.e2e.runs import HeadlessConsole, node_pids_alive
+    from tests.e2e.child import kill_leftovers
+    from tests.e2e.runs import HeadlessConsole
     from tests.factories import write_config
 
     config = write_config(
@@ -587,15 +588,8 @@ def node_run(n: int, work: Path) -> dict[str, Any]:
         else:
             finished = True
     finally:
-        console.close()
-        deadline = time.monotonic() + 10
-        while node_pids_alive(list(peaks)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in node_pids_alive(list(peaks)):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        console.reap()
+        kill_leftovers(list(peaks))
     row: dict[str, Any] = {
         "nodes": n,
         "finished": finished,
@@ -760,9 +754,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), tuple(args.nodes))
-    print(table(result))
-    save_result("scale", result, args.json)
-    print(f"wrote {args.json}")
+    publish("scale", result, table(result), args.json)
     return result
 
 
