@@ -22,7 +22,6 @@ separate node processes see.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import statistics
@@ -35,7 +34,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from bench.report import column_table, publish
+from bench.report import arguments, column_table, publish
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer
 from node.link import ConsoleLink
@@ -49,7 +48,6 @@ MEMBERS = (8, 100)
 WARMUP_CHANGES = 10
 WAIT_S = 5.0
 TARGET_MEDIAN_MS = 5.0
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def _config(tmp: Path) -> Config:
@@ -276,13 +274,12 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--changes", type=int, default=CHANGES, help="measured state changes")
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="following links")
     parser.add_argument(
         "--members", type=int, nargs="+", default=list(MEMBERS), help="clients in the snapshot"
     )
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.members), args.subscribers, args.changes)
     publish("latency", result, table(result), args.json)

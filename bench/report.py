@@ -9,6 +9,7 @@ benchmark's printout and in ``bench/results.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -259,6 +260,14 @@ def column_table(
     for row in rows:
         lines.append(" ".join(fmt.format(row[key]) for _, key, fmt in columns))
     return lines
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by the first line of ``doc``, with ``--json PATH``
+    (the file its figures are merged into; ``bench/results.json`` by default)."""
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
+    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
+    return parser
 
 
 def publish(key: str, result: dict[str, Any], table: str, path: Path) -> None:

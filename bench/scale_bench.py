@@ -36,7 +36,6 @@ killed by pid).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import io
@@ -56,14 +55,13 @@ from typing import Any
 
 import zmq
 
-from bench.report import publish
+from bench.report import arguments, publish
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.server import ConsoleServer
 from transport import messages as m
 from transport.codec import decode, encode
 from transport.sockets import SocketFactory, endpoint
 
-RESULTS = Path(__file__).with_name("results.json")
 CLIENTS = (100, 1000)
 NODES = (4, 8, 12, 16)
 RUN_ID = "scale"
@@ -748,10 +746,9 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
     parser.add_argument("--nodes", type=int, nargs="*", default=list(NODES))
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), tuple(args.nodes))
     publish("scale", result, table(result), args.json)

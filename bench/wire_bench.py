@@ -20,16 +20,14 @@ SHA-256 (what a witness computes to attest a model; node logic, not in "ours").
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
-from bench.report import column_table, publish
+from bench.report import arguments, column_table, publish
 from transport import messages as m
 from transport.codec import Limits, decode, encode, is_finite
 from transport.sockets import (
@@ -46,7 +44,6 @@ MB = 1 << 20
 SIZES_MB = (1, 10, 100)
 WAIT_MS = 30_000
 LIMITS = Limits(max_total_bytes=2 << 30)
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def _reps_for(size_mb: int) -> int:
@@ -221,11 +218,10 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES_MB), metavar="MB")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per trial")
     parser.add_argument("--trials", type=int, default=5, help="fresh connection pairs per size")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.sizes), args.reps, args.trials)
     publish("wire", result, table(result), args.json)
