@@ -1,4 +1,5 @@
-"""Driving the console app in a test: Textual's pilot at a fixed terminal size."""
+"""Driving the console app in a test: on a fixed snapshot, under Textual's pilot at a fixed
+terminal size."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from collections.abc import Awaitable, Callable
 from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
+from console.app.backend import StaticBackend
+from console.record.view import ConsoleSnapshot
+
+
+def static_app(
+    view: ConsoleSnapshot, *, refuse: str | None = None
+) -> tuple[StaticBackend, ConsoleApp]:
+    """The app on a fixed snapshot (operator calls refused with ``refuse``), no refresh timer."""
+    static = StaticBackend(view, refuse=refuse)
+    return static, ConsoleApp(static, refresh_hz=0)
 
 
 def run_console(

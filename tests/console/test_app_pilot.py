@@ -19,14 +19,14 @@ from textual.coordinate import Coordinate
 from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
-from console.app.backend import LiveBackend, StaticBackend
+from console.app.backend import LiveBackend
 from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, EventLogView, RunHeader
 from console.app.widgets.eventlog import MAX_LINES as EVENT_LINES
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.record.eventlog import LogLine
 from console.server.spawn import LocalNode, LocalNodes
-from tests.console.pilot import run_console
+from tests.console.pilot import run_console, static_app
 from tests.snapshots.fixtures import mid_round_view
 from transport import messages as m
 from transport.codec import encode
@@ -222,8 +222,7 @@ def test_a_server_that_cannot_start_exits_with_2(tmp_path: Path) -> None:
 
 
 def test_a_refused_action_is_shown_not_raised() -> None:
-    backend = StaticBackend(mid_round_view(), refuse="the run is finished")
-    app = ConsoleApp(backend, refresh_hz=0)
+    backend, app = static_app(mid_round_view(), refuse="the run is finished")
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.press("e")
@@ -235,7 +234,7 @@ def test_a_refused_action_is_shown_not_raised() -> None:
 
 
 def test_help_key_opens_the_help_and_escape_closes_it() -> None:
-    app = ConsoleApp(StaticBackend(mid_round_view()), refresh_hz=0)
+    _, app = static_app(mid_round_view())
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.press("question_mark")
@@ -249,7 +248,7 @@ def test_help_key_opens_the_help_and_escape_closes_it() -> None:
 
 
 def test_operator_commands_are_in_the_palette() -> None:
-    app = ConsoleApp(StaticBackend(mid_round_view()), refresh_hz=0)
+    _, app = static_app(mid_round_view())
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.press("ctrl+p")
@@ -265,8 +264,7 @@ def test_operator_commands_are_in_the_palette() -> None:
 
 def test_a_refresh_updates_cells_in_place_and_keeps_the_cursor() -> None:
     view = mid_round_view()
-    backend = StaticBackend(view)
-    app = ConsoleApp(backend, refresh_hz=0)
+    backend, app = static_app(view)
 
     async def scenario(pilot: Pilot) -> None:
         table = app.query_one(ClientsTable)
@@ -287,7 +285,7 @@ def test_a_refresh_updates_cells_in_place_and_keeps_the_cursor() -> None:
 
 def test_the_event_log_pane_is_bounded() -> None:
     lines = tuple(LogLine(float(i), "state_changed", f"line {i}") for i in range(EVENT_LINES + 100))
-    app = ConsoleApp(StaticBackend(replace(mid_round_view(), log=lines)), refresh_hz=0)
+    _, app = static_app(replace(mid_round_view(), log=lines))
 
     async def scenario(pilot: Pilot) -> None:
         pane = app.query_one(EventLogView)

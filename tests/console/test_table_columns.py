@@ -8,12 +8,10 @@ from dataclasses import replace
 import pytest
 from textual.pilot import Pilot
 
-from console.app.app import ConsoleApp
-from console.app.backend import StaticBackend
 from console.app.cells import CLIENT_COLUMNS, ROUND_COLUMNS
 from console.app.columns import Column, column_width, columns_that_fit
 from console.app.widgets import ClientsTable, RoundsTable
-from tests.console.pilot import run_console
+from tests.console.pilot import run_console, static_app
 from tests.snapshots.fixtures import mid_round_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,8 +42,7 @@ def test_the_first_column_of_each_table_is_always_shown() -> None:
 
 def test_a_narrow_terminal_drops_columns_and_a_wide_one_brings_them_back() -> None:
     view = mid_round_view()
-    backend = StaticBackend(view)
-    app = ConsoleApp(backend, refresh_hz=0)
+    backend, app = static_app(view)
 
     async def scenario(pilot: Pilot) -> None:
         clients = app.query_one(ClientsTable)
