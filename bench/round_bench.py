@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import save_result
-from tests.e2e.child import kill_leftovers
+from tests.e2e.child import forked_by_main_thread, kill_leftovers
 from tests.e2e.helpers import read_events
 from tests.e2e.runs import HeadlessConsole
 from tests.factories import REPO, write_config
@@ -288,14 +288,6 @@ def baseline(config_path: Path, nodes: int, rounds: int, timeout: float) -> dict
 # ----------------------------------------------------------------------------- one real run
 
 
-def _child_pids(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 def _reap(console: HeadlessConsole, pids: list[int]) -> None:
     """Stop the console if it still runs, then kill any node it leaves behind (they die with it)."""
     console.reap()
@@ -316,7 +308,7 @@ def run_once(job: Job, work: Path) -> dict[str, Any]:
     try:
         deadline = time.monotonic() + job.timeout
         while console.process.poll() is None and time.monotonic() < deadline:
-            pids = sorted(set(pids) | set(_child_pids(console.process.pid)))
+            pids = sorted(set(pids) | set(forked_by_main_thread(console.pid)))
             time.sleep(0.2)
         error = console.failure(job.timeout, tail=500)
         if error is not None:

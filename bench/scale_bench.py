@@ -527,13 +527,6 @@ def _rss_kb(pid: int) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def bare_torch_rss_kb() -> int:
     """Resident memory of a bare ``python -c 'import torch'`` (the floor of any node)."""
     import subprocess
@@ -555,7 +548,7 @@ def bare_torch_rss_kb() -> int:
 
 
 def node_run(n: int, work: Path) -> dict[str, Any]:
-    from tests.e2e.child import kill_leftovers
+    from tests.e2e.child import forked_by_main_thread, kill_leftovers
     from tests.e2e.runs import HeadlessConsole
     from tests.factories import write_config
 
@@ -572,7 +565,7 @@ def node_run(n: int, work: Path) -> dict[str, Any]:
     reason = ""
     try:
         while console.process.poll() is None and time.monotonic() - started < NODE_RUN_LIMIT:
-            for pid in _children(console.process.pid):
+            for pid in forked_by_main_thread(console.pid):
                 rss = _rss_kb(pid)
                 if rss is not None:
                     peaks[pid] = max(peaks.get(pid, 0), rss)

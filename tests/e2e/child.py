@@ -212,6 +212,15 @@ def _processes() -> Iterator[tuple[int, str, int, int]]:
         yield int(entry), fields[0], int(fields[1]), int(fields[3])
 
 
+def forked_by_main_thread(pid: int) -> list[int]:
+    """Children of ``pid`` forked by its main thread (``/proc/PID/task/PID/children``): cheap
+    enough to poll while a benchmark measures; :func:`children_of` finds them all."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def children_of(pid: int) -> set[int]:
     """Pids of the processes whose parent is ``pid``."""
     return {child for child, _, parent, _ in _processes() if parent == pid}
