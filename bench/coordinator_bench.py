@@ -27,21 +27,18 @@ so every figure is also given as a ratio to a baseline measured in the same run:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from bench.report import save_result
+from bench.report import arguments, publish
 from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
 from transport.state import ClientStatus, ClientView, ResultRef, RunState
 
 CLIENTS = (10, 100, 1000)
 TARGET_MS = 1.0
-RESULTS = Path(__file__).with_name("results.json")
 RUN = "bench"
 FAR = 1e9  # deadlines and health timeouts nobody reaches during a measurement
 
@@ -255,16 +252,13 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=20, help="rounds timed per trial")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), args.trials, args.rounds)
-    print(table(result))
-    save_result("coordinator", result, args.json)
-    print(f"wrote {args.json}")
+    publish("coordinator", result, table(result), args.json)
     return result
 
 

@@ -23,7 +23,6 @@ separate node processes see.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import statistics
@@ -36,7 +35,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from bench.report import save_result
+from bench.report import arguments, column_table, publish
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server import ConsoleServer
 from node.link import ConsoleLink
@@ -50,7 +49,6 @@ MEMBERS = (8, 100)
 WARMUP_CHANGES = 10
 WAIT_S = 5.0
 TARGET_MEDIAN_MS = 5.0
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def _config(tmp: Path) -> Config:
@@ -259,10 +257,7 @@ COLUMNS = (  # (title, key, format)
 
 
 def table(result: dict[str, Any]) -> str:
-    head = " ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for row in result["rows"]:
-        lines.append(" ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS))
+    lines = column_table(COLUMNS, result["rows"])
     verdict = "ok" if result["max_median_ms"] < result["target_median_ms"] else "OVER TARGET"
     lines.append(
         f"worst median {result['max_median_ms']:.2f} ms (target < {result['target_median_ms']} "
@@ -278,18 +273,15 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--changes", type=int, default=CHANGES, help="measured state changes")
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="following links")
     parser.add_argument(
         "--members", type=int, nargs="+", default=list(MEMBERS), help="clients in the snapshot"
     )
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.members), args.subscribers, args.changes)
-    print(table(result))
-    save_result("latency", result, args.json)
-    print(f"wrote {args.json}")
+    publish("latency", result, table(result), args.json)
     return result
 
 

@@ -9,9 +9,10 @@ benchmark's printout and in ``bench/results.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,33 @@ def save_result(key: str, result: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(existing, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def column_table(
+    columns: Sequence[tuple[str, str, str]], rows: Iterable[dict[str, Any]]
+) -> list[str]:
+    """A benchmark's printed table: a header, a rule, a line per row. ``columns``: (title,
+    key, format) each; a title is right-aligned to the width its format gives a 0."""
+    head = " ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in columns)
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        lines.append(" ".join(fmt.format(row[key]) for _, key, fmt in columns))
+    return lines
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by the first line of ``doc``, with ``--json PATH``
+    (the file its figures are merged into; ``bench/results.json`` by default)."""
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
+    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
+    return parser
+
+
+def publish(key: str, result: dict[str, Any], table: str, path: Path) -> None:
+    """What a benchmark's ``main`` ends with: print its table, merge its figures into ``path``."""
+    print(table)
+    save_result(key, result, path)
+    print(f"wrote {path}")
 
 
 def main(argv: list[str]) -> int:

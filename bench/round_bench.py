@@ -69,7 +69,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import save_result
-from tests.e2e.runs import REPO, HeadlessConsole, node_pids_alive, write_config
+from tests.e2e.child import descendants, kill_leftovers
+from tests.e2e.helpers import read_events
+from tests.e2e.runs import HeadlessConsole
+from tests.factories import REPO, write_config
 
 RESULTS = Path(__file__).with_name("results.json")
 ACCURACY = 0.90
@@ -287,40 +290,10 @@ def baseline(config_path: Path, nodes: int, rounds: int, timeout: float) -> dict
 # ----------------------------------------------------------------------------- one real run
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("kind") != "view":
-            out.append(event)
-    return out
-
-
-def _child_pids(pid: int) -> list[int]:
-    """``pid``'s descendants: its children (the fork server, a data server) and theirs (the
-    nodes the fork server forked)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    children = [int(p) for p in text.split()]
-    return children + [g for c in children for g in _child_pids(c)]
-
-
 def _reap(console: HeadlessConsole, pids: list[int]) -> None:
-    """Kill the console if it still runs, then any node it leaves behind (they die with it)."""
-    console.close()
-    deadline = time.monotonic() + 10
-    while node_pids_alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in node_pids_alive(pids):
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    """Stop the console if it still runs, then kill any node it leaves behind (they die with it)."""
+    console.reap()
+    kill_leftovers(pids)
 
 
 def run_once(job: Job, work: Path) -> dict[str, Any]:
@@ -337,17 +310,15 @@ def run_once(job: Job, work: Path) -> dict[str, Any]:
     try:
         deadline = time.monotonic() + job.timeout
         while console.process.poll() is None and time.monotonic() < deadline:
-            pids = sorted(set(pids) | set(_child_pids(console.process.pid)))
-            time.sleep(0.05)
-        code = console.process.poll()
+            pids = sorted(set(pids) | set(descendants(console.pid)))
+            time.sleep(0.2)
         out["exited"] = time.time()
-        if code is None:
-            out["error"] = f"no end within {job.timeout:.0f}s (killed)"
-        elif code != 0:
-            out["error"] = f"fl-console exited {code}: {console.text()[-500:]}"
+        error = console.failure(job.timeout, tail=500)
+        if error is not None:
+            out["error"] = error
         else:
             out["summary"] = console.read_summary()
-            out["events"] = _events(console.events)
+            out["events"] = read_events(console.events)
             with metrics.open(newline="") as fh:
                 out["metrics"] = list(csv.DictReader(fh))
     finally:

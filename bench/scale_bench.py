@@ -36,7 +36,6 @@ killed by pid).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import io
@@ -56,14 +55,13 @@ from typing import Any
 
 import zmq
 
-from bench.report import save_result
+from bench.report import arguments, publish
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.server import ConsoleServer
 from transport import messages as m
 from transport.codec import decode, encode
 from transport.sockets import SocketFactory, endpoint
 
-RESULTS = Path(__file__).with_name("results.json")
 CLIENTS = (100, 1000)
 NODES = (4, 8, 12, 16)
 RUN_ID = "scale"
@@ -529,13 +527,6 @@ def _rss_kb(pid: int) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def bare_torch_rss_kb() -> int:
     """Resident memory of a bare ``python -c 'import torch'`` (the floor of any node)."""
     import subprocess
@@ -557,7 +548,8 @@ def bare_torch_rss_kb() -> int:
 
 
 def node_run(n: int, work: Path) -> dict[str, Any]:
-    from tests.e2e.runs import HeadlessConsole, node_pids_alive
+    from tests.e2e.child import descendants, kill_leftovers
+    from tests.e2e.runs import HeadlessConsole
     from tests.factories import write_config
 
     config = write_config(
@@ -573,7 +565,7 @@ def node_run(n: int, work: Path) -> dict[str, Any]:
     reason = ""
     try:
         while console.process.poll() is None and time.monotonic() - started < NODE_RUN_LIMIT:
-            for pid in _children(console.process.pid):
+            for pid in descendants(console.pid):
                 rss = _rss_kb(pid)
                 if rss is not None:
                     peaks[pid] = max(peaks.get(pid, 0), rss)
@@ -587,15 +579,8 @@ def node_run(n: int, work: Path) -> dict[str, Any]:
         else:
             finished = True
     finally:
-        console.close()
-        deadline = time.monotonic() + 10
-        while node_pids_alive(list(peaks)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in node_pids_alive(list(peaks)):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+        console.reap()
+        kill_leftovers(list(peaks))
     row: dict[str, Any] = {
         "nodes": n,
         "finished": finished,
@@ -754,15 +739,12 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--clients", type=int, nargs="*", default=list(CLIENTS))
     parser.add_argument("--nodes", type=int, nargs="*", default=list(NODES))
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.clients), tuple(args.nodes))
-    print(table(result))
-    save_result("scale", result, args.json)
-    print(f"wrote {args.json}")
+    publish("scale", result, table(result), args.json)
     return result
 
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.netlab import NetLab, lab_unavailable
-from tests.e2e.runs import HeadlessConsole, LabNode
+from tests.e2e.child import node_args, start_node
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import write_config
 
 RESULTS = Path(__file__).with_name("wan_results.json")
@@ -132,12 +133,13 @@ def run_variant(lab: NetLab, variant: Variant, work: Path) -> dict[str, Any]:
     run_id = str(doc["run_id"])
     console = HeadlessConsole(config, work / "run", prefix=lab.exec_args(lab.hub_ns))
     nodes = [
-        LabNode(
-            lab,
-            lab.node_ns[i],
-            work / f"site-{i}.log",
-            ["--connect", control, "--run-id", run_id, "--name", f"site-{i}"]
+        start_node(
+            f"site-{i}",
+            node_args(control, run_id, f"site-{i}")
             + ["--gossip-host", lab.node_address[i], "--join-timeout", "120"],
+            work / f"site-{i}.log",
+            lab=lab,
+            ns=lab.node_ns[i],
         )
         for i in range(NODES)
     ]
@@ -151,19 +153,17 @@ def run_variant(lab: NetLab, variant: Variant, work: Path) -> dict[str, Any]:
                 marks["start"] = [lab.link_bytes(i) for i in range(NODES)]
             time.sleep(0.1)
         marks["end"] = [lab.link_bytes(i) for i in range(NODES)]
-        code = console.process.poll()
-        if code is None:
-            out["error"] = f"no end within {RUN_TIMEOUT:.0f}s"
-        elif code != 0:
-            out["error"] = f"fl-console exited {code}: {console.text()[-800:]}"
+        error = console.failure(RUN_TIMEOUT, tail=800)
+        if error is not None:
+            out["error"] = error
         else:
             out["summary"] = console.read_summary()
             out["events"] = console.events_seen()
             out["links"] = marks
     finally:
-        console.close()
+        console.reap()
         for node in nodes:
-            node.close()
+            node.reap()
     return out
 
 
@@ -254,7 +254,7 @@ def digits_accuracy(work: Path) -> dict[str, float | None]:
         except subprocess.TimeoutExpired:
             out[name] = None
         finally:
-            console.close()
+            console.reap()
     return out
 
 

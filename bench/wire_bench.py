@@ -20,16 +20,14 @@ SHA-256 (what a witness computes to attest a model; node logic, not in "ours").
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
-from bench.report import save_result
+from bench.report import arguments, column_table, publish
 from transport import messages as m
 from transport.codec import Limits, decode, encode, is_finite
 from transport.sockets import (
@@ -46,7 +44,6 @@ MB = 1 << 20
 SIZES_MB = (1, 10, 100)
 WAIT_MS = 30_000
 LIMITS = Limits(max_total_bytes=2 << 30)
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def _reps_for(size_mb: int) -> int:
@@ -58,9 +55,9 @@ def _tensor(size_mb: int) -> TensorPayload:
     return TensorPayload("weight", "float32", values.shape, memoryview(values).cast("B"))
 
 
-def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h: str) -> float:
-    start = time.perf_counter()
-    push = m.ModelPush(
+def _push(tensor: TensorPayload, h: str) -> m.ModelPush:
+    """The measured message: round 1's model from ``sender``, one tensor."""
+    return m.ModelPush(
         run_id="bench",
         sender="sender",
         round=1,
@@ -69,7 +66,11 @@ def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h:
         samples=1,
         tensors=(tensor,),
     )
-    send_sync(dealer, push)
+
+
+def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h: str) -> float:
+    start = time.perf_counter()
+    send_sync(dealer, _push(tensor, h))
     got = recv_from_sync(router, WAIT_MS)
     if got is None:
         raise TimeoutError("model_push did not arrive")
@@ -86,16 +87,7 @@ def _ours_once(dealer: zmq.Socket, router: zmq.Socket, tensor: TensorPayload, h:
 
 def _codec_once(tensor: TensorPayload, h: str) -> None:
     """The CPU part of ``_ours_once`` without sockets: what the wire costs beyond the bytes."""
-    push = m.ModelPush(
-        run_id="bench",
-        sender="sender",
-        round=1,
-        trainer="sender",
-        hash=h,
-        samples=1,
-        tensors=(tensor,),
-    )
-    msg = decode(encode(push), LIMITS)
+    msg = decode(encode(_push(tensor, h)), LIMITS)
     assert isinstance(msg, m.ModelPush)
     decode(encode(m.ModelAck(round=msg.round, trainer=msg.trainer, hash=msg.hash)))
 
@@ -215,10 +207,7 @@ COLUMNS = (  # (title, key, format)
 
 
 def table(result: dict[str, Any]) -> str:
-    head = " ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for row in result["rows"]:
-        lines.append(" ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS))
+    lines = column_table(COLUMNS, result["rows"])
     lines.append(f"min ours/bare {result['min_ratio']:.2f} (target >= {result['target_ratio']})")
     lines.append(
         "+scan: bare plus one NaN/Inf scan of the received frame (any receiver reads the data "
@@ -229,16 +218,13 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES_MB), metavar="MB")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per trial")
     parser.add_argument("--trials", type=int, default=5, help="fresh connection pairs per size")
-    parser.add_argument("--json", type=Path, default=RESULTS, help="merge figures into this file")
     args = parser.parse_args(argv)
     result = run(tuple(args.sizes), args.reps, args.trials)
-    print(table(result))
-    save_result("wire", result, args.json)
-    print(f"wrote {args.json}")
+    publish("wire", result, table(result), args.json)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def _spawn(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_headless_mode(args: argparse.Namespace, config: Config) -> int:
-    from console.spawn import LocalNodes
+    from console.server.spawn import LocalNodes
 
     # The nodes' fork server imports torch (~2 s) while the console imports and binds.
     nodes = LocalNodes(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,7 +23,7 @@ from bench.netlab import (
     tbf_args,
 )
 from bench.throughput import measure_mbit
-from tests.e2e.runs import REPO
+from tests.factories import REPO
 
 
 @pytest.fixture
@@ -139,8 +140,12 @@ def test_exec_args_refuses_a_namespace_that_is_not_the_labs(lab: NetLab) -> None
         lab.exec_args("some-other-ns")
 
 
-def _child_with_a_lab(prelude: str = "") -> tuple[subprocess.Popen[str], str, list[str]]:
-    """A Python child that builds a lab and sleeps: (child, a process in the lab, its names)."""
+@contextmanager
+def _child_with_a_lab(
+    prelude: str = "",
+) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+    """A Python child that builds a lab and sleeps: (child, a process in the lab, its names);
+    killed and reaped at the end, and any lab it left behind removed."""
     script = textwrap.dedent(
         """
         import signal, time
@@ -155,20 +160,10 @@ def _child_with_a_lab(prelude: str = "") -> tuple[subprocess.Popen[str], str, li
     child = subprocess.Popen(
         [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
-    assert child.stdout is not None
-    pid, *names = child.stdout.readline().split()
-    return child, pid, names
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_tears_the_lab_down_then_acts_as_before(needs_lab: None, sig: int) -> None:
-    child, pid, names = _child_with_a_lab()
     try:
-        assert names and set(names) <= set(namespaces())
-        child.send_signal(sig)
-        assert child.wait(timeout=30) == -sig  # the previous handler's way out, after teardown
-        assert not set(names) & set(namespaces())
-        assert not os.path.exists(f"/proc/{pid}")
+        assert child.stdout is not None
+        pid, *names = child.stdout.readline().split()
+        yield child, pid, names
     finally:
         if child.poll() is None:
             child.kill()
@@ -176,10 +171,19 @@ def test_a_signal_tears_the_lab_down_then_acts_as_before(needs_lab: None, sig: i
         cleanup_stale()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_tears_the_lab_down_then_acts_as_before(needs_lab: None, sig: int) -> None:
+    with _child_with_a_lab() as (child, pid, names):
+        assert names and set(names) <= set(namespaces())
+        child.send_signal(sig)
+        assert child.wait(timeout=30) == -sig  # the previous handler's way out, after teardown
+        assert not set(names) & set(namespaces())
+        assert not os.path.exists(f"/proc/{pid}")
+
+
 def test_an_ignored_sigint_stays_ignored_and_sigterm_still_tears_down(needs_lab: None) -> None:
     # a background job of a shell starts with SIGINT ignored: the lab must not change that
-    child, pid, names = _child_with_a_lab("signal.signal(signal.SIGINT, signal.SIG_IGN)")
-    try:
+    with _child_with_a_lab("signal.signal(signal.SIGINT, signal.SIG_IGN)") as (child, pid, names):
         child.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):
             child.wait(timeout=0.5)
@@ -188,11 +192,6 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_still_tears_down(needs_lab:
         assert child.wait(timeout=30) == -signal.SIGTERM
         assert not set(names) & set(namespaces())
         assert not os.path.exists(f"/proc/{pid}")
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(timeout=10)
-        cleanup_stale()
 
 
 def _dead_pid() -> int:

@@ -7,26 +7,26 @@ The quit test spawns real child processes and checks that they are reaped.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.coordinate import Coordinate
 from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
-from console.app.backend import LiveBackend, StaticBackend
+from console.app.backend import LiveBackend
 from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, EventLogView, RunHeader
 from console.app.widgets.eventlog import MAX_LINES as EVENT_LINES
 from console.config import CheckpointConfig, Config, CoordinatorConfig, ServerConfig
 from console.record.eventlog import LogLine
 from console.server.spawn import LocalNode, LocalNodes
+from tests.console.pilot import run_console, static_app
 from tests.snapshots.fixtures import mid_round_view
 from transport import messages as m
 from transport.codec import encode
@@ -51,6 +51,25 @@ def make_config(tmp_path: Path) -> Config:
         ),
         checkpoint=CheckpointConfig(dir=tmp_path / "checkpoints"),
     )
+
+
+def live_app(tmp_path: Path, spawn: int = 0) -> tuple[LiveBackend, ConsoleApp]:
+    """The console app on a live backend; ``spawn`` children, harmless sleepers, when asked."""
+
+    def nodes(control: str) -> LocalNodes:
+        return SleepingNodes(run_id="pilot-run", control_endpoint=control, log_dir=tmp_path / "n")
+
+    extra: dict[str, Any] = {"spawn": spawn, "nodes_factory": nodes} if spawn else {}
+    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run", **extra)
+    return backend, ConsoleApp(backend, refresh_hz=10)
+
+
+def _kill(children: list[subprocess.Popen[bytes]]) -> None:
+    """Kill and reap what the console under test left running."""
+    for p in children:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 class SleepingNodes(LocalNodes):
@@ -78,17 +97,6 @@ def join(backend: LiveBackend, node_id: str) -> None:
     assert isinstance(replies[0], m.JoinAck), replies
 
 
-def run_console(
-    app: ConsoleApp, scenario: Callable[[Pilot], Awaitable[None]], size: tuple[int, int] = (120, 40)
-) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause()
-            await scenario(pilot)
-
-    asyncio.run(main())
-
-
 def client_status(backend: LiveBackend, client_id: str) -> ClientStatus:
     assert backend.server is not None
     view = backend.server.coordinator.snapshot(backend.server.clock()).client(client_id)
@@ -97,8 +105,7 @@ def client_status(backend: LiveBackend, client_id: str) -> ClientStatus:
 
 
 def test_pause_key_reaches_the_coordinator_and_resume_key_undoes_it(tmp_path: Path) -> None:
-    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run")
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path)
 
     async def scenario(pilot: Pilot) -> None:
         join(backend, "node-a")
@@ -117,8 +124,7 @@ def test_pause_key_reaches_the_coordinator_and_resume_key_undoes_it(tmp_path: Pa
 
 
 def test_kick_key_with_confirmation_kicks_the_selected_client(tmp_path: Path) -> None:
-    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run")
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path)
 
     async def scenario(pilot: Pilot) -> None:
         join(backend, "node-a")
@@ -142,8 +148,7 @@ def test_kick_key_with_confirmation_kicks_the_selected_client(tmp_path: Path) ->
 
 
 def test_kick_cancelled_in_the_confirmation_kicks_nobody(tmp_path: Path) -> None:
-    backend = LiveBackend(make_config(tmp_path), run_dir=tmp_path / "run")
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path)
 
     async def scenario(pilot: Pilot) -> None:
         join(backend, "node-a")
@@ -168,13 +173,7 @@ def _port_free(endpoint: str) -> bool:
 
 
 def test_quit_stops_the_spawned_children_and_the_server(tmp_path: Path) -> None:
-    def nodes(control: str) -> LocalNodes:
-        return SleepingNodes(run_id="pilot-run", control_endpoint=control, log_dir=tmp_path / "n")
-
-    backend = LiveBackend(
-        make_config(tmp_path), run_dir=tmp_path / "run", spawn=2, nodes_factory=nodes
-    )
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path, spawn=2)
     children: list[subprocess.Popen[bytes]] = []
     endpoints: list[str] = []
 
@@ -192,20 +191,11 @@ def test_quit_stops_the_spawned_children_and_the_server(tmp_path: Path) -> None:
         assert all(p.returncode is not None for p in children), "a child was not reaped"
         assert _port_free(endpoints[0]), "the control socket is still bound"
     finally:
-        for p in children:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill(children)
 
 
 def test_any_exit_stops_the_children(tmp_path: Path) -> None:
-    def nodes(control: str) -> LocalNodes:
-        return SleepingNodes(run_id="pilot-run", control_endpoint=control, log_dir=tmp_path / "n")
-
-    backend = LiveBackend(
-        make_config(tmp_path), run_dir=tmp_path / "run", spawn=1, nodes_factory=nodes
-    )
-    app = ConsoleApp(backend, refresh_hz=10)
+    backend, app = live_app(tmp_path, spawn=1)
     children: list[subprocess.Popen[bytes]] = []
 
     async def scenario(pilot: Pilot) -> None:
@@ -217,10 +207,7 @@ def test_any_exit_stops_the_children(tmp_path: Path) -> None:
         run_console(app, scenario)
         assert children and all(p.returncode is not None for p in children)
     finally:
-        for p in children:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill(children)
 
 
 def test_a_server_that_cannot_start_exits_with_2(tmp_path: Path) -> None:
@@ -235,8 +222,7 @@ def test_a_server_that_cannot_start_exits_with_2(tmp_path: Path) -> None:
 
 
 def test_a_refused_action_is_shown_not_raised() -> None:
-    backend = StaticBackend(mid_round_view(), refuse="the run is finished")
-    app = ConsoleApp(backend, refresh_hz=0)
+    backend, app = static_app(mid_round_view(), refuse="the run is finished")
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.press("e")
@@ -248,7 +234,7 @@ def test_a_refused_action_is_shown_not_raised() -> None:
 
 
 def test_help_key_opens_the_help_and_escape_closes_it() -> None:
-    app = ConsoleApp(StaticBackend(mid_round_view()), refresh_hz=0)
+    _, app = static_app(mid_round_view())
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.press("question_mark")
@@ -262,7 +248,7 @@ def test_help_key_opens_the_help_and_escape_closes_it() -> None:
 
 
 def test_operator_commands_are_in_the_palette() -> None:
-    app = ConsoleApp(StaticBackend(mid_round_view()), refresh_hz=0)
+    _, app = static_app(mid_round_view())
 
     async def scenario(pilot: Pilot) -> None:
         await pilot.press("ctrl+p")
@@ -278,8 +264,7 @@ def test_operator_commands_are_in_the_palette() -> None:
 
 def test_a_refresh_updates_cells_in_place_and_keeps_the_cursor() -> None:
     view = mid_round_view()
-    backend = StaticBackend(view)
-    app = ConsoleApp(backend, refresh_hz=0)
+    backend, app = static_app(view)
 
     async def scenario(pilot: Pilot) -> None:
         table = app.query_one(ClientsTable)
@@ -300,7 +285,7 @@ def test_a_refresh_updates_cells_in_place_and_keeps_the_cursor() -> None:
 
 def test_the_event_log_pane_is_bounded() -> None:
     lines = tuple(LogLine(float(i), "state_changed", f"line {i}") for i in range(EVENT_LINES + 100))
-    app = ConsoleApp(StaticBackend(replace(mid_round_view(), log=lines)), refresh_hz=0)
+    _, app = static_app(replace(mid_round_view(), log=lines))
 
     async def scenario(pilot: Pilot) -> None:
         pane = app.query_one(EventLogView)

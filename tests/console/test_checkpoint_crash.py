@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from console.server.checkpoint import StoredCheckpoint, load_latest
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.factories import REPO
 
 WRITER = r"""
 import os, sys

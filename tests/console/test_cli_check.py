@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from console.cli import main
+from tests.factories import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 
 

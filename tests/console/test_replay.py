@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
 from console.app.widgets import ClientsTable, EventLogView, RunHeader
@@ -21,6 +22,7 @@ from console.record.replay import (
     view_to_dict,
 )
 from console.record.view import ConsoleSnapshot
+from tests.console.pilot import run_console
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -180,35 +182,33 @@ def test_replay_keys_step_and_play_and_operator_keys_are_off(tmp_path: Path) -> 
     backend = ReplayBackend(write_recording(tmp_path / "events.jsonl"), clock=clock)
     app = ConsoleApp(backend, refresh_hz=0)
 
-    async def main() -> None:
-        async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause()
-            assert app.check_action("pause", ()) is False
-            assert app.check_action("kick", ()) is False
-            await pilot.press("right")
-            assert backend.index == 1
-            assert len(app.query_one(ClientsTable).rows) == 8
-            await pilot.press("p")  # in a replay p steps back; it never pauses anything
-            assert backend.index == 0
-            await pilot.press("end")
-            assert backend.index == 2
-            assert "3/3" in str(app.query_one(RunHeader).render())
-            await pilot.press("home", "n")
-            assert backend.index == 1
-            lines = app.query_one(EventLogView).lines
-            assert len(lines) == 2
-            await pilot.press("space")
-            assert backend.playing
-            await pilot.press("space")
-            assert not backend.playing
-            await pilot.press("ctrl+p", "right", "left")  # the palette's input keeps its keys
-            assert backend.index == 1
-            await pilot.press("escape")
-            helps = [what for _, what in app.help_keys()]
-            assert any("Step back" in what for what in helps)
-            assert not any("Pause the run" in what or "Kick" in what for what in helps)
+    async def scenario(pilot: Pilot) -> None:
+        assert app.check_action("pause", ()) is False
+        assert app.check_action("kick", ()) is False
+        await pilot.press("right")
+        assert backend.index == 1
+        assert len(app.query_one(ClientsTable).rows) == 8
+        await pilot.press("p")  # in a replay p steps back; it never pauses anything
+        assert backend.index == 0
+        await pilot.press("end")
+        assert backend.index == 2
+        assert "3/3" in str(app.query_one(RunHeader).render())
+        await pilot.press("home", "n")
+        assert backend.index == 1
+        lines = app.query_one(EventLogView).lines
+        assert len(lines) == 2
+        await pilot.press("space")
+        assert backend.playing
+        await pilot.press("space")
+        assert not backend.playing
+        await pilot.press("ctrl+p", "right", "left")  # the palette's input keeps its keys
+        assert backend.index == 1
+        await pilot.press("escape")
+        helps = [what for _, what in app.help_keys()]
+        assert any("Step back" in what for what in helps)
+        assert not any("Pause the run" in what or "Kick" in what for what in helps)
 
-    asyncio.run(main())
+    run_console(app, scenario)
 
 
 def test_the_server_records_views_that_replay_loads(tmp_path: Path) -> None:

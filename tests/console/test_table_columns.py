@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import pytest
 from textual.pilot import Pilot
 
-from console.app.app import ConsoleApp
-from console.app.backend import StaticBackend
 from console.app.cells import CLIENT_COLUMNS, ROUND_COLUMNS
 from console.app.columns import Column, column_width, columns_that_fit
 from console.app.widgets import ClientsTable, RoundsTable
+from tests.console.pilot import run_console, static_app
 from tests.snapshots.fixtures import mid_round_view
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,19 +40,9 @@ def test_the_first_column_of_each_table_is_always_shown() -> None:
     assert CLIENT_COLUMNS[0].priority == 0 and ROUND_COLUMNS[0].priority == 0
 
 
-def run_console(app: ConsoleApp, scenario, size: tuple[int, int]) -> None:
-    async def main() -> None:
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause()
-            await scenario(pilot)
-
-    asyncio.run(main())
-
-
 def test_a_narrow_terminal_drops_columns_and_a_wide_one_brings_them_back() -> None:
     view = mid_round_view()
-    backend = StaticBackend(view)
-    app = ConsoleApp(backend, refresh_hz=0)
+    backend, app = static_app(view)
 
     async def scenario(pilot: Pilot) -> None:
         clients = app.query_one(ClientsTable)

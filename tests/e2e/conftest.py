@@ -8,20 +8,15 @@ raw socket is closed, whatever the test did.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from console.config import Config
-from tests.e2e.helpers import (
-    NodeProcess,
-    RawClients,
-    ServerThread,
-    make_config,
-    node_args,
-    start_process,
-)
+from tests.e2e.child import NODE_ENV, Child, node_args, node_command
+from tests.e2e.helpers import RawClients, ServerThread, make_config
 
 
 class Consoles:
@@ -44,7 +39,8 @@ class Consoles:
         console.start()
         return console
 
-    def stop_all(self) -> None:
+    def close(self) -> None:
+        """Stop every console started here."""
         for console in self.started:
             console.stop()
 
@@ -54,43 +50,37 @@ class Processes:
 
     def __init__(self, tmp_path: Path) -> None:
         self.log_dir = tmp_path / "logs"
-        self.started: list[NodeProcess] = []
+        self.started: list[Child] = []
 
-    def start(self, name: str, args: list[str]) -> NodeProcess:
-        proc = start_process(name, args, self.log_dir / f"{name}.log")
+    def start(self, name: str, command: list[str]) -> Child:
+        """``command`` in its own session, its output in ``logs/NAME.log``."""
+        env = {**NODE_ENV, "COLUMNS": "200"}
+        proc = Child(name, command, self.log_dir / f"{name}.log", env=env)
         self.started.append(proc)
         return proc
 
-    def node(self, name: str, control: str, run_id: str, *extra: str) -> NodeProcess:
-        return self.start(name, node_args(control, run_id, name, *extra))
+    def node(self, name: str, control: str, run_id: str, *extra: str) -> Child:
+        return self.start(name, node_command(*node_args(control, run_id, name, *extra)))
 
-    def reap_all(self) -> None:
+    def close(self) -> None:
+        """Reap every process started here."""
         for proc in self.started:
             proc.reap()
 
 
 @pytest.fixture
 def consoles(tmp_path: Path) -> Iterator[Consoles]:
-    made = Consoles(tmp_path)
-    try:
+    with closing(Consoles(tmp_path)) as made:
         yield made
-    finally:
-        made.stop_all()
 
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
-    made = Processes(tmp_path)
-    try:
+    with closing(Processes(tmp_path)) as made:
         yield made
-    finally:
-        made.reap_all()
 
 
 @pytest.fixture
 def raw() -> Iterator[Callable[..., Any]]:
-    clients = RawClients()
-    try:
-        yield clients
-    finally:
-        clients.close()
+    with closing(RawClients()) as made:
+        yield made

@@ -14,21 +14,24 @@ Everything started here is reaped by :meth:`ControlledRun.close`, whatever the t
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from tests.e2e.runs import node_pids_alive
-from tests.factories import REPO, write_config
+from tests.e2e.child import (
+    NODE_ENV,
+    Child,
+    console_command,
+    node_args,
+    node_command,
+    node_pids_alive,
+)
+from tests.factories import write_config
 
 Event = dict[str, Any]
 
@@ -52,64 +55,6 @@ def fault_config(directory: Path, **sections: dict[str, Any]) -> Path:
 def config_value(config: Path, section: str, key: str) -> Any:
     doc = tomlkit.parse(config.read_text()).unwrap()
     return doc[key] if section == "top" else doc[section][key]
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-@dataclass
-class NodeProc:
-    """One ``fl-node`` child in its own session (a console SIGKILL does not touch it)."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    stopped: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> float:
-        """SIGKILL and reap; returns the monotonic time of the kill."""
-        at = time.monotonic()
-        self.process.kill()
-        self.process.wait(timeout=10)
-        return at
-
-    def stop(self) -> float:
-        at = time.monotonic()
-        os.kill(self.pid, signal.SIGSTOP)
-        self.stopped = True
-        return at
-
-    def cont(self) -> float:
-        at = time.monotonic()
-        os.kill(self.pid, signal.SIGCONT)
-        self.stopped = False
-        return at
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def reap(self) -> None:
-        if self.alive:
-            if self.stopped:
-                os.kill(self.pid, signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(extra or {}))
 
 
 # ----------------------------------------------------------------------------- the event log
@@ -154,30 +99,35 @@ class EventTail:
         ]
 
 
-@dataclass
-class Incarnation:
-    """One console process of the run: ``fl-console CONFIG --headless --spawn 0``."""
+class Incarnation(Child):
+    """One console process of the run: ``fl-console CONFIG --headless --spawn 0``, in the
+    test's session, its output in ``console-NUMBER.out``."""
 
-    number: int
-    process: subprocess.Popen[bytes]
-    run_dir: Path
-    output_path: Path
-    started: float
-    log: EventTail = field(init=False)
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        number: int,
+        directory: Path,
+        config: Path,
+        *,
+        resume: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.number = number
+        self.run_dir = directory / f"console-{number}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = EventTail(self.run_dir / "events.jsonl")
+        extra = ["--spawn", "0", *(["--resume"] if resume else [])]
+        super().__init__(
+            f"console-{number}",
+            console_command(config, self.run_dir, *extra),
+            directory / f"console-{number}.out",
+            env={**NODE_ENV, **(env or {})},
+            own_session=False,
+        )
 
     @property
     def summary_path(self) -> Path:
         return self.run_dir / "summary.json"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
 
     def wait_for(
         self, predicate: Callable[[Event], bool], timeout: float, what: str, *, after: int = 0
@@ -204,15 +154,19 @@ class Incarnation:
                 )
             time.sleep(0.01)
 
+    def wait_for_state(self, state: str, timeout: float, *, after: int = 0) -> Event:
+        """The first ``state_changed`` into ``state`` (at index >= ``after``)."""
+        return self.wait_for(
+            lambda e: e.get("kind") == "state_changed" and e.get("new") == state,
+            timeout,
+            state,
+            after=after,
+        )
+
     def kill(self) -> float:
-        at = time.monotonic()
-        self.process.kill()
-        self.process.wait(timeout=10)
+        at = super().kill()
         self.log.poll()
         return at
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
 
     def summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text())
@@ -247,9 +201,10 @@ class ControlledRun:
         self.control = f"tcp://{self.host}:{self.control_port}"
         self.state = f"tcp://{self.host}:{self.state_port}"
         self.checkpoint_dir = Path(str(config_value(config, "checkpoint", "dir"))) / self.run_id
+        self._checkpoints_aside = self.checkpoint_dir.with_name(self.checkpoint_dir.name + ".aside")
         self.incarnations: list[Incarnation] = []
-        self.nodes: dict[str, NodeProc] = {}
-        self._retired: list[NodeProc] = []
+        self.nodes: dict[str, Child] = {}
+        self._retired: list[Child] = []
 
     # -- the console
 
@@ -260,75 +215,47 @@ class ControlledRun:
     def start_console(
         self, *, resume: bool = False, env: Mapping[str, str] | None = None
     ) -> Incarnation:
-        number = len(self.incarnations) + 1
-        run_dir = self.directory / f"console-{number}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        output_path = self.directory / f"console-{number}.out"
-        args = [
-            sys.executable,
-            "-m",
-            "console.cli",
-            str(self.config),
-            "--headless",
-            "--spawn",
-            "0",
-            "--summary",
-            str(run_dir / "summary.json"),
-            "--run-dir",
-            str(run_dir),
-        ]
-        if resume:
-            args.append("--resume")
-        with open(output_path, "wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                args,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(env),
-            )
-        incarnation = Incarnation(number, process, run_dir, output_path, time.monotonic())
+        incarnation = Incarnation(
+            len(self.incarnations) + 1, self.directory, self.config, resume=resume, env=env
+        )
         self.incarnations.append(incarnation)
         return incarnation
 
     # -- nodes
 
-    def start_node(self, name: str, *extra: str) -> NodeProc:
+    def start_node(self, name: str, *extra: str) -> Child:
         """``fl-node --connect ... --name NAME``; a node of that name must not be running."""
         old = self.nodes.get(name)
         if old is not None:
             assert not old.alive, f"{name} is still running"
             self._retired.append(old)
         log_path = self.directory / "nodes" / f"{name}.{len(self._retired)}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "node.cli",
-            "--connect",
-            self.control,
-            "--run-id",
-            self.run_id,
-            "--name",
-            name,
-            *extra,
-        ]
-        with open(log_path, "wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                args,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(),
-                start_new_session=True,
-            )
-        node = NodeProc(name, process, log_path)
+        args = node_args(self.control, self.run_id, name, *extra)
+        node = Child(name, node_command(*args), log_path, env=NODE_ENV)
         self.nodes[name] = node
         return node
 
-    def start_nodes(self, count: int, prefix: str = "node") -> list[NodeProc]:
+    # -- the checkpoint disk
+
+    def fail_checkpoint_writes(self, *, after: int = 0) -> Event:
+        """Put a file where the checkpoint directory was (moved aside), wait for the console's
+        Cooldown (from event ``after``) and return its failed checkpoint write in it."""
+        self.checkpoint_dir.rename(self._checkpoints_aside)
+        self.checkpoint_dir.write_text("not a directory")
+        cooldown = self.console.wait_for_state("Cooldown", 60, after=after)
+        return self.console.wait_for(
+            lambda e: e.get("kind") == "checkpoint" and "write failed" in e.get("text", ""),
+            60,
+            "a failed checkpoint write in Cooldown",
+            after=self.console.log.events.index(cooldown),
+        )
+
+    def mend_checkpoint_dir(self) -> None:
+        """Undo :meth:`fail_checkpoint_writes`: the directory back, with what it held."""
+        self.checkpoint_dir.unlink()
+        self._checkpoints_aside.rename(self.checkpoint_dir)
+
+    def start_nodes(self, count: int, prefix: str = "node") -> list[Child]:
         return [self.start_node(f"{prefix}-{i}") for i in range(count)]
 
     def node_exits(self, timeout: float) -> dict[str, int | None]:
@@ -344,8 +271,7 @@ class ControlledRun:
     def close(self) -> None:
         for incarnation in self.incarnations:
             if incarnation.alive:
-                incarnation.process.kill()
-                incarnation.process.wait(timeout=10)
+                incarnation.kill()
         for node in [*self.nodes.values(), *self._retired]:
             node.reap()
         pids = [n.pid for n in [*self.nodes.values(), *self._retired]]
@@ -379,7 +305,7 @@ def round_roles(started: Event, members: list[str]) -> dict[str, str]:
     return roles
 
 
-def live_members(console: Incarnation, nodes: Mapping[str, NodeProc]) -> list[str]:
+def live_members(console: Incarnation, nodes: Mapping[str, Child]) -> list[str]:
     """Nodes that run and are not stopped (the console may not have dropped the others yet)."""
     return sorted(n for n, p in nodes.items() if p.alive and not p.stopped)
 

@@ -1,7 +1,8 @@
-"""What the end-to-end tests drive: an in-process console, fl-node processes, raw clients.
+"""What the end-to-end tests drive: an in-process console and raw clients (processes are
+:class:`tests.e2e.child.Child` s).
 
 Everything binds or connects on 127.0.0.1 with free ports, every wait has a deadline, and
-every process started here can be reaped (the fixtures in ``conftest.py`` do it).
+everything started here can be stopped (the fixtures in ``conftest.py`` do it).
 """
 
 from __future__ import annotations
@@ -9,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +22,6 @@ import zmq
 
 from console.config import CheckpointConfig, Config, LocalConfig, ServerConfig
 from console.server.server import ConsoleServer, Endpoints
-from tests.factories import REPO
 from transport import messages as m
 from transport.codec import DecodeError, decode, encode
 from transport.state import ClientStatus, RunSnapshot
@@ -180,8 +177,11 @@ class ServerThread:
                 self._loop.close()
 
 
-def read_events(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The event log's records (not the console's recorded views), optionally of one kind."""
+def read_events(
+    path: Path, kind: str | None = None, *, views: bool = False
+) -> list[dict[str, Any]]:
+    """The event log's records, optionally of one kind; the console's recorded views only
+    with ``views`` (a line being written right now is left for the next read)."""
     if not path.exists():
         return []
     out = []
@@ -190,7 +190,7 @@ def read_events(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line being written right now
             continue
-        if record.get("kind") == "view":
+        if record.get("kind") == "view" and not views:
             continue
         if kind is None or record.get("kind") == kind:
             out.append(record)
@@ -204,131 +204,6 @@ def state_changes(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def status_of(snap: RunSnapshot, client_id: str) -> ClientStatus | None:
     client = snap.client(client_id)
     return None if client is None else client.status
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-@dataclass
-class NodeProcess:
-    """An ``fl-node`` (or ``fl-console``) child in its own session, output in a log file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def reap(self, timeout: float = 5.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after ``timeout``, wait for it."""
-        signal_group(self.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        signal_group(self.pid, signal.SIGKILL)  # anything the leader left behind, too
-        if self.alive:
-            self.process.wait(timeout=timeout)
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def start_process(name: str, args: list[str], log_path: Path) -> NodeProcess:
-    """``python ARGS`` in the repo, in a new session (its own process group)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", COLUMNS="200")
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - our interpreter, our modules
-            [sys.executable, *args],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    return NodeProcess(name, process, log_path)
-
-
-def node_args(control: str, run_id: str, name: str, *extra: str) -> list[str]:
-    return ["-m", "node.cli", "--connect", control, "--run-id", run_id, "--name", name, *extra]
-
-
-def is_running(pid: int, marker: str = "") -> bool:
-    """True when ``pid`` is a live (not zombie) process whose command line has ``marker``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X") and marker in cmdline
-
-
-def children_of(pid: int) -> set[int]:
-    """Pids of the processes whose parent is ``pid`` (scanned from /proc)."""
-    out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status", encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("PPid:"):
-                        if int(line.split()[1]) == pid:
-                            out.add(int(entry))
-                        break
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
-def spawned_nodes(console_pid: int) -> set[int]:
-    """Pids of the live fl-node processes a console spawned: its ``node.cli`` children, or the
-    children of its node fork server (``node.forkserver``; each fork is a node)."""
-    nodes = set()
-    for child in children_of(console_pid):
-        if is_running(child, "node.cli"):
-            nodes.add(child)
-        elif is_running(child, "node.forkserver"):
-            nodes |= {pid for pid in children_of(child) if is_running(pid)}
-    return nodes
-
-
-def session_members(sid: int) -> set[int]:
-    """Live (not zombie) processes of session ``sid``: a child's children included."""
-    out = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().decode(errors="replace").rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        state, session = fields[0], int(fields[4])
-        if session == sid and state not in ("Z", "X"):
-            out.add(int(entry))
-    return out
 
 
 # ----------------------------------------------------------------------------- raw client

@@ -15,6 +15,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import zmq
@@ -235,21 +236,28 @@ def _check_reply(request: Hostile, reply: list[bytes], result: FuzzResult) -> No
         result.unexpected.append(f"{request.kind}: {msg.code} ({msg.reason})")
 
 
-def oversized_is_dropped(endpoint: str, size: int, wait: float = 2.0) -> bool:
-    """One message over the socket's MAXMSGSIZE: libzmq drops it (and the connection);
-    True when no reply came."""
+@contextmanager
+def _lone_dealer(endpoint: str, identity: bytes) -> Iterator[zmq.Socket]:
+    """A DEALER on a context of its own, connected to ``endpoint``; both closed after."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, b"fuzz-oversized")
+    sock.setsockopt(zmq.ROUTING_ID, identity)
     try:
         sock.connect(endpoint)
-        header = _header({"v": 1, "type": "heartbeat", "node_id": "fuzz-oversized"})
-        sock.send_multipart([header, bytes(size)])
-        return not sock.poll(int(wait * 1000), zmq.POLLIN)
+        yield sock
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+def oversized_is_dropped(endpoint: str, size: int, wait: float = 2.0) -> bool:
+    """One message over the socket's MAXMSGSIZE: libzmq drops it (and the connection);
+    True when no reply came."""
+    with _lone_dealer(endpoint, b"fuzz-oversized") as sock:
+        header = _header({"v": 1, "type": "heartbeat", "node_id": "fuzz-oversized"})
+        sock.send_multipart([header, bytes(size)])
+        return not sock.poll(int(wait * 1000), zmq.POLLIN)
 
 
 def gossip_messages(
@@ -349,16 +357,8 @@ def gossip_messages(
 
 def send_one(endpoint: str, frames: list[bytes], timeout: float = 10.0) -> m.Message | None:
     """Send one message from a fresh DEALER; its reply (None if none came in ``timeout``)."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, b"fuzz-gossip")
-    try:
-        sock.connect(endpoint)
+    with _lone_dealer(endpoint, b"fuzz-gossip") as sock:
         sock.send_multipart(frames)
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
         return decode(sock.recv_multipart())
-    finally:
-        sock.close(linger=0)
-        ctx.term()

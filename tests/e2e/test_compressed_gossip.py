@@ -18,7 +18,8 @@ import pytest
 import tomlkit
 
 from bench.netlab import NetLab, cleanup_stale, lab_unavailable
-from tests.e2e.runs import HeadlessConsole, LabNode
+from tests.e2e.child import Child, node_args, start_node
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -41,10 +42,10 @@ def test_every_node_holds_the_same_model_with_compressed_relayed_updates(
     )
     console = HeadlessConsole(config, tmp_path / "run")
     try:
-        assert console.wait(timeout=150) == 0, console.text()[-3000:]
+        assert console.wait(timeout=150) == 0, console.output()[-3000:]
         summary = console.read_summary()
     finally:
-        console.close()
+        console.reap()
     assert summary["final_state"] == "Finished"
     rounds = summary["rounds"]
     assert [r["outcome"] for r in rounds] == ["accepted"] * ROUNDS
@@ -94,13 +95,13 @@ def test_a_relay_killed_mid_gossip_loses_no_live_trainers_update(
     doc = tomlkit.parse(config.read_text())
     control = f"tcp://{lab.hub_address}:{doc['server']['control_port']}"
     console = HeadlessConsole(config, tmp_path / "run", prefix=lab.exec_args(lab.hub_ns))
-    nodes: dict[str, LabNode] = {}
+    nodes: dict[str, Child] = {}
     try:
         for i, ns in enumerate(lab.node_ns):
             name = f"site-{i}"
-            args = ["--connect", control, "--run-id", str(doc["run_id"]), "--name", name]
+            args = node_args(control, str(doc["run_id"]), name)
             args += ["--gossip-host", lab.node_address[i], "--join-timeout", "60"]
-            nodes[name] = LabNode(lab, ns, tmp_path / f"{name}.log", args)
+            nodes[name] = start_node(name, args, tmp_path / f"{name}.log", lab=lab, ns=ns)
         started = console.wait_for_event(
             lambda e: e["kind"] == "round_started" and e["round"] == 2, timeout=120
         )
@@ -110,14 +111,14 @@ def test_a_relay_killed_mid_gossip_loses_no_live_trainers_update(
             lambda e: e["kind"] == "result_committed" and e["round"] == 2, timeout=60
         )
         time.sleep(0.5)  # the updates are on their way along the chains
-        nodes[victim].process.send_signal(signal.SIGKILL)
-        assert console.wait(timeout=150) == 0, console.text()[-3000:]
+        nodes[victim].signal(signal.SIGKILL)
+        assert console.wait(timeout=150) == 0, console.output()[-3000:]
         summary = console.read_summary()
         fetched = sum(c["fetches"] or 0 for c in summary["clients"] if c["id"] != victim)
     finally:
         for node in nodes.values():
-            node.close()
-        console.close()
+            node.reap()
+        console.reap()
 
     round2 = next(r for r in summary["rounds"] if r["round"] == 2)
     assert round2["outcome"] == "accepted", round2

@@ -138,12 +138,7 @@ def test_console_killed_in_every_phase_resumes_and_the_nodes_rejoin_on_their_own
         # Warmup: a node stopped just before the epoch starts holds Warmup (no warmed_up).
         stalled = run.nodes["node-3"]
         stalled.stop()
-        first.wait_for(
-            lambda e: e.get("kind") == "state_changed" and e.get("new") == "Warmup",
-            30,
-            "Warmup of epoch 1",
-            after=first.log.events.index(saved),
-        )
+        first.wait_for_state("Warmup", 30, after=first.log.events.index(saved))
         time.sleep(0.3)
         crashes["Warmup"] = _crash(run, "Warmup", first.kill(), checkpointed)
         stalled.cont()
@@ -193,23 +188,9 @@ def test_console_killed_in_every_phase_resumes_and_the_nodes_rejoin_on_their_own
 
         last = fourth.wait_for(_goes_to_cooldown, 60, "a round that ends in Cooldown")["round"]
         _wait_until_on_disk(run, last - 1)  # the round before it is safe before the disk fails
-        aside = run.checkpoint_dir.with_name(run.checkpoint_dir.name + ".aside")
-        run.checkpoint_dir.rename(aside)
-        run.checkpoint_dir.write_text("not a directory")
-        cooldown = fourth.wait_for(
-            lambda e: e.get("kind") == "state_changed" and e.get("new") == "Cooldown",
-            60,
-            "Cooldown",
-        )
-        fourth.wait_for(
-            lambda e: e.get("kind") == "checkpoint" and "write failed" in e.get("text", ""),
-            60,
-            "a failed checkpoint write in Cooldown",
-            after=fourth.log.events.index(cooldown),
-        )
+        run.fail_checkpoint_writes()
         crashes["Cooldown"] = _crash(run, "Cooldown", fourth.kill(), checkpointed)
-        run.checkpoint_dir.unlink()
-        aside.rename(run.checkpoint_dir)
+        run.mend_checkpoint_dir()
         last = run.start_console(resume=True)
         _recovery(run, crashes["Cooldown"])
 

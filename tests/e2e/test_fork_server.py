@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from console.spawn import LocalNodes
 
 from console.server.forkserver import ForkedProcess
-from tests.e2e.helpers import children_of, free_ports, is_running
+from console.server.spawn import LocalNodes
+from tests.e2e.child import children_of, is_running
+from tests.factories import REPO, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux only")]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _nowhere() -> str:
@@ -119,7 +118,7 @@ def test_a_killed_console_leaves_no_fork_server_and_no_node_behind(tmp_path: Pat
         f"""
         import sys, time
         from pathlib import Path
-        from console.spawn import LocalNodes
+        from console.server.spawn import LocalNodes
         nodes = LocalNodes(run_id="fork-run", control_endpoint={_nowhere()!r},
                            log_dir=Path({str(tmp_path / "nodes")!r}), fork_server=True,
                            node_args=lambda _n: ("--join-timeout", "120"))

@@ -15,38 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.child import Child, console_command, is_running, session_members, spawned_nodes
 from tests.e2e.conftest import Processes
-from tests.e2e.helpers import (
-    NodeProcess,
-    is_running,
-    read_events,
-    session_members,
-    spawned_nodes,
-)
+from tests.e2e.helpers import read_events
 from tests.factories import write_config
 
 pytestmark = pytest.mark.slow
 
 
-def _headless(processes: Processes, config: Path, run_dir: Path, spawn: int) -> NodeProcess:
-    return processes.start(
-        "fl-console",
-        [
-            "-m",
-            "console.cli",
-            str(config),
-            "--headless",
-            "--spawn",
-            str(spawn),
-            "--summary",
-            str(run_dir / "summary.json"),
-            "--run-dir",
-            str(run_dir),
-        ],
-    )
+def _headless(processes: Processes, config: Path, run_dir: Path, spawn: int) -> Child:
+    """The console in its own session (as a terminal starts it), so Ctrl+C reaches its group."""
+    return processes.start("fl-console", console_command(config, run_dir, "--spawn", str(spawn)))
 
 
-def _watch_children(console: NodeProcess, until: float) -> set[int]:
+def _watch_children(console: Child, until: float) -> set[int]:
     """The console's fl-node processes, scanned from /proc until it exits or ``until``."""
     seen: set[int] = set()
     while console.alive and time.monotonic() < until:
@@ -55,7 +37,7 @@ def _watch_children(console: NodeProcess, until: float) -> set[int]:
     return seen
 
 
-def _no_traceback(run_dir: Path, console: NodeProcess) -> None:
+def _no_traceback(run_dir: Path, console: Child) -> None:
     assert "Traceback" not in console.output(), console.output()[-3000:]
     logs = sorted((run_dir / "nodes").glob("*.log"))
     assert logs, "no node logs"
@@ -110,7 +92,7 @@ def test_ctrl_c_stops_a_headless_run_and_its_nodes_mid_run(
     assert len(children) == 2
 
     if to == "console":
-        console.process.send_signal(signal.SIGINT)
+        console.signal(signal.SIGINT)
     else:  # what a terminal's Ctrl+C does: the console leads its own process group
         os.killpg(console.pid, signal.SIGINT)
     code = console.wait(timeout=20)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.runs import HeadlessConsole, node_pids_alive
+from tests.e2e.child import node_pids_alive
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -20,12 +21,12 @@ def _run(config: Path, run_dir: Path, *extra: str, timeout: float = 150) -> dict
     console = HeadlessConsole(config, run_dir, *extra)
     try:
         code = console.wait(timeout)
-        assert code == 0, console.text()[-4000:]
+        assert code == 0, console.output()[-4000:]
         summary = console.read_summary()
         assert node_pids_alive(summary["spawned_pids"]) == []
         return summary
     finally:
-        console.close()
+        console.reap()
 
 
 def test_default_job_learns_digits_and_every_node_holds_the_same_model(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_run_stopped_after_its_first_epoch_resumes_to_the_same_rounds(tmp_path: 
         stopped = first.read_summary()
         assert node_pids_alive(stopped["spawned_pids"]) == []
     finally:
-        first.close()
+        first.reap()
     assert 5 <= stopped["accepted_rounds"] < 10
 
     resumed = _run(config, tmp_path / "b" / "run2", "--resume")
@@ -83,6 +84,6 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     console = HeadlessConsole(config, tmp_path / "run", "--resume")
     try:
         assert console.wait(60) == 2
-        assert "no checkpoint" in console.text()
+        assert "no checkpoint" in console.output()
     finally:
-        console.close()
+        console.reap()

@@ -21,7 +21,8 @@ import pytest
 import tomlkit
 
 from bench.netlab import NetLab, cleanup_stale, lab_unavailable
-from tests.e2e.runs import HeadlessConsole, LabNode
+from tests.e2e.child import Child, node_args, start_node
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import REPO, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -92,17 +93,17 @@ def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the
     control = f"tcp://{lab.hub_address}:{doc['server']['control_port']}"
     run_id = str(doc["run_id"])
     console = HeadlessConsole(config, tmp_path / "run", prefix=lab.exec_args(lab.hub_ns))
-    nodes: list[LabNode] = []
+    nodes: list[Child] = []
     try:
         for i, (ns, address) in enumerate(zip(lab.node_ns, lab.node_address, strict=True)):
-            args = ["--connect", control, "--run-id", run_id, "--name", f"site-{i}"]
+            args = node_args(control, run_id, f"site-{i}")
             gossip_host = "0.0.0.0" if wildcard else address
             args += ["--gossip-host", gossip_host, "--join-timeout", "60", *node_keys[i]]
-            nodes.append(LabNode(lab, ns, tmp_path / f"site-{i}.log", args))
+            nodes.append(start_node(f"site-{i}", args, tmp_path / f"site-{i}.log", lab=lab, ns=ns))
 
-        assert console.wait(timeout=100) == 0, console.text()[-3000:]
+        assert console.wait(timeout=100) == 0, console.output()[-3000:]
         for node in nodes:
-            assert node.process.wait(timeout=30) == 0, node.text()[-3000:]
+            assert node.wait(timeout=30) == 0, node.output()[-3000:]
 
         summary = console.read_summary()
         assert summary["final_state"] == "Finished", summary
@@ -130,5 +131,5 @@ def test_nodes_in_their_own_namespaces_finish_the_run_through_the_console_on_the
             assert received >= client["bytes_received_p2p"], (received, client)
     finally:
         for node in nodes:
-            node.close()
-        console.close()
+            node.reap()
+        console.reap()

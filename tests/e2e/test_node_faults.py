@@ -159,9 +159,7 @@ def test_nodes_killed_in_each_role_and_phase_are_dropped_and_the_run_finishes(
 
         # Warmup of the first epoch (models, data, torch's first steps): kill a node that has
         # not reported warmed up yet.
-        console.wait_for(
-            lambda e: e.get("kind") == "state_changed" and e.get("new") == "Warmup", 90, "Warmup"
-        )
+        console.wait_for_state("Warmup", 90)
         warmed = {e["client_id"] for e in console.log.of("client_warmed_up")}
         victim = next(n for n in nodes if n not in warmed)
         killed[victim] = run.nodes[victim].kill()
@@ -254,12 +252,7 @@ def test_stalled_and_killed_nodes_in_round_witness_and_cooldown_do_not_stop_the_
         stop = log.record(
             "SIGSTOP > health_timeout", stalled, run.nodes[stalled].stop(), "RoundTrain"
         )
-        console.wait_for(
-            lambda e: e.get("kind") == "state_changed" and e.get("new") == "RoundWitness",
-            60,
-            "RoundWitness",
-            after=console.log.events.index(started),
-        )
+        console.wait_for_state("RoundWitness", 60, after=console.log.events.index(started))
         # The witness and the bystander have voted for the next round already; the trainer has
         # not (its push to the stopped node is pending), so the next round waits for its drop.
         # Killing it last lets the others be dropped first: a killed node the console has not
@@ -305,27 +298,12 @@ def test_stalled_and_killed_nodes_in_round_witness_and_cooldown_do_not_stop_the_
             60,
             f"the checkpoint of round {last - 1}",
         )
-        aside = run.checkpoint_dir.with_name(run.checkpoint_dir.name + ".aside")
-        run.checkpoint_dir.rename(aside)
-        run.checkpoint_dir.write_text("not a directory")
-        cooldown = console.wait_for(
-            lambda e: e.get("kind") == "state_changed" and e.get("new") == "Cooldown",
-            60,
-            "Cooldown",
-            after=console.log.events.index(last_started),
-        )
-        failed = console.wait_for(
-            lambda e: e.get("kind") == "checkpoint" and "write failed" in e.get("text", ""),
-            60,
-            "a failed checkpoint write in Cooldown",
-            after=console.log.events.index(cooldown),
-        )
+        failed = run.fail_checkpoint_writes(after=console.log.events.index(last_started))
         requested = [e for e in console.log.of("checkpoint_requested") if e["t"] <= failed["t"]]
         uploader = requested[-1]["uploader"]
         killed = run.nodes[uploader].kill()
         log.record("SIGKILL checkpoint uploader", uploader, killed, "Cooldown")
-        run.checkpoint_dir.unlink()
-        aside.rename(run.checkpoint_dir)
+        run.mend_checkpoint_dir()
         saved = console.wait_for(
             lambda e: e.get("kind") == "checkpoint_saved" and e["t"] > killed,
             60,

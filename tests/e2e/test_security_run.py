@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import tomlkit
 
-from tests.e2e.runs import FlNode, HeadlessConsole
+from tests.e2e.child import Child, node_args, start_node
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import REPO, write_config
 from transport.keys import read_keypair, write_keypair
 
@@ -60,12 +62,11 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
     control = f"tcp://127.0.0.1:{doc['server']['control_port']}"
     run_id = str(doc["run_id"])
     console = HeadlessConsole(config, tmp_path / "run")
-    nodes: list[FlNode] = []
+    nodes: list[Child] = []
 
-    def node(name: str, *args: str) -> FlNode:
-        started = FlNode(
-            tmp_path / f"{name}.log",
-            ["--connect", control, "--run-id", run_id, "--name", name, *args],
+    def node(name: str, *args: str) -> Child:
+        started = start_node(
+            name, node_args(control, run_id, name, *args), tmp_path / f"{name}.log"
         )
         nodes.append(started)
         return started
@@ -85,18 +86,19 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
         )
         plain = node("plain", "--join-timeout", str(PLAIN_JOIN_TIMEOUT))
 
-        code, took = stranger.wait(timeout=120)
-        assert code == 3, stranger.text()
+        code = stranger.wait(timeout=120)
+        took = time.monotonic() - stranger.started
+        assert code == 3, stranger.output()
         assert took < STRANGER_JOIN_TIMEOUT + 30  # refused at once, not timed out (startup aside)
-        assert f"refused this node's CURVE key {stranger_key.decode()}" in stranger.text()
+        assert f"refused this node's CURVE key {stranger_key.decode()}" in stranger.output()
         refusal = console.wait_for_event(lambda e: e.get("code") == "not_authorized", timeout=30)
         assert refusal["level"] == "warning" and refusal["key"] == stranger_key.decode()
         assert f"key {stranger_key.decode()} is not authorized" in refusal["text"]
         assert refusal["address"] == "127.0.0.1"
 
-        code, _ = plain.wait(timeout=120)
-        assert code == 4, plain.text()
-        assert "the console probably uses CURVE" in plain.text()
+        code = plain.wait(timeout=120)
+        assert code == 4, plain.output()
+        assert "the console probably uses CURVE" in plain.output()
         handshake = console.wait_for_event(
             lambda e: e.get("code") == "handshake" and "without CURVE" in e["text"], timeout=30
         )
@@ -112,8 +114,8 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
             "120",
         )
 
-        assert console.wait(timeout=200) == 0, console.text()[-3000:]
-        assert site.wait(timeout=30)[0] == 0, site.text()
+        assert console.wait(timeout=200) == 0, console.output()[-3000:]
+        assert site.wait(timeout=30) == 0, site.output()
         summary = console.read_summary()
         assert summary["final_state"] == "Finished" and summary["accepted_rounds"] == 2
         clients = {c["id"]: c for c in summary["clients"]}
@@ -124,5 +126,5 @@ def test_curve_run_finishes_and_unlisted_or_plain_nodes_are_refused_with_the_rea
         assert summary["refused_connections"] >= 2
     finally:
         for started in nodes:
-            started.close()
-        console.close()
+            started.reap()
+        console.reap()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.runs import HeadlessConsole, node_pids_alive
+from tests.e2e.child import node_pids_alive
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -75,7 +76,7 @@ def test_trainer_killed_mid_round_is_dropped_and_the_round_completes_without_it(
         assert console.wait(90) == 0
         summary = console.read_summary()
     finally:
-        console.close()
+        console.reap()
     assert summary["final_state"] == "Finished"
     assert summary["accepted_rounds"] == 4
     victim_row = next(c for c in summary["clients"] if c["id"] == victim)

@@ -9,7 +9,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -37,13 +36,6 @@ pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CUR
 LOCAL = "tcp://127.0.0.1:0"
 WAIT_S = 5.0  # generous bound for a loaded 2-core machine; success returns at once
 SILENCE_MS = 400  # how long "nothing arrives" is watched
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 class Keys:

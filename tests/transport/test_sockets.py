@@ -33,13 +33,6 @@ SILENCE_MS = 400  # how long "nothing arrives" is watched
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def factory(ctx: zmq.Context) -> Iterator[SocketFactory]:
     with SocketFactory(ctx) as f:
         yield f

@@ -20,9 +20,9 @@ from console.config import (
 )
 from console.config.lines import key_lines
 from console.config.load import KEYS
+from tests.factories import REPO
 from transport.spec import DataSpec, LearningSpec, ModelSpec
 
-REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures"
 
 
