@@ -36,7 +36,7 @@ from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
 from console.app.widgets import ClientsTable
 from console.record.eventlog import LogLine
-from console.record.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from console.record.view import ClientRow, ConsoleView, RoundRow, WitnessRow
 from tests.factories import run_snapshot
 from transport.state import ClientStatus, ClientView, RoundOutcome
 
@@ -46,7 +46,7 @@ SIZE = (120, 40)
 STAGES = ("training", "waiting", "gossiping", "done", "voting")
 
 
-def build_view(clients: int = 1000, rounds: int = 50) -> ConsoleSnapshot:
+def build_view(clients: int = 1000, rounds: int = 50) -> ConsoleView:
     """A run in RoundTrain with ``clients`` clients (2% dropped) and ``rounds`` rounds."""
     now = 10_000.0
     ids = [f"node-{i:04d}" for i in range(clients)]
@@ -117,15 +117,15 @@ def build_view(clients: int = 1000, rounds: int = 50) -> ConsoleSnapshot:
         clients=tuple(views),
     )
     log = tuple(LogLine(now - 100 + i / 10, "state", f"event {i}") for i in range(500))
-    return ConsoleSnapshot(run, "tcp://127.0.0.1:5556", 1, tuple(rows), round_rows, log)
+    return ConsoleView(run, "tcp://127.0.0.1:5556", 1, tuple(rows), round_rows, log)
 
 
-def _copy(view: ConsoleSnapshot) -> ConsoleSnapshot:
+def _copy(view: ConsoleView) -> ConsoleView:
     """An equal snapshot made of new objects (what a server builds on every call)."""
     return replace(view, clients=tuple(replace(c) for c in view.clients))
 
 
-def _heartbeats(view: ConsoleSnapshot, step: int) -> ConsoleSnapshot:
+def _heartbeats(view: ConsoleView, step: int) -> ConsoleView:
     clients = tuple(
         c if c.heartbeat_age is None else replace(c, heartbeat_age=((i + step) % 9) / 10)
         for i, c in enumerate(view.clients)
@@ -133,7 +133,7 @@ def _heartbeats(view: ConsoleSnapshot, step: int) -> ConsoleSnapshot:
     return replace(view, clients=clients, seq=view.seq + 1)
 
 
-def _ten_percent(view: ConsoleSnapshot, step: int) -> ConsoleSnapshot:
+def _ten_percent(view: ConsoleView, step: int) -> ConsoleView:
     view = _heartbeats(view, step)
     clients = list(view.clients)
     for k in range(25):
@@ -166,7 +166,7 @@ class _FrameProbe:
 
 
 async def _measure(
-    app: ConsoleApp, backend: StaticBackend, pilot: Any, view: ConsoleSnapshot, probe: _FrameProbe
+    app: ConsoleApp, backend: StaticBackend, pilot: Any, view: ConsoleView, probe: _FrameProbe
 ) -> tuple[float, float, float, int]:
     backend.set_view(view)
     frames = probe.frames
@@ -187,7 +187,7 @@ async def _measure(
 
 async def _scenarios(clients: int, rounds: int, reps: int) -> dict[str, dict[str, float]]:
     base = build_view(clients, rounds)
-    makers: dict[str, Callable[[ConsoleSnapshot, int], ConsoleSnapshot]] = {
+    makers: dict[str, Callable[[ConsoleView, int], ConsoleView]] = {
         "unchanged": lambda v, step: _copy(v),
         "heartbeats": _heartbeats,
         "10% cells": _ten_percent,

@@ -81,7 +81,7 @@ class ServeStats:
     by_code: Counter[str] = field(default_factory=Counter)
 
 
-class DataServer:
+class DataRequests:
     """Answers data requests from the dataset and the latest snapshot. No sockets here."""
 
     def __init__(self, spec: RunSpec, dataset: Dataset) -> None:
@@ -191,7 +191,7 @@ class DataServer:
         return m.Error(ref=ref, code=code, reason=reason)
 
 
-class DataService:
+class DataServer:
     """The data server's sockets: a SUB following the console, a ROUTER answering requests."""
 
     def __init__(
@@ -202,7 +202,7 @@ class DataService:
         bind: str,
     ) -> None:
         """Bind and connect at once (a taken port fails here, before the data is loaded)."""
-        self.server: DataServer | None = None
+        self.server: DataRequests | None = None
         self._factory = SocketFactory(context)
         self._router = self._factory.router(bind, max_bytes=REQUEST_MAX_BYTES)
         self.endpoint = endpoint(self._router)
@@ -210,7 +210,7 @@ class DataService:
         self.following = asyncio.Event()  # set at the first state broadcast received
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self, server: DataServer) -> str:
+    def start(self, server: DataRequests) -> str:
         """Answer with ``server`` from now on (requests sent earlier wait in the ROUTER)."""
         self.server = server
         self._tasks = [
@@ -274,15 +274,15 @@ async def run(args: argparse.Namespace, spec: RunSpec) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     context = zmq.asyncio.Context()
-    service: DataService | None = None
+    service: DataServer | None = None
     try:
         try:
-            service = DataService(context, state_endpoint=args.state, bind=args.bind)
+            service = DataServer(context, state_endpoint=args.state, bind=args.bind)
         except zmq.ZMQError as exc:
             print(f"data server: cannot bind {args.bind}: {exc}", file=sys.stderr)
             return ExitCode.BIND
         dataset = await asyncio.to_thread(load_dataset, spec.data, seed=spec.seed, base_dir=None)
-        server = DataServer(spec, dataset)
+        server = DataRequests(spec, dataset)
         service.start(server)
         # Ready once following the run (the console broadcasts at least every tick).
         if not await _first_of(service.following, stop, timeout=FOLLOW_WAIT):

@@ -1,4 +1,4 @@
-"""The operator console: renders the backend's ConsoleSnapshot a few times a second.
+"""The operator console: renders the backend's ConsoleView a few times a second.
 
 Widgets render, the backend decides. On mount the app starts the backend (the real server
 binds its sockets on Textual's loop and spawns the local nodes); a timer reads
@@ -32,7 +32,7 @@ from console.app.widgets import (
     RunHeader,
     WitnessPanel,
 )
-from console.record.view import ConsoleSnapshot
+from console.record.view import ConsoleView
 from transport.exit_codes import ExitCode
 from transport.state import RunState
 
@@ -111,7 +111,7 @@ class ConsoleApp(App[int]):
         self.nodes = nodes  # extra children to stop on exit (anything with ``stop()``)
         self.operable = bool(getattr(backend, "operable", True))
         self.replaying = callable(getattr(backend, "step", None))
-        self.view: ConsoleSnapshot | None = None
+        self.view: ConsoleView | None = None
         self.last_refresh_s = 0.0
         self._bindings_key: tuple[object, ...] | None = None
         self._stopped = False

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from console.config import Config
 from console.coordinator.events import Outcome, Rejection
-from console.record.view import ConsoleSnapshot
+from console.record.view import ConsoleView
 from transport.fields import ErrorCode
 from transport.net import connect_address
 
@@ -36,7 +36,7 @@ class ActionResult(Protocol):
 class ConsoleBackend(Protocol):
     """The app's only view of the run. ``start_async``/``stop_async`` are optional."""
 
-    def view(self) -> ConsoleSnapshot: ...
+    def view(self) -> ConsoleView: ...
 
     def pause(self) -> ActionResult: ...
 
@@ -50,15 +50,15 @@ class ConsoleBackend(Protocol):
 class StaticBackend:
     """A fixed snapshot; operator calls are recorded and succeed (or are refused if told to)."""
 
-    def __init__(self, view: ConsoleSnapshot, *, refuse: str | None = None) -> None:
+    def __init__(self, view: ConsoleView, *, refuse: str | None = None) -> None:
         self._view = view
         self.refuse = refuse
         self.calls: list[tuple[str, ...]] = []
 
-    def view(self) -> ConsoleSnapshot:
+    def view(self) -> ConsoleView:
         return self._view
 
-    def set_view(self, view: ConsoleSnapshot) -> None:
+    def set_view(self, view: ConsoleView) -> None:
         self._view = view
 
     def _call(self, *what: str) -> Outcome:
@@ -149,7 +149,7 @@ class LiveBackend:
             raise RuntimeError("the backend is not started")
         return self.server
 
-    def view(self) -> ConsoleSnapshot:
+    def view(self) -> ConsoleView:
         return self._server().view()
 
     def pause(self) -> ActionResult:

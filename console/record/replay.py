@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from console.record.eventlog import LogLine
-from console.record.view import ConsoleSnapshot, RoundRow
+from console.record.view import ConsoleView, RoundRow
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class ReplayError(ValueError):
 # ---------------------------------------------------------------------- views <-> dicts
 
 
-def view_to_dict(view: ConsoleSnapshot, *, with_log: bool = True) -> dict[str, Any]:
+def view_to_dict(view: ConsoleView, *, with_log: bool = True) -> dict[str, Any]:
     """A JSON-able dict of ``view``; :func:`view_from_dict` gives back an equal snapshot."""
     out: dict[str, Any] = msgspec.to_builtins(replace(view, log=()))
     del out["log"]
@@ -51,7 +51,7 @@ def view_to_dict(view: ConsoleSnapshot, *, with_log: bool = True) -> dict[str, A
     return out
 
 
-def view_from_dict(raw: Any) -> ConsoleSnapshot:
+def view_from_dict(raw: Any) -> ConsoleView:
     """The snapshot ``raw`` describes; raises :class:`ValueError` when it is not our shape.
 
     The view's declaration (``console/view.py``, ``transport/state.py``) is the schema: msgspec
@@ -59,7 +59,7 @@ def view_from_dict(raw: Any) -> ConsoleSnapshot:
     """
     if not isinstance(raw, dict):
         raise ValueError(f"malformed view: expected an object, got {type(raw).__name__}")
-    view = msgspec.convert({**raw, "log": ()}, ConsoleSnapshot)
+    view = msgspec.convert({**raw, "log": ()}, ConsoleView)
     lines = msgspec.convert(raw.get("log", []), list[tuple[float, str, str, str]])
     return replace(view, log=tuple(LogLine(*line) for line in lines)) if lines else view
 
@@ -70,7 +70,7 @@ def view_from_dict(raw: Any) -> ConsoleSnapshot:
 @dataclass(frozen=True)
 class RecordedView:
     t: float
-    view: ConsoleSnapshot  # with ``delta``, its ``rounds`` are only the rows that changed
+    view: ConsoleView  # with ``delta``, its ``rounds`` are only the rows that changed
     log_end: int  # how many log lines were written before it
     delta: bool = False  # True: rows missing from ``view.rounds`` are those of the views before
 
@@ -155,7 +155,7 @@ class ReplayBackend:
         self.index = 0
         self.playing = False
         self._anchor = 0.0  # clock time at which the current view was reached
-        self._cache: tuple[tuple[object, ...], ConsoleSnapshot] | None = None
+        self._cache: tuple[tuple[object, ...], ConsoleView] | None = None
         self._rows: dict[int, RoundRow] = {}  # the round rows as of view ``_rows_at``
         self._rows_at = -1
 
@@ -201,7 +201,7 @@ class ReplayBackend:
         if self.index >= len(views) - 1:
             self.playing = False
 
-    def view(self) -> ConsoleSnapshot:
+    def view(self) -> ConsoleView:
         self._advance()
         key = (self.index, self.playing, self.speed)
         if self._cache is not None and self._cache[0] == key:

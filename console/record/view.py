@@ -1,6 +1,6 @@
-"""What the operator console renders: an immutable snapshot of the server's state.
+"""What the operator console renders: an immutable view of the server's state (its rows).
 
-Widgets read a :class:`ConsoleSnapshot` and nothing else; they never touch sockets. The
+Widgets read a :class:`ConsoleView` and nothing else; they never touch sockets. The
 server builds one on demand (``ConsoleServer.view()``); snapshot tests build one by hand.
 """
 
@@ -66,7 +66,7 @@ class RoundRow:
 
 
 @dataclass(frozen=True)
-class ConsoleSnapshot:
+class ConsoleView:
     run: RunSnapshot
     address: str  # the control endpoint nodes connect to
     seq: int

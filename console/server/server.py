@@ -27,7 +27,7 @@ from console.coordinator import Coordinator, Outcome
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
-from console.record.view import ConsoleSnapshot, RoundRow
+from console.record.view import ConsoleView, RoundRow
 from console.server.checkpoint import (
     CheckpointError,
     StoredCheckpoint,
@@ -232,10 +232,10 @@ class ConsoleServer:
 
     # ----------------------------------------------------------------- what the console shows
 
-    def view(self) -> ConsoleSnapshot:
+    def view(self) -> ConsoleView:
         now = self.clock()
         snap = self.coordinator.snapshot(now)
-        return ConsoleSnapshot(
+        return ConsoleView(
             run=snap,
             address=self.endpoints.control,
             seq=self.seq,

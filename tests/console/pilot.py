@@ -10,12 +10,10 @@ from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
-from console.record.view import ConsoleSnapshot
+from console.record.view import ConsoleView
 
 
-def static_app(
-    view: ConsoleSnapshot, *, refuse: str | None = None
-) -> tuple[StaticBackend, ConsoleApp]:
+def static_app(view: ConsoleView, *, refuse: str | None = None) -> tuple[StaticBackend, ConsoleApp]:
     """The app on a fixed snapshot (operator calls refused with ``refuse``), no refresh timer."""
     static = StaticBackend(view, refuse=refuse)
     return static, ConsoleApp(static, refresh_hz=0)

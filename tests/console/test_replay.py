@@ -21,7 +21,7 @@ from console.record.replay import (
     view_from_dict,
     view_to_dict,
 )
-from console.record.view import ConsoleSnapshot
+from console.record.view import ConsoleView
 from tests.console.pilot import run_console
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
@@ -40,7 +40,7 @@ def _log_record(t: float, text: str, kind: str = "state") -> str:
     return json.dumps({"t": t, "wall": 1.7e9 + t, "kind": kind, "text": text})
 
 
-def _view_record(t: float, view: ConsoleSnapshot) -> str:
+def _view_record(t: float, view: ConsoleView) -> str:
     return json.dumps({"kind": "view", "t": t, "view": view_to_dict(view, with_log=False)})
 
 
@@ -247,7 +247,7 @@ def test_run_replay_of_a_log_without_views_fails_with_2(tmp_path: Path, capsys) 
     assert "no view records" in capsys.readouterr().err
 
 
-def _delta_record(t: float, view: ConsoleSnapshot, rows: tuple) -> str:
+def _delta_record(t: float, view: ConsoleView, rows: tuple) -> str:
     raw = view_to_dict(replace(view, rounds=rows), with_log=False)
     raw["rounds_delta"] = True
     return json.dumps({"kind": "view", "t": t, "view": raw})
@@ -286,7 +286,7 @@ def test_a_long_run_records_each_round_row_about_once(tmp_path: Path) -> None:
     rows = dict(full_rows)  # what server.view() shows: one more round at a time
     original = server.view
 
-    def view() -> ConsoleSnapshot:
+    def view() -> ConsoleView:
         return replace(original(), rounds=tuple(rows[r] for r in sorted(rows)))
 
     server.view = view  # type: ignore[method-assign]

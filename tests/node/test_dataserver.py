@@ -28,7 +28,7 @@ from node.datafetch import (
     request_data,
     served_data,
 )
-from node.dataserver import DataServer, DataService
+from node.dataserver import DataRequests, DataServer
 from tests.factories import run_snapshot
 from transport import messages as m
 from transport.codec import encode
@@ -99,12 +99,12 @@ class Console:
 @asynccontextmanager
 async def serving(
     dataset: Dataset, snap: RunSnapshot
-) -> AsyncIterator[tuple[DataService, Console, zmq.asyncio.Context]]:
+) -> AsyncIterator[tuple[DataServer, Console, zmq.asyncio.Context]]:
     context = zmq.asyncio.Context()
     console = Console(context, snap)
     publishing = asyncio.create_task(console.run())
-    service = DataService(context, state_endpoint=console.endpoint, bind="tcp://127.0.0.1:0")
-    service.start(DataServer(SPEC, dataset))
+    service = DataServer(context, state_endpoint=console.endpoint, bind="tcp://127.0.0.1:0")
+    service.start(DataRequests(SPEC, dataset))
     try:
         await asyncio.wait_for(service.following.wait(), 5.0)
         yield service, console, context
@@ -189,7 +189,7 @@ def test_fetch_gives_up_with_the_reason_when_refused_for_good(dataset: Dataset) 
 
 
 def test_before_any_epoch_the_answer_is_unavailable(dataset: Dataset) -> None:
-    server = DataServer(SPEC, dataset)
+    server = DataRequests(SPEC, dataset)
     first = server.answer("node-0", request("node-0"))
     server.observe(snapshot(RunState.WAITING_FOR_MEMBERS))
     waiting = server.answer("node-0", request("node-0"))
@@ -202,14 +202,14 @@ def test_before_any_epoch_the_answer_is_unavailable(dataset: Dataset) -> None:
 
 
 def test_other_runs_broadcasts_are_ignored(dataset: Dataset) -> None:
-    server = DataServer(SPEC, dataset)
+    server = DataRequests(SPEC, dataset)
     server.observe(snapshot(run_id="another-run"))
     reply = server.answer("node-0", request("node-0"))
     assert isinstance(reply, m.Error) and reply.code == "unavailable"
 
 
 def test_a_request_in_another_nodes_name_is_malformed(dataset: Dataset) -> None:
-    server = DataServer(SPEC, dataset)
+    server = DataRequests(SPEC, dataset)
     server.observe(snapshot())
     reply = server.answer("node-1", request("node-0"))
     junk = server.answer("node-1", [b"not json"])
@@ -222,7 +222,7 @@ def test_served_digits_keep_their_image_shape_and_all_classes() -> None:
         SPEC, data=DataSpec(source="digits", partition="dirichlet", alpha=0.1, serve=True)
     )
     digits = load_dataset(spec.data, seed=spec.seed, base_dir=None)
-    server = DataServer(spec, digits)
+    server = DataRequests(spec, digits)
     server.observe(snapshot())
     reply = server.answer("node-0", request("node-0"))
     assert isinstance(reply, m.DataReply)

@@ -7,7 +7,7 @@ the snapshot itself, so the screen is the same on every run.
 from __future__ import annotations
 
 from console.record.eventlog import LogLine
-from console.record.view import ClientRow, ConsoleSnapshot, RoundRow, WitnessRow
+from console.record.view import ClientRow, ConsoleView, RoundRow, WitnessRow
 from tests.factories import run_snapshot
 from transport.state import (
     CheckpointRef,
@@ -47,7 +47,7 @@ def _log(*lines: tuple[float, str, str] | tuple[float, str, str, str]) -> tuple[
 # ---------------------------------------------------------------------- waiting
 
 
-def waiting_view() -> ConsoleSnapshot:
+def waiting_view() -> ConsoleView:
     """WaitingForMembers: 2 clients pending of the 4 the first epoch needs."""
     views = tuple(
         ClientView(f"node-{i}", ClientStatus.PENDING, f"tcp://127.0.0.1:4100{i}", True, NOW - 0.3)
@@ -66,7 +66,7 @@ def waiting_view() -> ConsoleSnapshot:
         )
         for i in range(2)
     )
-    return ConsoleSnapshot(
+    return ConsoleView(
         run=_run(clients=views),
         address=ADDRESS,
         seq=7,
@@ -160,7 +160,7 @@ def _current_round() -> RoundRow:
     )
 
 
-def mid_round_view() -> ConsoleSnapshot:
+def mid_round_view() -> ConsoleView:
     """8 clients in round 4 (RoundWitness): node-5 dropped, node-6/node-7 witnesses, node-7
     disagreeing on node-2's hash; rounds 1-3 accepted with falling loss."""
     stages = {
@@ -226,7 +226,7 @@ def mid_round_view() -> ConsoleSnapshot:
         accepted_rounds=3,
         clients=tuple(views),
     )
-    return ConsoleSnapshot(
+    return ConsoleView(
         run=run,
         address=ADDRESS,
         seq=412,
@@ -263,7 +263,7 @@ def mid_round_view() -> ConsoleSnapshot:
 # ---------------------------------------------------------------------- finished
 
 
-def finished_view() -> ConsoleSnapshot:
+def finished_view() -> ConsoleView:
     metrics = [
         (1, 2.1034, 0.4210, 11.8, 1),
         (2, 1.2467, 0.6133, 10.2, 1),
@@ -306,7 +306,7 @@ def finished_view() -> ConsoleSnapshot:
         clients=views,
         checkpoint=CheckpointRef(epoch=2, round=6, hash=_h("final")),
     )
-    return ConsoleSnapshot(
+    return ConsoleView(
         run=run,
         address=ADDRESS,
         seq=903,

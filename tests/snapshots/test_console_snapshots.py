@@ -10,14 +10,14 @@ from __future__ import annotations
 from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
 from console.record.replay import RecordedView, Recording, ReplayBackend
-from console.record.view import ConsoleSnapshot
+from console.record.view import ConsoleView
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
 WIDE = (120, 40)
 SMALL = (80, 24)
 
 
-def make_app(view: ConsoleSnapshot) -> ConsoleApp:
+def make_app(view: ConsoleView) -> ConsoleApp:
     return ConsoleApp(StaticBackend(view), clock=lambda: 0.0)
 
 

@@ -1,4 +1,4 @@
-"""The console's widgets; each renders one part of a ConsoleSnapshot and nothing else."""
+"""The console's widgets; each renders one part of a ConsoleView and nothing else."""
 
 from console.app.widgets.chart import MetricsChart
 from console.app.widgets.clients import ClientsTable

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from console.app.cells import phase_line
-from console.record.view import ConsoleSnapshot
+from console.record.view import ConsoleView
 
 
 class RunHeader(Widget):
@@ -26,7 +26,7 @@ class RunHeader(Widget):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._text = Text()
 
-    def show(self, view: ConsoleSnapshot) -> None:
+    def show(self, view: ConsoleView) -> None:
         text = render_header(view)
         if text == self._text:
             return
@@ -37,7 +37,7 @@ class RunHeader(Widget):
         return self._text
 
 
-def render_header(view: ConsoleSnapshot) -> Text:
+def render_header(view: ConsoleView) -> Text:
     run = view.run
     replay = view.notes.get("replay")
     top = Text.assemble(
