@@ -186,7 +186,7 @@ def run(
         "pyzmq": zmq.__version__,
         "rows": rows,
         "min_ratio": min(r["ratio"] for r in rows),
-        "target_ratio": 0.8,
+        "target_ratio": 0.85,
     }
 
 

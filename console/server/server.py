@@ -24,6 +24,7 @@ import zmq.asyncio
 
 from console.config import Config
 from console.coordinator import Coordinator, Outcome
+from console.coordinator.events import ClientJoined
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
@@ -581,9 +582,11 @@ class ConsoleServer:
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""
         for event in outcome.events:
-            self.events.write(
-                now, event.kind, event.describe(), detail=event.routine, **_fields(event)
-            )
+            fields = _fields(event)
+            if isinstance(event, ClientJoined) and event.client_id in self.records.clients:
+                record = self.records.clients[event.client_id]  # the process behind the id
+                fields.update(pid=record.pid, host=record.host)
+            self.events.write(now, event.kind, event.describe(), detail=event.routine, **fields)
             self.records.on_event(event, now)
         if force_broadcast or any(e.kind in URGENT_EVENTS for e in outcome.events):
             self._broadcast()

@@ -15,24 +15,6 @@ from tests.factories import write_config
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def pid_of_node(name: str, control_port: int) -> int:
-    """The pid of the fl-node called ``name`` that talks to our console (from /proc)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            b"node.cli" in argv
-            and name.encode() in argv
-            and any(a.endswith(f":{control_port}".encode()) for a in argv)
-        ):
-            return int(entry.name)
-    raise AssertionError(f"no process for {name}")
-
-
 def test_trainer_killed_mid_round_is_dropped_and_the_round_completes_without_it(
     tmp_path: Path,
 ) -> None:
@@ -50,9 +32,6 @@ def test_trainer_killed_mid_round_is_dropped_and_the_round_completes_without_it(
         model={"hidden": [128]},
         data={"source": "synthetic", "samples": 8000, "features": 256, "partition": "iid"},
     )
-    import tomlkit
-
-    control_port = tomlkit.parse(config.read_text())["server"]["control_port"]
     console = HeadlessConsole(config, tmp_path / "run")
     try:
         started = console.wait_for_event(
@@ -60,7 +39,10 @@ def test_trainer_killed_mid_round_is_dropped_and_the_round_completes_without_it(
         )
         victims = [t for t in started["train_set"] if t not in started["witnesses"]]
         victim = victims[0] if victims else started["train_set"][0]
-        os.kill(pid_of_node(victim, control_port), signal.SIGKILL)
+        joined = console.wait_for_event(  # the console logs the process behind each id
+            lambda e: e.get("kind") == "client_joined" and e.get("client_id") == victim, timeout=5
+        )
+        os.kill(joined["pid"], signal.SIGKILL)
 
         ended = console.wait_for_event(
             lambda e: e.get("kind") == "round_ended" and e.get("round") == 2, timeout=30
