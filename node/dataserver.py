@@ -49,6 +49,7 @@ from transport.fields import ErrorCode
 from transport.sockets import SocketFactory, endpoint
 from transport.spec import RunSpec, SpecError
 from transport.state import ClientStatus, RunSnapshot, RunState
+from transport.tasks import cancel_and_wait
 from transport.tensors import TensorPayload
 
 log = logging.getLogger(__name__)
@@ -243,13 +244,7 @@ class DataServer:
                 log.debug("reply to %r not delivered: %s", identity, exc)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         for sock in (self._router, self._sub):
             sock.close(linger=0)

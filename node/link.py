@@ -28,6 +28,7 @@ from transport.retry import Backoff
 from transport.sockets import CurveConfig, HandshakeWatch, SocketFactory
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
+from transport.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from node.gossip import GossipStats
@@ -423,13 +424,7 @@ class ConsoleLink:
 
     async def close(self, *, leave: bool = True) -> None:
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await cancel_and_wait(self._tasks)
         if leave and self.connected.is_set():
             try:
                 await self._request_raw(

@@ -51,6 +51,7 @@ from transport.sockets import (
 )
 from transport.spec import RunSpec
 from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
+from transport.tasks import cancel_and_wait
 from transport.tensors import model_hash
 
 log = logging.getLogger(__name__)
@@ -206,13 +207,7 @@ class ConsoleServer:
         return self.coordinator.state
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.security is not None:
             self.security.close()

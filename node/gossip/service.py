@@ -21,6 +21,7 @@ from transport import messages as m
 from transport.codec import Limits
 from transport.retry import Backoff, pause
 from transport.sockets import SocketFactory
+from transport.tasks import cancel_and_wait
 from transport.tensors import TensorPayload
 
 log = logging.getLogger(__name__)
@@ -223,11 +224,7 @@ class GossipService(GossipRouter, GossipDealers):
         for task in list(self._relays):
             task.cancel()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+            await cancel_and_wait([self._task])
         for endpoint in list(self._dealers):
             self._drop_dealer(endpoint)
         if self._router is not None:
