@@ -225,19 +225,24 @@ class ForkServer:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout + 2.0)  # it gives its nodes ``STOP_GRACE`` itself
-        except subprocess.TimeoutExpired:
-            log.warning("the fork server did not stop in time; killing it")
-            process.kill()
-            process.wait(timeout=5)
+        terminate(process, "the fork server", timeout + 2.0)  # it gives its nodes STOP_GRACE
         if self._stdin is not None:
             try:
                 self._stdin.close()
             except OSError:
                 pass
+
+
+def terminate(process: subprocess.Popen[Any], what: str, timeout: float) -> None:
+    """SIGTERM ``process``, wait up to ``timeout``, SIGKILL if need be; always reaped."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop in %.0fs; killing it", what, timeout)
+        process.kill()
+        process.wait(timeout=5)
 
 
 def fork_server_available() -> bool:

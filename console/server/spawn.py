@@ -34,6 +34,7 @@ from console.server.forkserver import (
     child_env,
     die_with_parent,
     fork_server_available,
+    terminate,
 )
 from transport.spec import RunSpec
 
@@ -253,14 +254,7 @@ class DataServerProcess:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("the data server did not stop in %.0fs; killing it", timeout)
-            process.kill()
-            process.wait(timeout=5)
+        terminate(process, "the data server", timeout)
         if process.stdout is not None:
             process.stdout.close()
 
