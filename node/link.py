@@ -288,8 +288,11 @@ class ConsoleLink:
         when that is longer than it ever is while the console runs; else None."""
         if self.spec is None:
             return None
-        if self._sub is not None and self._sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            return None  # broadcasts are waiting to be read: a busy node, not a silent console
+        # Never peek at the SUB (getsockopt(EVENTS)): reading EVENTS on a zmq.asyncio socket
+        # consumes the edge of its file descriptor, and the pending recv in _follow then never
+        # wakes although broadcasts keep arriving (a node froze at an old round that way).
+        # Silence counts from ``since`` at the earliest, so time this node spent busy before
+        # the wait began is not mistaken for a silent console.
         heard = since if self.latest is None else max(since, self.latest.at)
         silent = time.monotonic() - heard
         limit = max(SILENCE_MIN, SILENCE_TICKS * self.spec.heartbeat_interval)
