@@ -83,6 +83,16 @@ def elect_witnesses(
     return seeded_prefix(clients, seed, n, "witness", presorted=presorted)
 
 
+def elect_replacements(
+    clients: Sequence[str], seed: int, n: int, gone: Iterable[str], *, presorted: bool = False
+) -> tuple[str, ...]:
+    """Replacement witnesses for a round whose witnesses are all ``gone``: like
+    :func:`elect_witnesses`, salted with who is gone, so a second replacement in the same
+    round draws afresh, and the same seed and history always draw the same clients."""
+    salt = "replace:" + ",".join(sorted(gone))
+    return seeded_prefix(clients, seed, n, salt, presorted=presorted)
+
+
 def sum_votes(votes: Iterable[Sequence[tuple[str, int]]]) -> defaultdict[str, int]:
     """Summed weight per named candidate (a candidate named with weight 0 is named)."""
     totals: defaultdict[str, int] = defaultdict(int)

@@ -249,6 +249,25 @@ class ResultRejected(Event):
 
 
 @dataclass(frozen=True)
+class WitnessesReplaced(Event):
+    """Every elected witness of the open round dropped before a live one could attest: the
+    coordinator elected ``new`` (seeded) from the live epoch clients. ``gone``: the witnesses
+    that dropped."""
+
+    kind: ClassVar[str] = "witnesses_replaced"
+    round: int
+    gone: tuple[str, ...]
+    new: tuple[str, ...]
+    quorum: int
+
+    def describe(self) -> str:
+        return (
+            f"round {self.round}: every witness gone ({_ids(self.gone)}); "
+            f"replacements {_ids(self.new)}; quorum {self.quorum}"
+        )
+
+
+@dataclass(frozen=True)
 class RoundEnded(Event):
     kind: ClassVar[str] = "round_ended"
     round: int

@@ -27,6 +27,9 @@ contract; the notes below record the choices it leaves open.
 * Cooldown waits only for the checkpoint of the epoch's last accepted round: it ends at once
   when that one is already saved, when there is nothing to save or no live client left to
   upload it, when ``checkpoint_saved`` arrives, or at ``cooldown_time``.
+* When every elected witness of the open round is gone (dropped, left, kicked) and live epoch
+  clients remain, replacements are elected at once, seeded (``elect_replacements``); the
+  phase waits for them up to its unchanged deadline (ARCHITECTURE.md, "Witness replacement").
 * A Warmup never starts below ``min_clients`` (it would be abandoned at once), so
   WaitingForMembers needs ``max(init_min_clients, min_clients, 1)`` pending clients.
 """
@@ -37,6 +40,7 @@ from console.coordinator.committee import (
     MAX_AUTO_WITNESSES,
     VoteTally,
     decide_results,
+    elect_replacements,
     elect_witnesses,
     quorum,
     round_seed,
@@ -57,6 +61,7 @@ from console.coordinator.events import (
     RoundStarted,
     RunFinished,
     StateChanged,
+    WitnessesReplaced,
 )
 from console.coordinator.messages import Messages, reject
 from console.coordinator.records import Round
@@ -221,6 +226,8 @@ class Coordinator(Messages):
             pass  # an accepted round to save: a live client was asked to upload it
         elif live < self._cfg.min_clients:
             self._abandon_round(now, ev, f"fewer than min_clients ({live} live)")
+        elif self._replace_witnesses(ev):
+            pass  # every witness gone: live clients were elected in their place
         elif not self._witness_waiting:
             self._change(now, ev, _S.ROUND_WITNESS, "every live witness reported")
         else:
@@ -234,8 +241,7 @@ class Coordinator(Messages):
         self._epoch_rounds += 1
         seed = round_seed(self._seed, self._round)
         train = tuple(sorted(self._votes.top(self._epoch_live, self._train_set_size, seed)))
-        wanted = self._cfg.witness_nodes if self._cfg.witness_nodes > 0 else MAX_AUTO_WITNESSES
-        witnesses = tuple(sorted(elect_witnesses(live, seed, wanted, presorted=True)))
+        witnesses = tuple(sorted(elect_witnesses(live, seed, self._wanted(), presorted=True)))
         q = quorum(len(witnesses))
         view = RoundView(
             round=self._round,
@@ -254,6 +260,33 @@ class Coordinator(Messages):
         self._change(now, ev, _S.ROUND_TRAIN, reason)
         ev.append(RoundStarted(self._round, self._epoch, train, witnesses, q))
 
+    def _wanted(self) -> int:
+        """How many witnesses a round elects (before capping by the live clients)."""
+        return self._cfg.witness_nodes if self._cfg.witness_nodes > 0 else MAX_AUTO_WITNESSES
+
+    def _replace_witnesses(self, ev: list[Event]) -> bool:
+        """When no elected witness of the open round is live any more (all dropped, left or
+        were kicked, reported or not: only live witnesses ever count), elect as many
+        replacements as a round elects, capped by the live epoch clients, seeded by the
+        round's seed and who is gone. They become the round's witnesses (the broadcast view;
+        the gone ones and their reports, which could no longer count, are in the event log),
+        the quorum is theirs, and the phase waits for them as for any witness, up to its
+        deadline. False when a live witness remains or no live client is left to elect."""
+        r = self._rounds[-1]
+        live = self._epoch_live
+        gone = r.witnesses
+        if any(w in live for w in gone) or not self._epoch_sorted:
+            return False
+        n = min(self._wanted(), len(self._epoch_sorted))
+        new = elect_replacements(self._epoch_sorted, r.seed, n, gone, presorted=True)
+        r.witnesses = tuple(sorted(new))
+        r.quorum = quorum(len(new))
+        r.attestations = {}
+        r.changed()
+        self._witness_waiting = set(new)
+        ev.append(WitnessesReplaced(r.round, gone, r.witnesses, r.quorum))
+        return True
+
     def _abandon_round(self, now: float, ev: list[Event], reason: str) -> None:
         self._end_open_round(now, ev, RoundOutcome.ABANDONED)
         self._to_cooldown(now, ev, reason)
@@ -271,6 +304,8 @@ class Coordinator(Messages):
         elif self._ask_for_checkpoint(ev):
             pass  # an accepted round to save: a live client was asked to upload it
         elif is_open:
+            if self._replace_witnesses(ev):
+                return True  # the phase waits for the replacements, up to its deadline
             if self._witness_waiting:
                 return False
             self._decide(now, ev)

@@ -57,6 +57,7 @@ URGENT_EVENTS = frozenset(
         "state_changed",
         "round_started",
         "round_ended",
+        "witnesses_replaced",
         "client_dropped",
         "client_kicked",
         "client_left",

@@ -25,6 +25,7 @@ _LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as s
     "round_ended": "round",
     "result_committed": "commit",
     "witness_reported": "witness",
+    "witnesses_replaced": "witness",
     "result_accepted": "accepted",
     "result_rejected": "rejected",
     "aggregate_reported": "aggregate",

@@ -42,6 +42,7 @@ from console.coordinator.events import (
     RoundStarted,
     RunFinished,
     StateChanged,
+    WitnessesReplaced,
 )
 from transport.state import (
     CheckpointRef,
@@ -993,21 +994,119 @@ def test_a_dropped_last_missing_witness_moves_round_train_to_witness_at_once() -
     assert out.of(RoundEnded)[0].outcome is RoundOutcome.ACCEPTED  # type: ignore[attr-defined]
 
 
-def test_every_witness_dropping_decides_no_quorum() -> None:
+def drop_every_witness(run: Run) -> tuple[Outcome, tuple[str, ...]]:
+    """Drop every elected witness of the current round; the last drop's outcome and who."""
+    r = run.snap().current
+    assert r is not None
+    gone = tuple(w for w in r.witnesses if w in run.live())
+    out = Outcome()
+    for w in gone:
+        out = run.ok(run.c.drop(w, "gone", run.now))
+    return out, gone
+
+
+def test_every_witness_dropping_in_round_train_elects_replacements() -> None:
+    run = Run()
+    reach(run, "RoundTrain")
+    run.commit_all()
+    out, gone = drop_every_witness(run)
+    (replaced,) = out.of(WitnessesReplaced)
+    assert replaced.gone == gone  # type: ignore[attr-defined]
+    new = replaced.new  # type: ignore[attr-defined]
+    assert len(new) == 2 and set(new) <= set(run.live()) and not set(new) & set(gone)
+    r = run.snap().current
+    assert r is not None and r.outcome is RoundOutcome.OPEN
+    assert r.witnesses == new and r.quorum == 2  # in the broadcast view
+    assert run.state is S.ROUND_TRAIN  # still waiting, now for the replacements
+    assert run.c.waiting_on().witnesses == frozenset(new)
+    run.witness_all()
+    (ended,) = [e for e in run.events if isinstance(e, RoundEnded) and e.round == r.round]
+    assert ended.outcome is RoundOutcome.ACCEPTED
+    assert list(ended.accepted) == sorted(t for t in r.train_set if t in run.live())
+
+
+def test_every_witness_dropping_in_round_witness_waits_for_replacements() -> None:
+    run = Run()
+    reach(run, "RoundWitness")  # round 3, nobody witnessed yet, phase clock running
+    assert run.state is S.ROUND_WITNESS
+    out, gone = drop_every_witness(run)
+    (replaced,) = out.of(WitnessesReplaced)
+    assert not out.of(RoundEnded)  # not decided by the empty committee
+    assert run.c.waiting_on().witnesses == frozenset(replaced.new)  # type: ignore[attr-defined]
+    run.advance(256)  # within round_witness_time (512 ms): nothing ends by itself
+    assert run.state is S.ROUND_WITNESS
+    assert run.c.rounds[-1].outcome is RoundOutcome.OPEN
+    run.witness_all()
+    rv = next(v for v in run.c.rounds if v.round == 3)
+    assert rv.outcome is RoundOutcome.ACCEPTED
+
+
+def test_replacements_that_never_report_end_the_round_at_its_deadline() -> None:
+    run = Run()
+    reach(run, "RoundWitness")
+    drop_every_witness(run)
+    run.advance(512)  # round_witness_time, counted from the phase's start
+    rv = next(v for v in run.c.rounds if v.round == 3)
+    assert rv.outcome is RoundOutcome.NO_QUORUM
+
+
+def test_every_witness_dropping_with_no_live_candidate_decides_no_quorum() -> None:
+    # witness_nodes 0: every live client witnesses, so nobody is left to replace them.
+    run = Run(config(init_min_clients=2, min_clients=1, witness_nodes=0))
+    run.start_epoch(["c0", "c1"])
+    run.warm_all()
+    assert run.state is S.ROUND_TRAIN
+    run.commit_all()
+    run.advance(2048)  # max_round_train_time: RoundWitness, nobody reported
+    assert run.state is S.ROUND_WITNESS
+    out, _ = drop_every_witness(run)
+    assert not out.of(WitnessesReplaced)
+    (ended,) = out.of(RoundEnded)
+    assert ended.outcome is RoundOutcome.NO_QUORUM  # type: ignore[attr-defined]
+    reasons = {e.reason for e in out.of(ResultRejected)}  # type: ignore[attr-defined]
+    assert reasons == {"trainer dropped"}
+
+
+def test_a_live_witness_that_reported_is_not_replaced() -> None:
     run = Run()
     reach(run, "RoundTrain")
     r = run.snap().current
     assert r is not None
     run.commit_all()
-    run.ok(run.c.drop(r.witnesses[0], "gone", run.now))
-    out = run.ok(run.c.drop(r.witnesses[1], "gone", run.now))
-    ended = out.of(RoundEnded)[0]
-    assert ended.outcome is RoundOutcome.NO_QUORUM  # type: ignore[attr-defined]
-    reasons = {e.reason for e in out.of(ResultRejected)}  # type: ignore[attr-defined]
-    assert reasons == {"no live witness remains"}
-    changes = [(e.old, e.new) for e in out.of(StateChanged)]  # type: ignore[attr-defined]
-    assert (S.ROUND_WITNESS, S.COOLDOWN) in changes
-    assert run.state is S.WAITING_FOR_MEMBERS  # the checkpoint already holds round 2
+    run.witness_all(r.witnesses[:1])
+    run.ok(run.c.drop(r.witnesses[1], "gone", run.now))
+    assert not [e for e in run.events if isinstance(e, WitnessesReplaced)]
+
+
+@pytest.mark.parametrize("how", ["drop", "kick", "leave"])
+def test_witness_replacement_is_deterministic(how: str) -> None:
+    def replaced(seed: int) -> tuple[str, ...]:
+        run = Run(seed=seed)
+        reach(run, "RoundTrain")
+        r = run.snap().current
+        assert r is not None
+        for w in r.witnesses:
+            run.ok(REMOVALS[how](run.c, w, run.now))
+        (e,) = [e for e in run.events if isinstance(e, WitnessesReplaced)]
+        return e.new  # type: ignore[attr-defined]
+
+    assert replaced(SEED) == replaced(SEED)
+    draws = {replaced(s) for s in range(12)}
+    assert len(draws) > 1  # the seed decides
+
+
+def test_replacements_dropping_in_turn_are_replaced_again() -> None:
+    run = Run()
+    reach(run, "RoundTrain")
+    _, first = drop_every_witness(run)
+    drop_every_witness(run)  # the replacements drop too
+    events = [e for e in run.events if isinstance(e, WitnessesReplaced)]
+    assert len(events) == 2
+    again = set(events[1].new)  # type: ignore[attr-defined]
+    assert again and not again & set(events[0].new) and not again & set(first)  # type: ignore[attr-defined]
+    run.witness_all()
+    rv = next(v for v in run.c.rounds if v.round == 3)
+    assert rv.outcome is RoundOutcome.ACCEPTED
 
 
 def test_round_train_below_min_clients_is_abandoned() -> None:

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 
+import hypothesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -25,7 +26,13 @@ from hypothesis.stateful import (
 from console.config import CoordinatorConfig
 from console.coordinator import Coordinator
 from console.coordinator.committee import elect_witnesses, quorum, round_seed, tally_votes
-from console.coordinator.events import EpochStarted, Outcome, RoundStarted, StateChanged
+from console.coordinator.events import (
+    EpochStarted,
+    Outcome,
+    RoundStarted,
+    StateChanged,
+    WitnessesReplaced,
+)
 from transport.state import (
     CheckpointRef,
     ClientStatus,
@@ -82,6 +89,19 @@ CONFIGS = [
         total_rounds=3,
         health_timeout=512 * MS,
     ),
+    CoordinatorConfig(  # room to replace a whole committee: 5 members, 2 witnesses, 1 enough
+        init_min_clients=5,
+        min_clients=1,
+        witness_nodes=2,
+        waiting_for_members_extra_time=16 * MS,
+        warmup_time=128 * MS,
+        max_round_train_time=256 * MS,
+        round_witness_time=128 * MS,
+        cooldown_time=32 * MS,
+        rounds_per_epoch=2,
+        total_rounds=4,
+        health_timeout=1024 * MS,
+    ),
 ]
 
 ids = st.sampled_from(IDS)
@@ -135,6 +155,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 self.votes = {}
             elif isinstance(event, StateChanged) and event.new is S.COOLDOWN:
                 self.votes = {}
+            elif isinstance(event, WitnessesReplaced):
+                wanted = self.cfg.witness_nodes or 32
+                assert 0 < len(event.new) <= wanted and not set(event.new) & set(event.gone)
+                assert set(event.new) <= self.joined and event.quorum == quorum(len(event.new))
+                hypothesis.event("witnesses replaced")  # see --hypothesis-show-statistics
         return out
 
     def check_round_start(self, event: RoundStarted) -> None:
@@ -301,6 +326,31 @@ class CoordinatorMachine(RuleBasedStateMachine):
         else:
             self.checkpoint_saved(cid < "d")
 
+    @rule(how=st.sampled_from(["drop", "leave", "kick"]), upto=st.integers(1, 3))
+    def witnesses_die(self, how: str, upto: int) -> None:
+        """Up to ``upto`` live witnesses of the open round go, one after the other (two with
+        witness_nodes 2: the whole committee), as a SIGKILL or SIGSTOP would do."""
+        r = self.snap().current
+        if r is None or r.outcome is not RoundOutcome.OPEN:
+            return
+        active = {c.id for c in self.snap().epoch_clients}
+        for w in [w for w in r.witnesses if w in active][:upto]:
+            active.discard(w)
+            if how == "drop":
+                self.call(self.c.drop, w, "no heartbeat", self.now)
+            elif how == "leave":
+                self.call(self.c.leave, w, self.now)
+            else:
+                self.call(self.c.kick, w, self.now)
+            # Losing witnesses decides a round only through a live witness that reported,
+            # or when nobody is left to elect in their place (else they are replaced).
+            view = next(v for v in self.c.rounds if v.round == r.round)
+            if view.outcome in (RoundOutcome.ACCEPTED, RoundOutcome.NO_QUORUM):
+                live = {c.id for c in self.snap().live_clients}
+                assert set(view.attestations) & live or not active, view
+            if view.outcome is not RoundOutcome.OPEN:
+                return
+
     @rule()
     def restart_console(self) -> None:
         """The console restarts from its saved state: clients must join again."""
@@ -356,6 +406,19 @@ class CoordinatorMachine(RuleBasedStateMachine):
             assert w.witnesses
         if snap.state is S.COOLDOWN:
             assert w.uploader is not None
+
+    @invariant()
+    def an_open_round_keeps_a_live_witness(self) -> None:
+        """While a round is open, a live witness remains, unless no live epoch client is left
+        to elect (then the round ends no_quorum at its deadline, or at once)."""
+        snap = self.snap()
+        r = snap.current
+        if snap.state not in (S.ROUND_TRAIN, S.ROUND_WITNESS) or r is None:
+            return
+        if r.outcome is not RoundOutcome.OPEN:
+            return
+        active = {c.id for c in snap.epoch_clients}
+        assert set(r.witnesses) & active or not active
 
     @invariant()
     def finished_is_terminal(self) -> None:
