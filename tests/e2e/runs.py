@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.e2e.child import Child, console_command
 from tests.e2e.helpers import read_events
+from tests.factories import write_config
 
 
 class HeadlessConsole(Child):
@@ -65,3 +66,21 @@ class HeadlessConsole(Child):
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text())
+
+
+def slow_round_config(directory: Path, **coordinator: Any) -> Path:
+    """A run whose rounds train long enough (60 local epochs on synthetic data) for a fault
+    injected right after a round starts to land while it is open; health checks are quick
+    (2 s) so a killed node is dropped within the round. ``coordinator`` overrides keys."""
+    return write_config(
+        directory,
+        coordinator={
+            "max_round_train_time": 60.0,
+            "health_timeout": 2.0,
+            "heartbeat_interval": 0.4,
+            **coordinator,
+        },
+        learning={"local_epochs": 60, "optimizer": "sgd", "learning_rate": 0.05},
+        model={"hidden": [128]},
+        data={"source": "synthetic", "samples": 8000, "features": 256, "partition": "iid"},
+    )

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.child import node_pids_alive
-from tests.e2e.runs import HeadlessConsole
-from tests.factories import write_config
+from tests.e2e.runs import HeadlessConsole, slow_round_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -19,19 +18,7 @@ def test_trainer_killed_mid_round_is_dropped_and_the_round_completes_without_it(
     tmp_path: Path,
 ) -> None:
     # Slow local training (many local epochs on synthetic data) so the kill lands mid-round.
-    config = write_config(
-        tmp_path,
-        coordinator={
-            "total_rounds": 4,
-            "rounds_per_epoch": 4,
-            "max_round_train_time": 60.0,
-            "health_timeout": 2.0,
-            "heartbeat_interval": 0.4,
-        },
-        learning={"local_epochs": 60, "optimizer": "sgd", "learning_rate": 0.05},
-        model={"hidden": [128]},
-        data={"source": "synthetic", "samples": 8000, "features": 256, "partition": "iid"},
-    )
+    config = slow_round_config(tmp_path, total_rounds=4, rounds_per_epoch=4)
     console = HeadlessConsole(config, tmp_path / "run")
     try:
         started = console.wait_for_event(

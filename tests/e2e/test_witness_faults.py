@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.child import node_pids_alive
-from tests.e2e.runs import HeadlessConsole
-from tests.factories import write_config
+from tests.e2e.runs import HeadlessConsole, slow_round_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -21,20 +20,8 @@ def test_both_witnesses_killed_mid_round_are_replaced_and_the_round_is_accepted(
 ) -> None:
     # 4 nodes, every node trains (train_set_size 4), 2 witnesses; slow local training so the
     # kills land while the round is open. min_clients 2: the two survivors carry the epoch.
-    config = write_config(
-        tmp_path,
-        coordinator={
-            "total_rounds": 3,
-            "rounds_per_epoch": 3,
-            "min_clients": 2,
-            "witness_nodes": 2,
-            "max_round_train_time": 60.0,
-            "health_timeout": 2.0,
-            "heartbeat_interval": 0.4,
-        },
-        learning={"local_epochs": 60, "optimizer": "sgd", "learning_rate": 0.05},
-        model={"hidden": [128]},
-        data={"source": "synthetic", "samples": 8000, "features": 256, "partition": "iid"},
+    config = slow_round_config(
+        tmp_path, total_rounds=3, rounds_per_epoch=3, min_clients=2, witness_nodes=2
     )
     console = HeadlessConsole(config, tmp_path / "run")
     try:
