@@ -46,7 +46,7 @@ from transport.sockets import (
     peer_key,
     send_to,
 )
-from transport.state import RunState
+from transport.state import RoundOutcome, RunState
 from transport.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ URGENT_EVENTS = frozenset(
     }
 )
 COALESCE_SECONDS = 0.005
+FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's aggregate reports
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
@@ -108,6 +109,7 @@ class ConsoleServer(NodeRequests):
         self._resume = resume
         self._ctx: zmq.asyncio.Context | None = None
         self._pub: zmq.asyncio.Socket | None = None
+        self._pub_out: zmq.Socket | None = None  # the same socket, synchronous (see start)
         self._control: zmq.asyncio.Socket | None = None
         self._wake = asyncio.Event()
         self._pending_broadcast: asyncio.TimerHandle | None = None
@@ -153,7 +155,11 @@ class ConsoleServer(NodeRequests):
             factory = self._factory = SocketFactory(self._ctx)
         else:
             factory = self._factory = self.security.socket_factory(self._ctx, self.clock)
+        # The PUB is written from plain callbacks (a coalesced broadcast): a synchronous view of
+        # it raises its errors here, where an asyncio socket would park them in a future nobody
+        # awaits ("Future exception was never retrieved" at shutdown).
         self._pub = factory.pub(cfg.endpoint(cfg.state_port))
+        self._pub_out = zmq.Socket.shadow(self._pub.underlying)
         self._control = factory.router(cfg.endpoint(cfg.control_port))
         if self.security is not None:
             self.security.watch(self._control)
@@ -187,22 +193,47 @@ class ConsoleServer(NodeRequests):
         self._broadcast()
         return self.endpoints
 
-    async def serve(self, timeout: float | None = None) -> RunState:
-        """Wait until the run is Finished (or ``timeout`` passes); returns the final state."""
+    async def serve(
+        self, timeout: float | None = None, *, settle: float = FINAL_REPORT_GRACE
+    ) -> RunState:
+        """Wait until the run is Finished (or ``timeout`` passes); returns the final state.
+
+        A Finished run is served ``settle`` seconds more at most, until every live client has
+        reported its aggregate of the last round: the checkpoint upload ends the run at once,
+        and a node still aggregating (a slow link, a busy CPU) would otherwise report to a
+        console that is gone, leaving the final round's records one node short.
+        """
         try:
             await asyncio.wait_for(self._finished.wait(), timeout)
         except TimeoutError:
-            pass
+            return self.coordinator.state
+        deadline = self.clock() + settle
+        while self.final_reports_missing() and self.clock() < deadline:
+            await asyncio.sleep(0.02)
         return self.coordinator.state
+
+    def final_reports_missing(self) -> set[str]:
+        """Live clients whose aggregate of the accepted last round has not come in."""
+        snap = self.coordinator.snapshot(self.clock())
+        last = snap.current
+        if last is None or last.outcome is not RoundOutcome.ACCEPTED:
+            return set()
+        record = self.records.rounds.get(last.round)  # .get: a defaultdict, not grown here
+        reported = set(record.aggregates) if record is not None else set()
+        return {c.id for c in snap.live_clients} - reported
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        if self._pending_broadcast is not None:
+            self._pending_broadcast.cancel()
+            self._pending_broadcast = None
         if self.security is not None:
             self.security.close()
         for sock in (self._pub, self._control):
             if sock is not None:
                 sock.close(linger=0)
+        self._pub = self._pub_out = self._control = None
         if self._factory is not None:
             self._factory.close()  # the ZAP thread, before its context goes
             self._factory = None
@@ -330,13 +361,13 @@ class ConsoleServer(NodeRequests):
         if self._pending_broadcast is not None:
             self._pending_broadcast.cancel()
             self._pending_broadcast = None
-        if self._pub is None:
+        if self._pub_out is None:
             return
         self.seq += 1
         snap = self._snapshot(self.clock())
         frames = encode(m.StateUpdate(seq=self.seq, snapshot=snap))
         try:
-            self._pub.send_multipart(frames, copy=False)
+            self._pub_out.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:  # PUB never blocks; this is a closed socket at shutdown
             log.debug("broadcast failed: %s", exc)
         self._record_view(self.clock())
