@@ -2,7 +2,9 @@
 
 ``train_local`` runs ``local_epochs`` over seeded shuffled mini-batches of the node's shard with
 a fresh optimiser, under ``torch.random.fork_rng`` seeded from ``(seed, round)``: a round is
-reproducible (dropout included) and the caller's global RNG is untouched. Setting
+reproducible (dropout included) and the caller's global RNG is untouched. The round's
+learning rate is the caller's (``LearningSpec.round_learning_rate``: the schedule over rounds);
+with ``proximal_mu > 0`` the loss is FedProx's (:func:`proximal_term`). Setting
 ``torch.set_num_threads(spec.torch_threads)`` is the caller's job, once per process.
 """
 
@@ -44,24 +46,48 @@ class EvalResult:
     samples: int
 
 
-def make_optimizer(model: nn.Module, spec: LearningSpec) -> torch.optim.Optimizer:
-    """A fresh optimiser over the model's parameters (``sgd`` or ``adam``, ``learning_rate``)."""
-    if not spec.learning_rate > 0:
-        raise TrainingError(f"learning.learning_rate must be > 0, got {spec.learning_rate}")
+def make_optimizer(
+    model: nn.Module, spec: LearningSpec, learning_rate: float | None = None
+) -> torch.optim.Optimizer:
+    """A fresh optimiser over the model's parameters (``sgd`` or ``adam``), at
+    ``learning_rate`` (the round's scheduled rate) or else ``spec.learning_rate``."""
+    lr = spec.learning_rate if learning_rate is None else learning_rate
+    if not lr > 0:
+        raise TrainingError(f"learning.learning_rate must be > 0 (this round: {lr})")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters")
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.learning_rate)
+        return torch.optim.SGD(params, lr=lr)
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.learning_rate)
+        return torch.optim.Adam(params, lr=lr)
     raise TrainingError(f"unknown optimizer {spec.optimizer!r}; allowed: {list(OPTIMIZERS)}")
 
 
+def proximal_term(model: nn.Module, anchor: dict[str, torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's ``mu/2 * ||w - w_global||^2`` over the trainable parameters in ``anchor``
+    (their values at the start of the round: the global model); its gradient is
+    ``mu * (w - w_global)``."""
+    total = torch.zeros((), dtype=torch.float32)
+    for name, p in model.named_parameters():
+        if name in anchor:
+            total = total + (p - anchor[name]).pow(2).sum()
+    return total * (mu / 2.0)
+
+
 def train_local(
-    model: nn.Module, shard: Shard, spec: LearningSpec, *, seed: int, round: int
+    model: nn.Module,
+    shard: Shard,
+    spec: LearningSpec,
+    *,
+    seed: int,
+    round: int,
+    learning_rate: float | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``shard`` for one round; returns samples, loss and time."""
+    """Train ``model`` in place on ``shard`` for one round; returns samples, loss and time.
+
+    ``learning_rate``: the round's rate (default ``spec.learning_rate``). ``train_loss`` is
+    the cross-entropy alone, without FedProx's term."""
     if spec.local_epochs < 1 or spec.batch_size < 1:
         raise TrainingError(
             "learning.local_epochs and learning.batch_size must be >= 1, got "
@@ -71,7 +97,12 @@ def train_local(
     if n == 0:
         raise TrainingError("this node's shard is empty: nothing to train on")
     started = time.perf_counter()
-    optimizer = make_optimizer(model, spec)
+    optimizer = make_optimizer(model, spec, learning_rate)
+    anchor = (  # FedProx: the global model the round starts from
+        {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if spec.proximal_mu > 0
+        else {}
+    )
     was_training = model.training
     model.train()
     epoch_loss = math.nan
@@ -87,7 +118,10 @@ def train_local(
                     yb = y[start : start + spec.batch_size]
                     optimizer.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(model(xb), yb)
-                    loss.backward()
+                    objective = loss
+                    if spec.proximal_mu > 0:
+                        objective = loss + proximal_term(model, anchor, spec.proximal_mu)
+                    objective.backward()
                     optimizer.step()
                     total += float(loss.detach()) * yb.shape[0]
                 epoch_loss = total / n

@@ -25,6 +25,7 @@ from node.data import Dataset, Shard
 from node.gossip import GossipService, ReceivedModel
 from node.link import ConsoleLink
 from node.relay import plan_routes
+from node.server_optimizers import ServerOptimizer
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
 
@@ -67,6 +68,7 @@ class NodeContext:
     warmed_up_in: float | None = None  # phase_started of the Warmup we last reported for
     checkpoint_acked: str = ""  # hash of the last global model the console acked as checkpoint
     encoder: UpdateEncoder | None = None  # encodes this node's updates (keeps top-k's residual)
+    server_optimizer: ServerOptimizer | None = None  # [learning] server_optimizer; None: "none"
     round_members: dict[int, tuple[str, ...]] = field(default_factory=dict)  # at round start
     round_uploader: dict[int, str | None] = field(default_factory=dict)  # checkpoint, at start
     relay_plans: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)

@@ -72,6 +72,15 @@ class RoundRecord:
         sent = self.round_bytes_up()
         return sum(sent.values()) if sent else None
 
+    def learning_rate(self) -> float | None:
+        """The learning rate the round's trainers reported training at (the schedule's rate
+        for the round; the lowest id's when they differ), or None before any commit."""
+        for _, metrics in sorted(self.commits.items()):
+            rate = metrics.get("learning_rate")
+            if rate is not None and math.isfinite(rate):
+                return rate
+        return None
+
     def global_metrics(self) -> dict[str, float]:
         """Mean over nodes of what they measured on their aggregate (all should agree)."""
         out: dict[str, float] = {}
@@ -274,6 +283,7 @@ class RunRecords:
             busiest_uplink=None if busiest is None else busiest[1],
             busiest_node="" if busiest is None else busiest[0],
             gossip_bytes=record.gossip_bytes(),
+            learning_rate=record.learning_rate(),
         )
 
     def summary_clients(self, snap: RunSnapshot) -> list[dict[str, Any]]:
@@ -335,6 +345,7 @@ class RunRecords:
                     if row.busiest_uplink is None
                     else {"node": row.busiest_node, "bytes": row.busiest_uplink},
                     "gossip_bytes": row.gossip_bytes,
+                    "learning_rate": row.learning_rate,
                 }
             )
         return out

@@ -63,6 +63,7 @@ class RoundRow:
     busiest_uplink: int | None = None  # most gossip bytes one node sent this round
     busiest_node: str = ""  # the node that sent them
     gossip_bytes: int | None = None  # gossip bytes sent this round, summed over the nodes
+    learning_rate: float | None = None  # the trainers' rate this round ([learning] lr_schedule)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ import logging
 import msgspec
 import torch
 
-from node import weights
 from node.compression import CodecSpec, UpdateEncoder, decode_update, trainable_names
 from node.data import Dataset, Shard, load_dataset, load_node_data, node_index_for
 from node.datafetch import fetch_served_data
 from node.models import build_model
+from node.server_optimizers import global_hash, load_global, make_server_optimizer
 from node.stages import vote
 from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send
 from node.training import evaluate, train_local
@@ -100,6 +100,7 @@ class StartLearningStage:
                 seed=spec.seed,
             )
             prepare_codec(ctx)
+            ctx.server_optimizer = make_server_optimizer(spec.learning, ctx.model)
             # Pay torch's first-call costs now, in Warmup, not in the first round's training.
             await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
         await self._global_model(ctx, snap)
@@ -114,8 +115,8 @@ class StartLearningStage:
                 isinstance(reply, m.ModelReply)
                 and model_hash(reply.tensors) == reply.hash == snap.checkpoint.hash
             ):
-                state = weights.from_payloads(reply.tensors, ctx.model.state_dict())
-                weights.load_into(ctx.model, state)
+                # the weights and the server optimiser's state they were stepped with
+                load_global(ctx.model, ctx.server_optimizer, reply.tensors)
                 ctx.global_hash, ctx.global_round = reply.hash, reply.round
                 ctx.stale_since = None
                 log.info("loaded the checkpointed global model of round %d", reply.round)
@@ -123,7 +124,7 @@ class StartLearningStage:
             reason = reply.reason if isinstance(reply, m.Error) else "hash did not verify"
             log.error("could not fetch the checkpointed model: %s", reason)
         if not ctx.global_hash:
-            ctx.global_hash = weights.model_hash_of(ctx.model)
+            ctx.global_hash = global_hash(ctx.model, ctx.server_optimizer)
 
 
 def prepare_codec(ctx: NodeContext) -> None:

@@ -26,8 +26,16 @@ class TrainStage(RoundStage):
         work = ctx.round_work(self.round)
         model, ds = ctx.model, ctx.dataset
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        learning = ctx.spec.learning
+        lr = learning.round_learning_rate(self.round, ctx.snapshot.total_rounds)
         result = await asyncio.to_thread(
-            train_local, model, ctx.shard, ctx.spec.learning, seed=ctx.spec.seed, round=self.round
+            train_local,
+            model,
+            ctx.shard,
+            learning,
+            seed=ctx.spec.seed,
+            round=self.round,
+            learning_rate=lr,
         )
         trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         local_eval = await asyncio.to_thread(evaluate, model, ds.x_test, ds.y_test)
@@ -51,6 +59,7 @@ class TrainStage(RoundStage):
             "local_accuracy": local_eval.accuracy,
             "update_bytes": float(sent),
             "compression_ratio": raw_bytes(start) / max(1, sent),
+            "learning_rate": lr,
         }
         route = ctx.gossip.route_for(self.round, ctx.node_id)
         work.update = ReceivedModel(ctx.node_id, digest, result.samples, update, payloads, route)
