@@ -84,7 +84,9 @@ def test_server_adam_run_has_one_aggregate_hash_per_round_and_resumes_to_the_sam
     node_logs = (tmp_path / "b" / "run2" / "nodes").glob("*.log")
     assert any("loaded the checkpointed global model" in p.read_text() for p in node_logs)
     # rounds 4-6 trained by fresh processes from the checkpoint (weights + m, v): same bits
-    for straight_round, resumed_round in zip(straight["rounds"][3:], resumed["rounds"][3:]):
+    for straight_round, resumed_round in zip(
+        straight["rounds"][3:], resumed["rounds"][3:], strict=True
+    ):
         assert resumed_round["round"] == straight_round["round"]
         assert resumed_round["aggregate_hashes"] == straight_round["aggregate_hashes"]
     assert _last_aggregate(resumed) == _last_aggregate(straight)
