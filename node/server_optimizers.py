@@ -159,6 +159,16 @@ def load_global(
 ) -> None:
     """Load a received global state (a checkpoint) into the model and the optimiser, checked
     against both (``weights.WeightsError`` names the first problem)."""
+    payloads = tuple(payloads)
+    carried = any(p.name.startswith(PREFIX) for p in payloads)
+    if carried != (optimizer is not None):
+        raise weights.WeightsError(
+            "the global model "
+            + ("carries a server optimizer's state" if carried else "has no server optimizer state")
+            + f" but this run's learning.server_optimizer is "
+            f"{optimizer.name if optimizer is not None else 'none'!r}: a checkpoint resumes "
+            "only with the server_optimizer it was written with"
+        )
     reference = global_state(model.state_dict(), optimizer)
     state = weights.from_payloads(payloads, reference)
     weights.load_into(model, {k: v for k, v in state.items() if not k.startswith(PREFIX)})

@@ -173,5 +173,9 @@ def test_a_state_of_another_optimizer_is_refused_with_what_is_missing() -> None:
     payloads = weights.to_payloads(global_state(model.state_dict(), adam))
     with pytest.raises(weights.WeightsError, match="unexpected"):
         load_global(_model(), avgm, payloads)
+    with pytest.raises(weights.WeightsError, match="has no server optimizer state"):
+        load_global(_model(), avgm, weights.to_payloads(model.state_dict()))
+    with pytest.raises(weights.WeightsError, match="carries a server optimizer's state"):
+        load_global(_model(), None, payloads)
     with pytest.raises(ValueError, match="unknown server optimizer"):
         ServerOptimizer(LearningSpec(server_optimizer="sgd"), model.state_dict(), ["0.weight"])
