@@ -8,6 +8,7 @@ data, declared once: msgspec checks it when the join reply is decoded.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -19,6 +20,13 @@ BUILTIN_MODELS = ("mlp", "cnn")
 BUILTIN_DATA = ("digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")  # how a trainer's update is encoded for gossip
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # where a node trains; "cuda:N" is a pattern
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
+
+
+def is_device(value: str) -> bool:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: a device a node may train on."""
+    return value in ("auto", "cpu", "cuda", "mps") or bool(_CUDA_INDEX.match(value))
 
 
 class SpecError(ValueError):
@@ -64,6 +72,19 @@ class LearningSpec(_Section):
     compression: str = "none"  # none | fp16 | int8 | topk: how trainers encode their update
     topk_fraction: float = 0.1  # topk: share of each tensor's entries sent per round
     gossip_fanout: int = 0  # 0: a trainer pushes to every peer; K: to K peers, who relay
+    # where training runs (auto: the accelerator when there is one); aggregation, hashing and
+    # checkpoints stay on the CPU in fp32, so nodes on different hardware agree bit for bit
+    device: str = "auto"
+
+
+class PrivacySpec(_Section):
+    """Sample-level DP-SGD at every trainer (node/privacy.py), with an RDP accountant."""
+
+    dp: bool = False
+    noise_multiplier: float = 1.0  # sigma: noise std is noise_multiplier * max_grad_norm
+    max_grad_norm: float = 1.0  # C: each sample's gradient is clipped to this L2 norm
+    delta: float = 1e-5  # the delta epsilon is reported at
+    target_epsilon: float = 0.0  # 0: no limit; else a node stops training before exceeding it
 
 
 class RunSpec(_Section):
@@ -72,6 +93,7 @@ class RunSpec(_Section):
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     learning: LearningSpec = LearningSpec()
+    privacy: PrivacySpec = PrivacySpec()
     heartbeat_interval: float = 0.5
     health_timeout: float = 3.0
     data_endpoint: str = ""  # data.serve: the data server's ROUTER ("" when nodes load locally)

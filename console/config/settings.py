@@ -23,6 +23,7 @@ from transport.spec import (
     DataSpec,
     LearningSpec,
     ModelSpec,
+    PrivacySpec,
     RunSpec,
 )
 
@@ -109,6 +110,13 @@ SPEC_RULES: dict[type, dict[str, tuple[r.Rule, ...]]] = {
         "compression": (r.one_of(*COMPRESSIONS),),
         "topk_fraction": (r.between(0, 1, open_low=True),),
         "gossip_fanout": (r.at_least(0),),
+        "device": (r.device_name,),
+    },
+    PrivacySpec: {
+        "noise_multiplier": (r.above(0),),
+        "max_grad_norm": (r.above(0),),
+        "delta": (r.between(0, 1, open_low=True, open_high=True),),
+        "target_epsilon": (r.at_least(0, " (0: no limit)"),),
     },
     ModelSpec: {
         "name": (r.model_name,),
@@ -136,6 +144,7 @@ class Config:
     learning: LearningSpec = field(default_factory=LearningSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     local: LocalConfig = field(default_factory=LocalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -150,6 +159,7 @@ class Config:
             model=self.model,
             data=self.data,
             learning=self.learning,
+            privacy=self.privacy,
             heartbeat_interval=self.coordinator.heartbeat_interval,
             health_timeout=self.coordinator.health_timeout,
             data_endpoint=self.server.endpoint(self.server.data_port) if self.data.serve else "",
