@@ -1,9 +1,13 @@
-"""Local training and evaluation on one node (plain PyTorch, CPU).
+"""Local training and evaluation on one node (plain PyTorch; training on the run's device).
 
 ``train_local`` runs ``local_epochs`` over seeded shuffled mini-batches of the node's shard with
 a fresh optimiser, under ``torch.random.fork_rng`` seeded from ``(seed, round)``: a round is
 reproducible (dropout included) and the caller's global RNG is untouched. Setting
 ``torch.set_num_threads(spec.torch_threads)`` is the caller's job, once per process.
+
+With a ``device`` (node/device.py) the model trains there and comes back to the CPU in float32
+afterwards, so everything after training (aggregation, hashing, checkpoints) is CPU fp32 on every
+node. With ``dp`` (node/privacy.py) each step's gradient is DP-SGD's instead of the batch's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from node.data import Shard
+from node.privacy import DPSGD
 from transport.spec import OPTIMIZERS, LearningSpec
 
 logger = logging.getLogger(__name__)
@@ -59,9 +64,20 @@ def make_optimizer(model: nn.Module, spec: LearningSpec) -> torch.optim.Optimize
 
 
 def train_local(
-    model: nn.Module, shard: Shard, spec: LearningSpec, *, seed: int, round: int
+    model: nn.Module,
+    shard: Shard,
+    spec: LearningSpec,
+    *,
+    seed: int,
+    round: int,
+    device: torch.device | None = None,
+    dp: DPSGD | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``shard`` for one round; returns samples, loss and time."""
+    """Train ``model`` in place on ``shard`` for one round; returns samples, loss and time.
+
+    ``device``: where to train (default the CPU); the model is back on the CPU when it returns.
+    ``dp``: DP-SGD's clipped, noised per-sample gradients instead of the batch gradient.
+    """
     if spec.local_epochs < 1 or spec.batch_size < 1:
         raise TrainingError(
             "learning.local_epochs and learning.batch_size must be >= 1, got "
@@ -71,23 +87,31 @@ def train_local(
     if n == 0:
         raise TrainingError("this node's shard is empty: nothing to train on")
     started = time.perf_counter()
+    device = device or torch.device("cpu")
+    on_device = device.type != "cpu"
+    if on_device:
+        model.to(device)
     optimizer = make_optimizer(model, spec)
     was_training = model.training
     model.train()
     epoch_loss = math.nan
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(_round_seed(seed, round))
+            sx, sy = (shard.x.to(device), shard.y.to(device)) if on_device else (shard.x, shard.y)
             for _ in range(spec.local_epochs):
-                order = torch.randperm(n)
-                x, y = shard.x[order], shard.y[order]
+                order = torch.randperm(n).to(device)
+                x, y = sx[order], sy[order]
                 total = 0.0
                 for start in range(0, n, spec.batch_size):
                     xb = x[start : start + spec.batch_size]
                     yb = y[start : start + spec.batch_size]
                     optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(xb), yb)
-                    loss.backward()
+                    if dp is None:
+                        loss = F.cross_entropy(model(xb), yb)
+                        loss.backward()
+                    else:
+                        loss = dp.backward(model, xb, yb)  # sets each .grad (node/privacy.py)
                     optimizer.step()
                     total += float(loss.detach()) * yb.shape[0]
                 epoch_loss = total / n
@@ -98,6 +122,8 @@ def train_local(
                     )
     finally:
         model.train(was_training)
+        if on_device:
+            model.to("cpu")  # hashing and aggregation: on the CPU, as on every node
     elapsed = time.perf_counter() - started
     logger.debug("round %d: trained on %d samples, loss %.4f, %.3fs", round, n, epoch_loss, elapsed)
     return TrainResult(samples=n, train_loss=epoch_loss, train_time=elapsed)
