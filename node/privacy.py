@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from transport.spec import PrivacySpec
+from transport.spec import LearningSpec, PrivacySpec
 
 # Added to a sample's gradient norm before dividing by it (as Opacus does), so a zero gradient
 # is left as it is instead of producing NaN.
@@ -151,6 +151,14 @@ def sample_rate(batch_size: int, samples: int) -> float:
 def steps_per_round(samples: int, batch_size: int, local_epochs: int) -> int:
     """Optimiser steps in one round of :func:`node.training.train_local`."""
     return local_epochs * math.ceil(samples / batch_size)
+
+
+def round_cost(samples: int, learning: LearningSpec) -> tuple[float, int]:
+    """``(q, steps)`` of one round of local training on a shard of ``samples``."""
+    return (
+        sample_rate(learning.batch_size, samples),
+        steps_per_round(samples, learning.batch_size, learning.local_epochs),
+    )
 
 
 def epsilon_spent(noise_multiplier: float, history: list[tuple[float, int]], delta: float) -> float:
