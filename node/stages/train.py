@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import torch
+
 from node import weights
 from node.compression import raw_bytes
 from node.gossip import ReceivedModel
@@ -34,8 +36,8 @@ class TrainStage(RoundStage):
         work = ctx.round_work(self.round)
         model, ds = ctx.model, ctx.dataset
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        spec, device = ctx.spec, ctx.device
-        assert device is not None  # resolved in StartLearning
+        spec = ctx.spec
+        device = ctx.device or torch.device("cpu")  # resolved in StartLearning
         dp = None
         if ctx.privacy is not None:
             dp = DPSGD.for_round(
