@@ -15,10 +15,10 @@ from node.data import Dataset, Shard, load_dataset, load_node_data, node_index_f
 from node.datafetch import fetch_served_data
 from node.device import resolve_device
 from node.models import build_model
-from node.privacy import DPSGD, PrivacyBudget, check_model, epsilon_spent
+from node.privacy import DPSGD, PrivacyBudget, PrivacyError, check_model, epsilon_spent
 from node.stages import vote
 from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send
-from node.training import evaluate, train_local
+from node.training import TrainingError, evaluate, train_local
 from node.workflow import NodeContext, Stage
 from transport import messages as m
 from transport.spec import LearningSpec, PrivacySpec
@@ -168,7 +168,17 @@ def warm_up_torch(
         cpu = torch.device("cpu")
         dp = DPSGD.for_round(privacy, seed=0, node_id="warmup", round=0, device=device or cpu)
         epsilon_spent(privacy.noise_multiplier, [(0.5, 1)], privacy.delta)
-    train_local(probe, tiny, learning, seed=0, round=0, device=device, dp=dp)
+    try:
+        train_local(probe, tiny, learning, seed=0, round=0, device=device, dp=dp)
+    except TrainingError:
+        raise
+    except RuntimeError as exc:  # torch.func cannot take this model's per-sample gradients
+        if dp is None:
+            raise
+        raise PrivacyError(
+            f"[privacy] dp = true: per-sample gradients (torch.func vmap) fail on this model: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     evaluate(probe, ds.x_test[:64], ds.y_test[:64])
 
 

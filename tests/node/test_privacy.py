@@ -187,3 +187,24 @@ def test_a_changed_shard_is_accounted_at_its_own_sampling_rate() -> None:
         for _ in range(n):
             accountant.step(noise_multiplier=1.0, sample_rate=q)
     assert budget.epsilon == accountant.get_epsilon(delta=1e-5)
+
+
+def test_a_model_torch_func_cannot_vmap_is_a_privacy_error_at_warmup() -> None:
+    from node.data import Dataset as _Dataset
+    from node.stages.start import warm_up_torch
+
+    class InPlaceIndex(torch.nn.Module):  # .item() on a batched tensor: vmap refuses it
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) * float(x.sum().item() > 0)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    ds = _Dataset(x, y, x[:8], y[:8], 4, 3, None)
+    privacy = PrivacySpec(dp=True)
+    with pytest.raises(PrivacyError, match="per-sample gradients"):
+        warm_up_torch(InPlaceIndex(), ds, SGD, torch.device("cpu"), privacy)
+    warm_up_torch(InPlaceIndex(), ds, SGD, torch.device("cpu"), PrivacySpec())  # DP off: fine
