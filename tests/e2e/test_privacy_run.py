@@ -64,6 +64,9 @@ def test_dp_run_stops_at_target_epsilon_and_ends_finished_with_the_reason(
         1.0,
     )
     assert 0 < privacy["epsilon"] <= TARGET
+    for r in summary["rounds"]:  # DP-SGD's noise is each trainer's own: aggregates still agree
+        if r["outcome"] == "accepted":
+            assert len(set(r["aggregates"].values())) == 1, r
 
     # every node's epsilon is the accountant's for its shard's q and the steps it trained
     clients = sorted(summary["clients"], key=lambda c: c["id"])

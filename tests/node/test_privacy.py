@@ -208,3 +208,16 @@ def test_a_model_torch_func_cannot_vmap_is_a_privacy_error_at_warmup() -> None:
     with pytest.raises(PrivacyError, match="per-sample gradients"):
         warm_up_torch(InPlaceIndex(), ds, SGD, torch.device("cpu"), privacy)
     warm_up_torch(InPlaceIndex(), ds, SGD, torch.device("cpu"), PrivacySpec())  # DP off: fine
+
+
+def test_without_clipping_or_noise_the_dp_gradient_is_the_batch_gradient(
+    digits: Dataset,
+) -> None:
+    model = _mlp()
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    _dp(noise=1e-20, clip=1e9).backward(model, x, y)  # noise std 1e-11
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], atol=1e-6), name
