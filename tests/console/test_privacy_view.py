@@ -56,3 +56,14 @@ def test_header_shows_the_worst_epsilon_at_delta_only_with_dp() -> None:
         run=_snap(), address="", seq=0, clients=(), rounds=(), epsilon=None, delta=1e-5
     )
     assert "ε · at δ 1e-05" in render_header(nothing_yet).plain
+
+
+def test_metrics_csv_rows_carry_each_nodes_epsilon() -> None:
+    from console.record.export import metrics_rows
+    from tests.factories import round_view
+
+    records = RunRecords()
+    records.metrics("n1", 1, {"epsilon": 1.5})
+    records.metrics("n2", 1, {"bytes_sent": 10.0})
+    rows = metrics_rows(records, [round_view(round=1, train_set=("n1",), witnesses=("n2",))])
+    assert {r["client"]: r["epsilon"] for r in rows} == {"n1": 1.5, "n2": None}

@@ -75,3 +75,21 @@ def test_misspelt_privacy_key_suggests_the_right_one(tmp_path: Path) -> None:
     issues = _issues(tmp_path, "[privacy]\nnoise_multipler = 1.0\n")
     assert issues[0].line == 2
     assert "noise_multiplier" in issues[0].message
+
+
+def test_check_says_which_device_and_privacy_a_file_asks_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from console.cli import main
+
+    path = tmp_path / "data.toml"
+    path.write_text(
+        '[learning]\ndevice = "cuda:1"\n[privacy]\ndp = true\nnoise_multiplier = 0.5\n'
+        "target_epsilon = 8\n",
+        encoding="utf-8",
+    )
+    assert main([str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "device       cuda:1 (fl-node --device overrides it)" in out
+    assert "privacy      DP-SGD: noise multiplier 0.5, max grad norm 1" in out
+    assert "epsilon at delta 1e-05, target epsilon 8" in out
