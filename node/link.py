@@ -425,14 +425,12 @@ class ConsoleLink:
 
     # ----------------------------------------------------------------- leaving
 
-    async def close(self, *, leave: bool = True) -> None:
+    async def close(self, *, leave: bool = True, reason: str = "shutdown") -> None:
         self._closing = True
         await cancel_and_wait(self._tasks)
         if leave and self.connected.is_set():
             try:
-                await self._request_raw(
-                    m.Leave(node_id=self.node_id, reason="shutdown"), timeout=1.0
-                )
+                await self._request_raw(m.Leave(node_id=self.node_id, reason=reason), timeout=1.0)
             except (ConsoleUnreachable, zmq.ZMQError):
                 pass
         if self._watch is not None:

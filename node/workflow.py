@@ -24,6 +24,7 @@ from node.compression import UpdateEncoder
 from node.data import Dataset, Shard
 from node.gossip import GossipService, ReceivedModel
 from node.link import ConsoleLink
+from node.privacy import PrivacyBudget
 from node.relay import plan_routes
 from node.server_optimizers import ServerOptimizer
 from transport.spec import RunSpec
@@ -75,6 +76,9 @@ class NodeContext:
     stale_since: int | None = None  # an accepted round this node could not aggregate
     reports: asyncio.Task[None] | None = None  # a round's reports still on their way, in order
     finished: bool = False
+    device_name: str | None = None  # --device: overrides [learning] device for this node
+    device: torch.device | None = None  # where this node trains, resolved at its first warmup
+    privacy: PrivacyBudget | None = None  # [privacy] dp: what this node has spent so far
 
     @property
     def snapshot(self) -> RunSnapshot:

@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     REJECTED = 3, "the console refused the join (wrong run id, kicked, a key not allowed)"
     UNREACHABLE = 4, "the console or the data server did not answer in time (--join-timeout)"
     BIND = 5, "the data server cannot bind its address (e.g. the port is in use)"
+    CANNOT_TRAIN = 6, "the node cannot train as asked (a device it lacks, a model DP-SGD refuses)"
 
 
 def exit_code_help(*codes: ExitCode) -> str:

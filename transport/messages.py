@@ -112,6 +112,7 @@ class Vote(Message, tag="vote"):
     node_id: NodeId
     round: Count
     candidates: Candidates
+    declines: Text = ""  # why the voter will not train any more ("": it will); it still witnesses
 
 
 class Commit(Message, tag="commit"):

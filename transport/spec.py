@@ -9,6 +9,7 @@ data, declared once: msgspec checks it when the join reply is decoded.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -24,6 +25,13 @@ SERVER_OPTIMIZERS = ("none", "avgm", "adam", "yogi", "adagrad")  # applied to th
 # server_learning_rate = 0 means this default (Reddi et al. 2021's usual choices)
 SERVER_LR_DEFAULTS = {"none": 1.0, "avgm": 1.0, "adam": 0.01, "yogi": 0.01, "adagrad": 0.01}
 LR_SCHEDULES = ("constant", "cosine", "step")  # the trainers' learning rate over rounds
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # where a node trains; "cuda:N" is a pattern
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
+
+
+def is_device(value: str) -> bool:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: a device a node may train on."""
+    return value in ("auto", "cpu", "cuda", "mps") or bool(_CUDA_INDEX.match(value))
 
 
 class SpecError(ValueError):
@@ -81,6 +89,9 @@ class LearningSpec(_Section):
     lr_min: float = 0.0  # cosine: the rate it decays to
     lr_step_rounds: int = 10  # step: rounds between decays
     lr_gamma: float = 0.5  # step: factor of each decay
+    # where training runs (auto: the accelerator when there is one); aggregation, hashing and
+    # checkpoints stay on the CPU in fp32, so nodes on different hardware agree bit for bit
+    device: str = "auto"
 
     def server_lr(self) -> float:
         """The server learning rate eta in use: ``server_learning_rate``, or with 0 the
@@ -111,12 +122,23 @@ class LearningSpec(_Section):
         return self.learning_rate
 
 
+class PrivacySpec(_Section):
+    """Sample-level DP-SGD at every trainer (node/privacy.py), with an RDP accountant."""
+
+    dp: bool = False
+    noise_multiplier: float = 1.0  # sigma: noise std is noise_multiplier * max_grad_norm
+    max_grad_norm: float = 1.0  # C: each sample's gradient is clipped to this L2 norm
+    delta: float = 1e-5  # the delta epsilon is reported at
+    target_epsilon: float = 0.0  # 0: no limit; else a node stops training before exceeding it
+
+
 class RunSpec(_Section):
     run_id: str
     seed: int
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     learning: LearningSpec = LearningSpec()
+    privacy: PrivacySpec = PrivacySpec()
     heartbeat_interval: float = 0.5
     health_timeout: float = 3.0
     data_endpoint: str = ""  # data.serve: the data server's ROUTER ("" when nodes load locally)

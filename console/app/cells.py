@@ -202,6 +202,8 @@ def client_cells(row: ClientRow) -> tuple[Cell, ...]:
         extra.append(f"{row.rejected} rejected")
     if row.gossip_refused:
         extra.append(f"refused {row.gossip_refused} push{'es' if row.gossip_refused != 1 else ''}")
+    if row.epsilon is not None:  # [privacy] dp: what this node has spent
+        extra.append(f"ε {row.epsilon:.2f}")
     note = "; ".join([note, *extra] if note else extra)
     return (
         (row.id, "bold" if live else "dim"),

@@ -25,6 +25,7 @@ from transport.spec import (
     DataSpec,
     LearningSpec,
     ModelSpec,
+    PrivacySpec,
     RunSpec,
 )
 
@@ -124,6 +125,13 @@ SPEC_RULES: dict[type, dict[str, tuple[r.Rule, ...]]] = {
         "lr_min": (r.at_least(0), r.at_most("learning.learning_rate")),
         "lr_step_rounds": (r.COUNT,),
         "lr_gamma": (r.between(0, 1, open_low=True),),
+        "device": (r.device_name,),
+    },
+    PrivacySpec: {
+        "noise_multiplier": (r.above(0),),
+        "max_grad_norm": (r.above(0),),
+        "delta": (r.between(0, 1, open_low=True, open_high=True),),
+        "target_epsilon": (r.at_least(0, " (0: no limit)"),),
     },
     ModelSpec: {
         "name": (r.model_name,),
@@ -151,6 +159,7 @@ class Config:
     learning: LearningSpec = field(default_factory=LearningSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     local: LocalConfig = field(default_factory=LocalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -165,6 +174,7 @@ class Config:
             model=self.model,
             data=self.data,
             learning=self.learning,
+            privacy=self.privacy,
             heartbeat_interval=self.coordinator.heartbeat_interval,
             health_timeout=self.coordinator.health_timeout,
             data_endpoint=self.server.endpoint(self.server.data_port) if self.data.serve else "",

@@ -63,7 +63,7 @@ from console.coordinator.events import (
     StateChanged,
     WitnessesReplaced,
 )
-from console.coordinator.messages import Messages, reject
+from console.coordinator.messages import Messages, no_trainer_left, reject
 from console.coordinator.records import Round
 from console.coordinator.state import DURATION
 from transport.fields import ErrorCode
@@ -236,11 +236,16 @@ class Coordinator(Messages):
 
     def _to_round_train(self, now: float, ev: list[Event], reason: str) -> None:
         """A new round: the votes elect its train set, the seed its witnesses."""
+        eligible = self._epoch_live.difference(self._declined)
+        if not eligible:  # every live client declines to train: the run ends after Cooldown
+            self._finish_reason = no_trainer_left(self._declined, self._epoch_sorted)
+            self._to_cooldown(now, ev, self._finish_reason)
+            return
         live = self._epoch_sorted
         self._round += 1
         self._epoch_rounds += 1
         seed = round_seed(self._seed, self._round)
-        train = tuple(sorted(self._votes.top(self._epoch_live, self._train_set_size, seed)))
+        train = tuple(sorted(self._votes.top(eligible, self._train_set_size, seed)))
         witnesses = tuple(sorted(elect_witnesses(live, seed, self._wanted(), presorted=True)))
         q = quorum(len(witnesses))
         view = RoundView(
@@ -416,10 +421,11 @@ class Coordinator(Messages):
         else:
             why = "no live client left to upload the checkpoint"
         self._end_epoch(ev, abandoned=False)
-        if self._accepted_rounds >= self._cfg.total_rounds:
+        if self._accepted_rounds >= self._cfg.total_rounds or self._finish_reason is not None:
             self._pending_pause = False
-            self._change(now, ev, _S.FINISHED, why)
-            ev.append(RunFinished(self._accepted_rounds))
+            early = self._finish_reason or ""
+            self._change(now, ev, _S.FINISHED, f"{why}; {early}" if early else why)
+            ev.append(RunFinished(self._accepted_rounds, early))
         elif self._pending_pause:
             self._to_paused(now, ev, f"{why}; pause requested")
         else:

@@ -26,6 +26,7 @@ from console.coordinator.events import (
     Outcome,
     Rejection,
     ResultCommitted,
+    TrainingDeclined,
     VoteCast,
     WitnessReported,
 )
@@ -36,6 +37,13 @@ from transport.state import CheckpointRef, ClientStatus, ResultRef, RoundOutcome
 from transport.state import RunState as S
 
 _LIVE = (ClientStatus.PENDING, ClientStatus.ACTIVE)
+
+
+def no_trainer_left(declined: dict[str, str], live: list[str]) -> str:
+    """Why the run ends when every live client declines to train (the first one's reason)."""
+    first = live[0] if live else ""
+    why = f" ({first}: {declined[first]})" if first in declined else ""
+    return f"no client left to train: every live client stopped training{why}"
 
 
 def reject(code: ErrorCode, reason: str) -> Outcome:
@@ -167,10 +175,13 @@ class Messages(CoordinatorState):
         return _OK
 
     @message
-    def leave(self, client_id: str, now: float) -> Outcome:
+    def leave(self, client_id: str, now: float, reason: str = "") -> Outcome:
+        if not isinstance(reason, str):
+            raise Refused(ErrorCode.MALFORMED, "a leave reason must be a string")
         self._sender(client_id, member=False)
+        status = f"left: {reason}" if reason else "left"
         return self._remove_and_settle(
-            client_id, ClientStatus.LEFT, "left", ClientLeft(client_id), now
+            client_id, ClientStatus.LEFT, status, ClientLeft(client_id, reason), now
         )
 
     @message
@@ -217,8 +228,15 @@ class Messages(CoordinatorState):
 
     @message
     def vote(
-        self, client_id: str, round: int, candidates: Sequence[tuple[str, int]], now: float
+        self,
+        client_id: str,
+        round: int,
+        candidates: Sequence[tuple[str, int]],
+        now: float,
+        declines: str = "",
     ) -> Outcome:
+        """A vote for round ``round``'s train set. ``declines``: why the voter will not train
+        (its privacy budget is spent); it is then never elected, but still witnesses."""
         _check_round(round)
         c = self._sender(client_id, member=True)
         if self._state not in (S.WARMUP, *ROUND_STATES):
@@ -229,9 +247,20 @@ class Messages(CoordinatorState):
             )
         if client_id in self._votes:
             raise Refused(ErrorCode.DUPLICATE, f"{client_id} already voted for round {round}")
+        if not isinstance(declines, str):
+            raise Refused(ErrorCode.MALFORMED, "a vote's declines must be a string")
         self._votes.add(client_id, parse_candidates(candidates, self._epoch_size))
         self._vote_waiting.discard(client_id)
-        return self._touch_and_settle(c, VoteCast(round, client_id), now)
+        ev: list[Event] = [VoteCast(round, client_id)]
+        if declines and client_id not in self._declined:
+            ev.append(TrainingDeclined(round, client_id, declines))
+        if declines:
+            self._declined[client_id] = declines
+        else:
+            self._declined.pop(client_id, None)
+        self._touch(c, now)
+        self._settle(now, ev)
+        return Outcome(tuple(ev))
 
     @message
     def commit(self, client_id: str, round: int, result: ResultRef, now: float) -> Outcome:

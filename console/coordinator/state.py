@@ -107,6 +107,9 @@ class CoordinatorState:
         self._commit_waiting: set[str] = set()
         self._vote_waiting: set[str] = set()
         self._votes = VoteTally()  # for round + 1
+        # clients that said in their vote they will not train any more, with why
+        self._declined: dict[str, str] = {}
+        self._finish_reason: str | None = None  # no client left to train: Finished after Cooldown
         self._rounds: list[Round] = []
         self._last_accepted: Round | None = None
         self._checkpoint: CheckpointRef | None = None

@@ -40,6 +40,12 @@ class ClientRecord:
     update_bytes: int | None = None  # size of its last encoded update (trainers only)
     duplicates: int | None = None  # running counts: pushes of an update it already held,
     fetches: int | None = None  # and updates it fetched because a relay on its path died
+    epsilon: float | None = None  # [privacy] dp: the most the node said it has spent
+
+    def spent(self, epsilon: float | None) -> None:
+        """A reported epsilon; it only grows (a late report of an older round changes nothing)."""
+        if epsilon is not None and math.isfinite(epsilon):
+            self.epsilon = max(epsilon, self.epsilon or 0.0)
 
 
 @dataclass
@@ -142,6 +148,7 @@ class RunRecords:
         record = self._client(client_id)
         record.rounds_trained += 1
         record.last_loss = metrics.get("train_loss", record.last_loss)
+        record.spent(metrics.get("epsilon"))
         entry = self.rounds[round]
         entry.commits[client_id] = dict(metrics)
         entry.version += 1
@@ -164,6 +171,7 @@ class RunRecords:
         entry.version += 1
         if "update_norm" in metrics:
             record.update_norm = metrics["update_norm"]
+        record.spent(metrics.get("epsilon"))
         record.node_bytes_sent = int(metrics.get("bytes_sent", record.node_bytes_sent))
         record.node_bytes_received = int(metrics.get("bytes_received", record.node_bytes_received))
         if round < record.metrics_round:
@@ -179,6 +187,11 @@ class RunRecords:
         record.update_bytes = _newer(metrics.get("update_bytes"), record.update_bytes)
         record.duplicates = _newer(metrics.get("duplicates"), record.duplicates)
         record.fetches = _newer(metrics.get("fetches"), record.fetches)
+
+    def worst_epsilon(self) -> float | None:
+        """The most privacy any node said it has spent (None: no node reported any)."""
+        spent = [c.epsilon for c in self.clients.values() if c.epsilon is not None]
+        return max(spent) if spent else None
 
     def on_event(self, event: object, now: float) -> None:
         """Hook for coordinator events (nothing to keep yet beyond the event log)."""
@@ -231,6 +244,7 @@ class RunRecords:
                     round_bytes_up=record.round_bytes_up,
                     round_bytes_down=record.round_bytes_down,
                     compression_ratio=record.compression_ratio,
+                    epsilon=record.epsilon,
                 )
             )
         return tuple(rows)
@@ -314,6 +328,7 @@ class RunRecords:
                     "update_bytes": record.update_bytes,
                     "duplicates": record.duplicates,
                     "fetches": record.fetches,
+                    "epsilon": record.epsilon,
                 }
             )
         return out

@@ -190,7 +190,7 @@ class NodeRequests:
         return self.coordinator.state is RunState.FINISHED and node_id in self.records.clients
 
     def _on_leave(self, msg: m.Leave, now: float) -> m.Message:
-        return self._answer(msg, self.coordinator.leave(msg.node_id, now), now)
+        return self._answer(msg, self.coordinator.leave(msg.node_id, now, msg.reason), now)
 
     def _on_warmed_up(self, msg: m.WarmedUp, now: float) -> m.Message:
         expected = self.coordinator.snapshot(now).checkpoint
@@ -206,7 +206,9 @@ class NodeRequests:
         return self._answer(msg, outcome, now)
 
     def _on_vote(self, msg: m.Vote, now: float) -> m.Message:
-        outcome = self.coordinator.vote(msg.node_id, msg.round, list(msg.candidates), now)
+        outcome = self.coordinator.vote(
+            msg.node_id, msg.round, list(msg.candidates), now, msg.declines
+        )
         return self._answer(msg, outcome, now)
 
     def _on_commit(self, msg: m.Commit, now: float) -> m.Message:

@@ -61,6 +61,7 @@ URGENT_EVENTS = frozenset(
         "client_dropped",
         "client_kicked",
         "client_left",
+        "training_declined",
         "epoch_started",
         "checkpoint_requested",
         "checkpoint_saved",
@@ -260,6 +261,8 @@ class ConsoleServer(NodeRequests):
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
             checkpoint_dir=str(self.checkpoint_dir),
+            epsilon=self.records.worst_epsilon() if self.config.privacy.dp else None,
+            delta=self.config.privacy.delta if self.config.privacy.dp else None,
         )
 
     # ----------------------------------------------------------------- operator API

@@ -126,6 +126,8 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         "duplicates": float(stats.duplicates),
         "fetches": float(stats.fetches),
     }
+    if ctx.privacy is not None:  # every node reports what it has spent, trainer or not
+        extra["epsilon"] = ctx.privacy.epsilon
     if work.trained_state is not None:
         extra["update_norm"] = update_norm(work.trained_state, state)
         for key in ("train_time", "update_bytes", "compression_ratio"):

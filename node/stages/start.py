@@ -12,14 +12,16 @@ import torch
 from node.compression import CodecSpec, UpdateEncoder, decode_update, trainable_names
 from node.data import Dataset, Shard, load_dataset, load_node_data, node_index_for
 from node.datafetch import fetch_served_data
+from node.device import resolve_device
 from node.models import build_model
+from node.privacy import DPSGD, PrivacyBudget, PrivacyError, check_model, epsilon_spent
 from node.server_optimizers import global_hash, load_global, make_server_optimizer
 from node.stages import vote
 from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send
-from node.training import evaluate, train_local
+from node.training import TrainingError, evaluate, train_local
 from node.workflow import NodeContext, Stage
 from transport import messages as m
-from transport.spec import LearningSpec
+from transport.spec import LearningSpec, PrivacySpec
 from transport.state import ClientStatus, RunSnapshot, RunState
 from transport.tensors import model_hash
 
@@ -62,6 +64,9 @@ class StartLearningStage:
 
     async def _prepare(self, ctx: NodeContext, snap: RunSnapshot) -> None:
         spec = ctx.spec
+        if ctx.device is None:  # a device this node lacks: DeviceError, before any work
+            ctx.device = resolve_device(ctx.device_name or spec.learning.device)
+            log.info("training on %s", ctx.device)
         if spec.data.serve and ctx.data_path is None:
             await fetch_served_data(ctx, snap)  # sets dataset, shard and shard_key for the epoch
         elif ctx.data_path is not None:
@@ -101,8 +106,14 @@ class StartLearningStage:
             )
             prepare_codec(ctx)
             ctx.server_optimizer = make_server_optimizer(spec.learning, ctx.model)
+            if spec.privacy.dp:  # a model DP-SGD cannot train: PrivacyError, at warmup
+                check_model(ctx.model)
+                if ctx.privacy is None:
+                    ctx.privacy = PrivacyBudget(spec.privacy)
             # Pay torch's first-call costs now, in Warmup, not in the first round's training.
-            await asyncio.to_thread(warm_up_torch, ctx.model, ds, spec.learning)
+            await asyncio.to_thread(
+                warm_up_torch, ctx.model, ds, spec.learning, ctx.device, spec.privacy
+            )
         await self._global_model(ctx, snap)
 
     async def _global_model(self, ctx: NodeContext, snap: RunSnapshot) -> None:
@@ -138,15 +149,37 @@ def prepare_codec(ctx: NodeContext) -> None:
     ctx.gossip.decoder = lambda payloads: decode_update(payloads, codec, reference, trainable)
 
 
-def warm_up_torch(model: torch.nn.Module, ds: Dataset, learning: LearningSpec) -> None:
+def warm_up_torch(
+    model: torch.nn.Module,
+    ds: Dataset,
+    learning: LearningSpec,
+    device: torch.device | None = None,
+    privacy: PrivacySpec | None = None,
+) -> None:
     """A tiny training run and an evaluation on a copy of the model.
 
     torch pays seconds on its first optimizer step (lazy imports) and first passes; paying
     them in Warmup keeps them out of the first round, where every node would pay them at once.
+    With DP on, the DP-SGD step and the accountant (Opacus's import) are paid for here too.
     """
     probe = copy.deepcopy(model)
     tiny = Shard(ds.x_train[: learning.batch_size], ds.y_train[: learning.batch_size])
-    train_local(probe, tiny, learning, seed=0, round=0)
+    dp = None
+    if privacy is not None and privacy.dp:
+        cpu = torch.device("cpu")
+        dp = DPSGD.for_round(privacy, seed=0, node_id="warmup", round=0, device=device or cpu)
+        epsilon_spent(privacy.noise_multiplier, [(0.5, 1)], privacy.delta)
+    try:
+        train_local(probe, tiny, learning, seed=0, round=0, device=device, dp=dp)
+    except TrainingError:
+        raise
+    except RuntimeError as exc:  # torch.func cannot take this model's per-sample gradients
+        if dp is None:
+            raise
+        raise PrivacyError(
+            f"[privacy] dp = true: per-sample gradients (torch.func vmap) fail on this model: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     evaluate(probe, ds.x_test[:64], ds.y_test[:64])
 
 

@@ -35,6 +35,7 @@ _LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as s
     "paused": "pause",
     "resumed": "resume",
     "run_finished": "finished",
+    "training_declined": "privacy",
 }
 _STYLE = {
     "state": "bold cyan",
@@ -42,6 +43,7 @@ _STYLE = {
     "drop": "red",
     "kick": "bold red",
     "leave": "yellow",
+    "privacy": "bold magenta",
     "reject": "yellow",
     "rejected": "red",
     "join": "green",

@@ -51,6 +51,11 @@ def render_header(view: ConsoleView) -> Text:
     )
     if view.rejected_messages:
         top.append(f"  {view.rejected_messages} rejected messages", style="yellow")
+    if view.delta is not None:  # [privacy] dp: the worst epsilon any node has spent
+        spent = "·" if view.epsilon is None else f"{view.epsilon:.2f}"
+        top.append("  ε ", style="dim")
+        top.append(spent, style="bold magenta")
+        top.append(f" at δ {view.delta:g}", style="dim")
     for key, value in sorted(view.notes.items()):
         if key != "replay":
             top.append(f"  {key}: ", style="dim")

@@ -30,6 +30,7 @@ from console.coordinator.events import (
     EpochStarted,
     Outcome,
     RoundStarted,
+    RunFinished,
     StateChanged,
     WitnessesReplaced,
 )
@@ -128,6 +129,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.finished = False
         self.max_round = 0
         self.votes: dict[str, list[tuple[str, int]]] = {}  # our own record of accepted votes
+        self.declined: set[str] = set()  # voters whose last accepted vote declined to train
 
     @property
     def now(self) -> float:
@@ -147,6 +149,10 @@ class CoordinatorMachine(RuleBasedStateMachine):
             return out
         if fn == self.c.vote:
             self.votes[args[0]] = list(args[2])  # type: ignore[index,call-overload]
+            if len(args) > 4 and args[4]:
+                self.declined.add(args[0])  # type: ignore[arg-type]
+            else:
+                self.declined.discard(args[0])  # type: ignore[arg-type]
         for event in out.events:
             if isinstance(event, EpochStarted):
                 self.votes = {}
@@ -160,6 +166,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 assert 0 < len(event.new) <= wanted and not set(event.new) & set(event.gone)
                 assert set(event.new) <= self.joined and event.quorum == quorum(len(event.new))
                 hypothesis.event("witnesses replaced")  # see --hypothesis-show-statistics
+            elif isinstance(event, RunFinished) and event.reason:
+                assert event.reason.startswith("no client left to train")
+                hypothesis.event("finished: no client left to train")
         return out
 
     def check_round_start(self, event: RoundStarted) -> None:
@@ -167,7 +176,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
         active = sorted(v.id for v in self.snap().epoch_clients)  # as at the round start
         seed = round_seed(self.seed, event.round)
         live_votes = {v: c for v, c in self.votes.items() if v in active}
-        trainers = tally_votes(live_votes, active, self.train_set_size, seed)
+        eligible = [c for c in active if c not in self.declined]  # declining voters never train
+        assert eligible, "a round started with every live client declining to train"
+        trainers = tally_votes(live_votes, eligible, self.train_set_size, seed)
         assert event.train_set == tuple(sorted(trainers))
         wanted = self.cfg.witness_nodes or 32
         witnesses = elect_witnesses(active, seed, min(wanted, len(active)))
@@ -270,9 +281,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         cid=ids,
         offset=offsets,
         candidates=st.lists(st.tuples(ids, st.integers(0, 3)), max_size=4),
+        declines=st.sampled_from(["", "", "", "privacy budget spent"]),
     )
-    def vote(self, cid: str, offset: int, candidates: list[tuple[str, int]]) -> None:
-        self.call(self.c.vote, cid, self.snap().round + 1 + offset, candidates, self.now)
+    def vote(self, cid: str, offset: int, candidates: list[tuple[str, int]], declines: str) -> None:
+        r = self.snap().round + 1 + offset
+        self.call(self.c.vote, cid, r, candidates, self.now, declines)
 
     @rule(cid=ids, offset=offsets, honest=st.booleans())
     def commit(self, cid: str, offset: int, honest: bool) -> None:
@@ -367,6 +380,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert self.c.rounds[-1:] == () or self.c.rounds[-1].outcome is not RoundOutcome.OPEN
         self.joined = set(saved["kicked"])
         self.votes = {}
+        self.declined = set()  # declines are not saved: nodes say so again in their next vote
         assert self.c.state in (S.WAITING_FOR_MEMBERS, S.FINISHED)
 
     # ------------------------------------------------------------------ invariants
