@@ -46,8 +46,16 @@ SILENCE_MIN = 2.0
 JOIN_BACKOFF = Backoff(first=0.1, cap=5.0)  # joining again while the console is unreachable
 # refusals of a join that joining again cannot change
 _FATAL_JOIN_CODES = frozenset(
-    {ErrorCode.WRONG_RUN_ID, ErrorCode.KICKED, ErrorCode.MALFORMED, ErrorCode.WRONG_STATE}
+    {
+        ErrorCode.WRONG_RUN_ID,
+        ErrorCode.KICKED,
+        ErrorCode.BANNED,
+        ErrorCode.MALFORMED,
+        ErrorCode.WRONG_STATE,
+    }
 )
+# refusals of any request that end this node's part in the run: the operator removed it
+_FATAL_REQUEST_CODES = frozenset({ErrorCode.KICKED, ErrorCode.BANNED})
 
 
 class JoinRejected(RuntimeError):
@@ -110,6 +118,9 @@ class ConsoleLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.on_snapshot: list[Callable[[RunSnapshot], None]] = []
+        # set when the console answered kicked or banned: the node must leave (exit 3)
+        self.removed = asyncio.Event()
+        self.removal = ""
 
     # ----------------------------------------------------------------- joining
 
@@ -225,6 +236,12 @@ class ConsoleLink:
         """Send one request and return its reply; rejoin if the console forgot us."""
         await asyncio.wait_for(self.connected.wait(), timeout or self.request_timeout)
         reply = await self._request_raw(msg, timeout=timeout, watch_silence=True)
+        if isinstance(reply, m.Error) and reply.code in _FATAL_REQUEST_CODES:
+            if not self.removed.is_set():
+                self.removal = f"{msg.TYPE} refused ({reply.code}): {reply.reason}"
+                log.error("the console removed this node: %s", self.removal)
+                self.removed.set()
+            return reply
         if (
             isinstance(reply, m.Error)
             and reply.code == ErrorCode.NOT_MEMBER
@@ -374,9 +391,8 @@ class ConsoleLink:
 
     async def _heartbeat(self) -> None:
         assert self.spec is not None
-        interval = self.spec.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
+        while not self.removed.is_set():
+            await asyncio.sleep(self.spec.heartbeat_interval)  # a new spec may change it
             try:
                 await self.request(
                     self._heartbeat_message(), timeout=max(1.0, self.spec.health_timeout)

@@ -132,6 +132,7 @@ class LiveBackend:
                 log_dir=self.run_dir / "nodes",
                 node_args=self.server.spawn_args,  # [security] curve: each node's fresh keys
             )
+        self.server.watch_children(self.nodes.reap)
         if self.spawn:
             self.nodes.start(self.spawn)
 
@@ -161,8 +162,8 @@ class LiveBackend:
     def end_phase(self) -> ActionResult:
         return self._server().end_phase()
 
-    def kick(self, client_id: str) -> ActionResult:
-        return self._server().kick(client_id)
+    def kick(self, client_id: str, *, ban: bool = False) -> ActionResult:
+        return self._server().kick(client_id, ban=ban)
 
     def save_checkpoint(self) -> ActionResult:
         save = getattr(self._server(), "save_checkpoint", None)

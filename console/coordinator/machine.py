@@ -36,6 +36,7 @@ contract; the notes below record the choices it leaves open.
 
 from __future__ import annotations
 
+from console.config import CoordinatorConfig
 from console.coordinator.committee import (
     MAX_AUTO_WITNESSES,
     VoteTally,
@@ -65,7 +66,7 @@ from console.coordinator.events import (
 )
 from console.coordinator.messages import Messages, reject
 from console.coordinator.records import Round
-from console.coordinator.state import DURATION
+from console.coordinator.state import DURATION, _config_problems
 from transport.fields import ErrorCode
 from transport.state import (
     ClientStatus,
@@ -129,6 +130,46 @@ class Coordinator(Messages):
         ev: list[Event] = []
         self._tick_state(now, ev, _OPERATOR)
         self._settle(now, ev)
+        return Outcome(tuple(ev))
+
+    def reconfigure(
+        self,
+        now: float,
+        *,
+        config: CoordinatorConfig | None = None,
+        train_set_size: int | None = None,
+    ) -> Outcome:
+        """The operator's live settings (Psyche: the owner changes the config while the run
+        waits for members or is paused). ``config``: the new [coordinator] settings, taken at
+        once, only in WaitingForMembers and Paused (a phase's length or a round count changed
+        under a running epoch would move its deadlines and counts mid-way). ``train_set_size``:
+        a learning setting, taken in any state; the next round's tally uses it. The values are
+        the config rules' business (console/config); this only keeps its own invariants."""
+        if config is not None and config != self._cfg:
+            if self._state not in (_S.WAITING_FOR_MEMBERS, _S.PAUSED):
+                return reject(
+                    ErrorCode.WRONG_STATE,
+                    f"coordinator settings change only in WaitingForMembers or Paused, "
+                    f"not in {self._state}",
+                )
+        problems = _config_problems(
+            config or self._cfg,
+            self._train_set_size if train_set_size is None else train_set_size,
+        )
+        if config is not None and config.total_rounds <= self._accepted_rounds:
+            problems.append(
+                f"total_rounds must be > the {self._accepted_rounds} rounds already accepted"
+            )
+        if problems:
+            return reject(ErrorCode.MALFORMED, "; ".join(problems))
+        if train_set_size is not None:
+            self._train_set_size = train_set_size
+        ev: list[Event] = []
+        if config is not None and config != self._cfg:
+            self._cfg = config
+            self._settle(now, ev)  # e.g. fewer members needed: the wait may be over
+            if self._state is _S.WAITING_FOR_MEMBERS:
+                self._views = None
         return Outcome(tuple(ev))
 
     def tick(self, now: float) -> Outcome:

@@ -112,6 +112,7 @@ class CoordinatorState:
         self._checkpoint: CheckpointRef | None = None
         self._checkpoint_round: int | None = None  # the accepted round still to be saved
         self._uploader: str | None = None
+        self._bans: dict[str, str] = {}  # banned id -> why (kick --ban; kept in to_state)
         if restore is not None:
             self._restore(restore)
 
@@ -120,6 +121,11 @@ class CoordinatorState:
     @property
     def state(self) -> RunState:
         return self._state
+
+    @property
+    def bans(self) -> dict[str, str]:
+        """Banned ids and why (a copy)."""
+        return dict(self._bans)
 
     @property
     def rounds(self) -> tuple[RoundView, ...]:
@@ -215,7 +221,6 @@ class CoordinatorState:
         ``since``: leave out the rounds numbered up to it (the caller keeps them elsewhere and
         hands them back to ``restore``), so the state's size does not grow with the run.
         """
-        kicked = [cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED]
         return Progress(
             # a console resumed from this state starts a new epoch
             epoch=self._epoch + (1 if self._state in _EPOCH_STATES else 0),
@@ -223,7 +228,7 @@ class CoordinatorState:
             accepted_rounds=self._accepted_rounds,
             checkpoint=self._checkpoint,
             rounds=self._rounds_after(since),
-            kicked=sorted(kicked),
+            banned=dict(sorted(self._bans.items())),
         ).to_state(self._run_id, self._seed)
 
     def _restore(self, raw: dict[str, Any]) -> None:
@@ -234,11 +239,12 @@ class CoordinatorState:
         self._rounds = saved.rounds
         self._last_accepted = saved.last_accepted
         self._checkpoint = saved.checkpoint
-        for cid in saved.kicked:
+        for cid, why in saved.banned.items():
             c = Client(cid, ClientStatus.KICKED, "", 0.0)
-            c.drop_reason = "kicked by the operator"
+            c.drop_reason = why
             self._clients[c.id] = c
             bisect.insort(self._sorted_ids, c.id)
+        self._bans = dict(saved.banned)
         if self._accepted_rounds >= self._cfg.total_rounds:
             self._state = _S.FINISHED  # nothing left to do; raise total_rounds to go on
 

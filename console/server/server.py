@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zmq
@@ -32,12 +33,14 @@ from console.server.checkpoint import (
     CheckpointError,
     StoredCheckpoint,
     load_latest,
+    record_state,
 )
 from console.server.history import RoundHistory
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
 from transport import messages as m
 from transport.codec import encode
+from transport.exit_codes import ExitCode
 from transport.net import is_loopback
 from transport.sockets import (
     PeerUnreachable,
@@ -60,6 +63,8 @@ URGENT_EVENTS = frozenset(
         "witnesses_replaced",
         "client_dropped",
         "client_kicked",
+        "client_banned",
+        "client_unbanned",
         "client_left",
         "epoch_started",
         "checkpoint_requested",
@@ -242,6 +247,25 @@ class ConsoleServer(NodeRequests):
             self._ctx = None
         self.events.close()
 
+    def watch_children(self, reap: Callable[[], list[Any]]) -> None:
+        """Reap the local nodes this console spawned (``LocalNodes.reap``) after every
+        coordinator call and tick, logging each exit with its code (3: refused or removed)."""
+
+        def check() -> None:
+            for node in reap():
+                code = node.process.poll()
+                meaning = ExitCode(code).help if code in set(ExitCode) else "killed or crashed"
+                self.events.write(
+                    self.clock(),
+                    "process",
+                    f"{node.name} exited with code {code} ({meaning})",
+                    level="info" if code in (0, ExitCode.REJECTED) else "warning",
+                    node=node.name,
+                    code=code,
+                )
+
+        self.listeners.append(check)
+
     def spawn_args(self, name: str) -> tuple[str, ...]:
         """Extra ``fl-node`` arguments for a local node this console spawns (CURVE keys)."""
         return () if self.security is None else self.security.spawn_args(name)
@@ -264,31 +288,63 @@ class ConsoleServer(NodeRequests):
 
     # ----------------------------------------------------------------- operator API
 
-    def pause(self) -> Outcome:
-        return self._operator("pause", self.coordinator.pause)
+    def pause(self, *, who: str = "console") -> Outcome:
+        return self._operator("pause", self.coordinator.pause, who)
 
-    def resume(self) -> Outcome:
-        return self._operator("resume", self.coordinator.resume)
+    def resume(self, *, who: str = "console") -> Outcome:
+        return self._operator("resume", self.coordinator.resume, who)
 
-    def end_phase(self) -> Outcome:
-        return self._operator("end phase", self.coordinator.end_phase)
+    def end_phase(self, *, who: str = "console") -> Outcome:
+        return self._operator("end phase", self.coordinator.end_phase, who)
 
-    def kick(self, client_id: str) -> Outcome:
-        return self._operator(
-            f"kick {client_id}", lambda now: self.coordinator.kick(client_id, now)
+    def kick(self, client_id: str, *, ban: bool = False, who: str = "console") -> Outcome:
+        """Take ``client_id`` out of the run (its node is told ``kicked`` and exits). ``ban``:
+        refuse its joins (``banned``) until :meth:`unban`, also after a ``--resume`` (the ban
+        is written into the latest checkpoint's state at once, and into every later one)."""
+        what = f"{'ban' if ban else 'kick'} {client_id}"
+        reason = f"banned by the operator ({who})"
+        outcome = self._operator(
+            what, lambda now: self.coordinator.kick(client_id, now, ban=ban, reason=reason), who
         )
+        if ban and outcome.ok:
+            self._save_bans()
+        return outcome
 
-    def _operator(self, what: str, call: Callable[[float], Outcome]) -> Outcome:
+    def unban(self, client_id: str, *, who: str = "console") -> Outcome:
+        """Lift a ban (or a kick): ``client_id`` may join again."""
+        outcome = self._operator(
+            f"unban {client_id}", lambda now: self.coordinator.unban(client_id, now), who
+        )
+        if outcome.ok:
+            self._save_bans()
+        return outcome
+
+    def _save_bans(self) -> None:
+        """Rewrite the latest checkpoint's state with the current bans (none yet: the first
+        checkpoint will carry them)."""
+        if self._stored is None:
+            return
+        try:
+            state = self.history.state(self.coordinator)
+            self._stored = record_state(self.checkpoint_dir, self._stored, state)
+        except (OSError, CheckpointError) as exc:
+            self.events.write(self.clock(), "checkpoint", f"bans not saved: {exc}", level="error")
+
+    def _operator(
+        self, what: str, call: Callable[[float], Outcome], who: str = "console"
+    ) -> Outcome:
         now = self.clock()
         outcome = call(now)
+        by = "" if who == "console" else f" ({who})"
         if outcome.rejection is None:
-            self.events.write(now, "operator", f"operator: {what}")
+            self.events.write(now, "operator", f"operator{by}: {what}", who=who)
         else:
             self.events.write(
                 now,
                 "operator",
-                f"operator: {what} refused: {outcome.rejection.reason}",
+                f"operator{by}: {what} refused: {outcome.rejection.reason}",
                 level="warning",
+                who=who,
             )
         self._after(outcome, now)
         return outcome
