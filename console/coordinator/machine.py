@@ -145,13 +145,8 @@ class Coordinator(Messages):
         under a running epoch would move its deadlines and counts mid-way). ``train_set_size``:
         a learning setting, taken in any state; the next round's tally uses it. The values are
         the config rules' business (console/config); this only keeps its own invariants."""
-        if config is not None and config != self._cfg:
-            if self._state not in (_S.WAITING_FOR_MEMBERS, _S.PAUSED):
-                return reject(
-                    ErrorCode.WRONG_STATE,
-                    f"coordinator settings change only in WaitingForMembers or Paused, "
-                    f"not in {self._state}",
-                )
+        if config is not None and config != self._cfg and (why := self.settings_refused()):
+            return reject(ErrorCode.WRONG_STATE, why)
         problems = _config_problems(
             config or self._cfg,
             self._train_set_size if train_set_size is None else train_set_size,
@@ -171,6 +166,15 @@ class Coordinator(Messages):
             if self._state is _S.WAITING_FOR_MEMBERS:
                 self._views = None
         return Outcome(tuple(ev))
+
+    def settings_refused(self) -> str | None:
+        """Why coordinator settings cannot change now (None: they can)."""
+        if self._state in (_S.WAITING_FOR_MEMBERS, _S.PAUSED):
+            return None
+        return (
+            f"coordinator settings change only in WaitingForMembers or Paused, not in "
+            f"{self._state}; pause the run first"
+        )
 
     def tick(self, now: float) -> Outcome:
         """Health first (drop silent clients), then at most one phase timeout."""

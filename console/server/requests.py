@@ -56,6 +56,8 @@ class NodeRequests:
     """
 
     config: Config
+    spec_config: Config  # the config whose run spec nodes build this epoch with
+    spec_version: int
     coordinator: Coordinator
     records: RunRecords
     events: EventLog
@@ -153,7 +155,7 @@ class NodeRequests:
         )
 
     def _run_spec(self) -> RunSpec:
-        spec = self.config.run_spec()
+        spec = self.spec_config.run_spec()
         if self.data_server is not None and spec.data_endpoint != self.data_server:
             spec = msgspec.structs.replace(spec, data_endpoint=self.data_server)
         return spec
@@ -161,8 +163,10 @@ class NodeRequests:
     def _snapshot(self, now: float) -> RunSnapshot:
         """The coordinator's snapshot as nodes get it: with the data server's address."""
         snap = self.coordinator.snapshot(now)
-        if self.data_server is not None:
-            snap = msgspec.structs.replace(snap, data_server=self.data_server)
+        if self.data_server is not None or self.spec_version:
+            snap = msgspec.structs.replace(
+                snap, data_server=self.data_server, spec_version=self.spec_version
+            )
         return snap
 
     def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ import zmq
 import zmq.asyncio
 
 from console.config import Config
+from console.config.edit import SettingError, changed_keys
 from console.coordinator import Coordinator, Outcome
-from console.coordinator.events import ClientJoined
+from console.coordinator.events import ClientJoined, StateChanged
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
@@ -38,6 +39,7 @@ from console.server.checkpoint import (
 from console.server.history import RoundHistory
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
+from console.server.settings import ConfigFile, SettingsResult, plan, refused
 from transport import messages as m
 from transport.codec import encode
 from transport.exit_codes import ExitCode
@@ -125,6 +127,11 @@ class ConsoleServer(NodeRequests):
         # may correct it once the data server has bound, e.g. port 0).
         self.data_server: str | None = config.run_spec().data_endpoint or None
         self.coordinator = self._make_coordinator()
+        # live settings: the file as read, and the config whose spec nodes build epochs with
+        self.config_file = ConfigFile(config.source)
+        self.spec_config = config
+        self.spec_version = 0
+        self._settings_outcome = Outcome()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -319,6 +326,78 @@ class ConsoleServer(NodeRequests):
             self._save_bans()
         return outcome
 
+    def set_settings(self, changes: Mapping[str, str], *, who: str = "console") -> SettingsResult:
+        """Change ``data.toml`` settings live: ``changes`` maps "section.key" to the value as
+        typed (TOML: ``3``, ``0.01``, ``"fedavg"``). See ``console/server/settings.py``."""
+        now = self.clock()
+        result = self._set_settings(changes, now)
+        by = "" if who == "console" else f" ({who})"
+        if not result.ok:
+            self.events.write(
+                now,
+                "operator",
+                f"operator{by}: settings refused: {result.message}",
+                level="warning",
+                who=who,
+            )
+            return result
+        for key, old, new in result.changed:
+            self.events.write(
+                now,
+                "setting_changed",
+                f"operator{by}: {key} {old} -> {new}",
+                who=who,
+                key=key,
+                old=old,
+                new=new,
+            )
+        if result.changed:
+            self._after(self._settings_outcome, now, force_broadcast=True)
+        return result
+
+    def _set_settings(self, changes: Mapping[str, str], now: float) -> SettingsResult:
+        try:
+            config, text = self.config_file.edit(changes)
+        except SettingError as exc:
+            return refused(str(exc))
+        rows, coordinator, spec = plan(self.config, config)
+        self._settings_outcome = Outcome()
+        if not rows:
+            return SettingsResult(True, "nothing changed: the values are the current ones")
+        if coordinator and (why := self.coordinator.settings_refused()) is not None:
+            return refused(why)
+        try:
+            self.config_file.write(text)
+        except OSError as exc:
+            return refused(f"{self.config_file.path} not written: {exc}")
+        self.config = config
+        if coordinator:
+            self._settings_outcome = self.coordinator.reconfigure(now, config=config.coordinator)
+            self.tick_interval = config.coordinator.heartbeat_interval
+        changed = ", ".join(f"{k} {o} -> {n}" for k, o, n in rows)
+        when = "; learning settings reach the nodes at the next Warmup" if spec else ""
+        if self._settings_outcome.rejection is not None:  # the file is written: say so
+            reason = self._settings_outcome.rejection.reason
+            return SettingsResult(False, f"saved {changed}, but not applied: {reason}", tuple(rows))
+        return SettingsResult(True, f"saved {changed}{when}", tuple(rows))
+
+    def _activate_spec(self, now: float) -> None:
+        """At a Warmup: the live learning settings become the spec nodes build the epoch with."""
+        if self.spec_config.run_spec() == self.config.run_spec():
+            return
+        old = self.spec_config
+        self.spec_config = self.config
+        self.spec_version += 1
+        self.coordinator.reconfigure(now, train_set_size=self.config.learning.train_set_size)
+        rows = [r for r in changed_keys(old, self.config)]
+        self.events.write(
+            now,
+            "spec_changed",
+            f"run spec v{self.spec_version} for this epoch: "
+            + ", ".join(f"{k} {o} -> {n}" for k, o, n in rows),
+            version=self.spec_version,
+        )
+
     def _save_bans(self) -> None:
         """Rewrite the latest checkpoint's state with the current bans (none yet: the first
         checkpoint will carry them)."""
@@ -391,6 +470,8 @@ class ConsoleServer(NodeRequests):
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""
         for event in outcome.events:
+            if isinstance(event, StateChanged) and event.new is RunState.WARMUP:
+                self._activate_spec(now)
             fields = _fields(event)
             if isinstance(event, ClientJoined) and event.client_id in self.records.clients:
                 record = self.records.clients[event.client_id]  # the process behind the id
