@@ -78,7 +78,7 @@ class LocalNodes:
         self.use_fork_server = fork_server_available() if fork_server is None else fork_server
         self.fork_server: ForkServer | None = None
         self.nodes: list[LocalNode] = []
-        self._reaped: set[str] = set()  # names of the nodes reap() reported
+        self._reaped: set[int] = set()  # the nodes reap() reported (by id: names may repeat)
 
     def prepare(self) -> None:
         """Start the fork server now (it imports torch and the node's modules, ~1-2 s)."""
@@ -154,10 +154,10 @@ class LocalNodes:
         kicked exits 3 and must not linger as a zombie while the run goes on."""
         ended = []
         for node in self.nodes:
-            if node.name in self._reaped or not _has_pid(node.process):
+            if id(node) in self._reaped or not _has_pid(node.process):
                 continue
             if node.process.poll() is not None:
-                self._reaped.add(node.name)
+                self._reaped.add(id(node))
                 ended.append(node)
         return ended
 

@@ -7,15 +7,18 @@ server), and the console reaps them.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from console.config import load_config
 from console.server.spawn import LocalNodes
 from tests.e2e.conftest import Consoles
 from tests.e2e.helpers import ServerThread, status_of, wait_until
+from tests.factories import write_config
 from transport.exit_codes import ExitCode
 from transport.net import connect_address
 from transport.state import ClientStatus, RunState
@@ -95,3 +98,91 @@ def test_a_banned_id_is_refused_at_join_with_exit_3(
     again.start(1)
     console.wait_for(lambda s: status_of(s, "node-0") is ClientStatus.PENDING, 60, "node-0 back")
     wait_until(lambda: again.nodes[0].alive, 1, "node-0 alive")
+
+
+def _config(tmp_path: Path, **coordinator: object) -> Path:
+    return write_config(
+        tmp_path / "cfg",
+        coordinator={
+            "waiting_for_members_extra_time": 0.0,
+            "rounds_per_epoch": 1,
+            "round_witness_time": 5.0,
+            "cooldown_time": 10.0,
+            "heartbeat_interval": 0.25,
+            "health_timeout": 5.0,
+            **coordinator,
+        },
+        learning={"train_set_size": 4},
+        local={"spawn": 0},
+    )
+
+
+def test_a_run_stalled_by_a_kick_is_rescued_by_lowering_init_min_clients(
+    consoles: Consoles, spawned: list[LocalNodes], tmp_path: Path
+) -> None:
+    """Issue 15's done-when: init_min_clients = 4, one node kicked, the run waits for a fourth
+    member after the epoch; set_settings(init_min_clients=3) rescues it and it finishes; the
+    file differs only in that value and data.toml.bak holds the old file."""
+    path = _config(tmp_path, init_min_clients=4, min_clients=2, total_rounds=2)
+    before = path.read_text()
+    console = consoles.start(load_config(path), run_dir=tmp_path / "run")
+    nodes = spawn(console, spawned, 4, tmp_path / "nodes")
+    console.wait_for(lambda s: s.state is RunState.ROUND_TRAIN, 120, "round 1")
+    assert console.call(lambda s: s.kick("node-3")).ok
+    assert exit_event(console, "node-3")["code"] == ExitCode.REJECTED
+    stalled = console.wait_for(
+        lambda s: s.state is RunState.WAITING_FOR_MEMBERS and s.accepted_rounds == 1,
+        120,
+        "back to WaitingForMembers after epoch 0",
+    )
+    assert stalled.waiting_for == 1
+    time.sleep(1.5)  # it stays there: nobody else is coming
+    assert console.snapshot().state is RunState.WAITING_FOR_MEMBERS
+    assert "waiting for 1 more members" in console.call(lambda s: s.end_phase()).rejection.reason  # type: ignore[union-attr]
+
+    result = console.call(lambda s: s.set_settings({"coordinator.init_min_clients": "3"}))
+    assert result.ok, result.message
+    assert result.changed == (("coordinator.init_min_clients", "4", "3"),)
+    console.wait_for(lambda s: s.state is RunState.FINISHED, 120, "Finished")
+    assert console.snapshot().accepted_rounds == 2
+    after = path.read_text()
+    assert [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ] == ["-init_min_clients = 4", "+init_min_clients = 3"]
+    assert (path.parent / "data.toml.bak").read_text() == before
+    assert all(n.process.poll() is None or n.process.poll() in (0, 3) for n in nodes.nodes)
+
+
+def test_a_banned_node_is_refused_before_and_after_a_restart_with_resume(
+    consoles: Consoles, spawned: list[LocalNodes], tmp_path: Path
+) -> None:
+    path = _config(tmp_path, init_min_clients=2, min_clients=2, total_rounds=3)
+    config = load_config(path)
+    console = consoles.start(config, run_dir=tmp_path / "run")
+    assert console.call(lambda s: s.kick("node-2", ban=True, who="test")).ok
+    nodes = spawn(console, spawned, 3, tmp_path / "nodes")
+    assert exit_event(console, "node-2")["code"] == ExitCode.REJECTED
+    assert "join refused (banned)" in nodes.nodes[2].log_path.read_text()
+    console.wait_for(lambda s: s.checkpoint is not None, 120, "round 1's checkpoint")
+    nodes.stop()
+    console.stop()
+
+    again = consoles.start(config, run_dir=tmp_path / "run-2", resume=True)
+    assert again.call(lambda s: s.coordinator.bans) == {"node-2": "banned by the operator (test)"}
+    late = LocalNodes(
+        run_id=config.run_id,
+        control_endpoint=connect_address(again.endpoints.control),
+        log_dir=tmp_path / "nodes-2",
+        prefix="node",
+    )
+    spawned.append(late)
+    again.call(lambda s: s.watch_children(late.reap))
+    late.start_one("node-2")
+    assert exit_event(again, "node-2")["code"] == ExitCode.REJECTED
+    log = late.nodes[0].log_path.read_text()
+    assert "join refused (banned): node-2 is banned: banned by the operator (test)" in log
+    assert again.call(lambda s: s.unban("node-2")).ok
+    late.start_one("node-2")
+    again.wait_for(lambda s: status_of(s, "node-2") is ClientStatus.PENDING, 60, "node-2 joins")
