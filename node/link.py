@@ -111,6 +111,7 @@ class ConsoleLink:
         self._changed = asyncio.Condition()
         self.latest: Received | None = None
         self.spec: RunSpec | None = None
+        self.spec_version = 0  # the version of ``spec`` (the broadcast's spec_version then)
         self.stage = "joining"
         self.round = 0
         self.gossip_stats: GossipStats | None = None  # reported with every heartbeat
@@ -199,6 +200,7 @@ class ConsoleLink:
         if not isinstance(reply, m.JoinAck):
             raise ConsoleUnreachable(f"unexpected reply to join: {reply.TYPE}")
         self.spec, snapshot = reply.spec, reply.snapshot
+        self.spec_version = snapshot.spec_version
         # A console bound on every interface announces tcp://0.0.0.0:PORT: use its real host.
         state_endpoint = connectable(reply.state_endpoint, self.control_endpoint)
         if self._sub is None or self._sub_endpoint != state_endpoint:

@@ -32,7 +32,14 @@ from transport.codec import DecodeError, Limits, decode
 from transport.fields import ErrorCode
 from transport.net import announced_from
 from transport.spec import RunSpec
-from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
+from transport.state import (
+    CheckpointRef,
+    ClientStatus,
+    ResultRef,
+    RoundOutcome,
+    RunSnapshot,
+    RunState,
+)
 from transport.tensors import model_hash
 
 log = logging.getLogger(__name__)
@@ -285,6 +292,15 @@ class NodeRequests:
         except CheckpointError as exc:
             return self._reject(now, msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, str(exc))
         return m.ModelReply(round=stored.round, hash=stored.hash, tensors=payloads)
+
+    def _on_spec_request(self, msg: m.SpecRequest, now: float) -> m.Message:
+        """The run spec nodes build this epoch with, and its version (live settings)."""
+        client = self.coordinator.snapshot(now).client(msg.node_id)
+        if client is None or client.status not in (ClientStatus.PENDING, ClientStatus.ACTIVE):
+            return self._reject(
+                now, msg.node_id, msg.TYPE, ErrorCode.NOT_MEMBER, "join the run first"
+            )
+        return m.SpecReply(version=self.spec_version, spec=self._run_spec())
 
     def _on_checkpoint_upload(self, msg: m.CheckpointUpload, now: float) -> m.Message:
         snap = self.coordinator.snapshot(now)

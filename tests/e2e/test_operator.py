@@ -186,3 +186,24 @@ def test_a_banned_node_is_refused_before_and_after_a_restart_with_resume(
     assert again.call(lambda s: s.unban("node-2")).ok
     late.start_one("node-2")
     again.wait_for(lambda s: status_of(s, "node-2") is ClientStatus.PENDING, 60, "node-2 joins")
+
+
+def test_learning_settings_reach_the_nodes_at_the_next_warmup(
+    consoles: Consoles, spawned: list[LocalNodes], tmp_path: Path
+) -> None:
+    path = _config(tmp_path, init_min_clients=2, min_clients=2, total_rounds=2)
+    console = consoles.start(load_config(path), run_dir=tmp_path / "run")
+    nodes = spawn(console, spawned, 2, tmp_path / "nodes")
+    console.wait_for(lambda s: s.state is RunState.ROUND_TRAIN, 120, "round 1")
+    changes = {"learning.learning_rate": "0.02", "learning.local_epochs": "2"}
+    result = console.call(lambda s: s.set_settings(changes, who="test"))
+    assert result.ok and "at the next Warmup" in result.message, result.message
+    assert console.snapshot().spec_version == 0  # epoch 0 keeps the spec it started with
+    console.wait_for(lambda s: s.state is RunState.FINISHED, 120, "Finished")
+    assert console.snapshot().accepted_rounds == 2
+    [spec] = console.events("spec_changed")
+    assert spec["version"] == 1
+    assert "learning.learning_rate 0.01 -> 0.02" in spec["text"]
+    for node in nodes.nodes:
+        log = node.log_path.read_text()
+        assert "run spec v0 -> v1: learning.local_epochs 1 -> 2, learning.learning_rate" in log
