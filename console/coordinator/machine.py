@@ -66,7 +66,7 @@ from console.coordinator.events import (
 )
 from console.coordinator.messages import Messages, reject
 from console.coordinator.records import Round
-from console.coordinator.state import DURATION, _config_problems
+from console.coordinator.state import DURATION
 from transport.fields import ErrorCode
 from transport.state import (
     ClientStatus,
@@ -145,36 +145,16 @@ class Coordinator(Messages):
         under a running epoch would move its deadlines and counts mid-way). ``train_set_size``:
         a learning setting, taken in any state; the next round's tally uses it. The values are
         the config rules' business (console/config); this only keeps its own invariants."""
-        if config is not None and config != self._cfg and (why := self.settings_refused()):
-            return reject(ErrorCode.WRONG_STATE, why)
-        problems = _config_problems(
-            config or self._cfg,
-            self._train_set_size if train_set_size is None else train_set_size,
-        )
-        if config is not None and config.total_rounds <= self._accepted_rounds:
-            problems.append(
-                f"total_rounds must be > the {self._accepted_rounds} rounds already accepted"
-            )
-        if problems:
-            return reject(ErrorCode.MALFORMED, "; ".join(problems))
+        why = self.settings_refused(config, train_set_size)
+        if why is not None:
+            return reject(self._refusal_code(config), why)
         if train_set_size is not None:
             self._train_set_size = train_set_size
         ev: list[Event] = []
         if config is not None and config != self._cfg:
             self._cfg = config
             self._settle(now, ev)  # e.g. fewer members needed: the wait may be over
-            if self._state is _S.WAITING_FOR_MEMBERS:
-                self._views = None
         return Outcome(tuple(ev))
-
-    def settings_refused(self) -> str | None:
-        """Why coordinator settings cannot change now (None: they can)."""
-        if self._state in (_S.WAITING_FOR_MEMBERS, _S.PAUSED):
-            return None
-        return (
-            f"coordinator settings change only in WaitingForMembers or Paused, not in "
-            f"{self._state}; pause the run first"
-        )
 
     def tick(self, now: float) -> Outcome:
         """Health first (drop silent clients), then at most one phase timeout."""

@@ -19,6 +19,7 @@ from console.config import CoordinatorConfig
 from console.coordinator.committee import VoteTally
 from console.coordinator.records import Client, Round
 from console.coordinator.saved import Progress, load_progress
+from transport.fields import ErrorCode
 from transport.state import (
     CheckpointRef,
     ClientStatus,
@@ -197,6 +198,37 @@ class CoordinatorState:
             expiry = math.nextafter(oldest + self._cfg.health_timeout, math.inf)
             best = expiry if best is None else min(best, expiry)
         return best
+
+    def settings_refused(
+        self, config: CoordinatorConfig | None = None, train_set_size: int | None = None
+    ) -> str | None:
+        """Why :meth:`reconfigure` would refuse these settings now (None: it would take them):
+        coordinator settings outside WaitingForMembers and Paused, or values that break the
+        machine's invariants (the config rules check the rest)."""
+        if config is not None and config != self._cfg and not self._settings_state_ok():
+            return (
+                f"coordinator settings change only in WaitingForMembers or Paused, not in "
+                f"{self._state}; pause the run first"
+            )
+        size = self._train_set_size if train_set_size is None else train_set_size
+        problems = _config_problems(config or self._cfg, size)
+        if (
+            config is not None
+            and config != self._cfg
+            and config.total_rounds <= self._accepted_rounds
+        ):
+            problems.append(
+                f"total_rounds must be > the {self._accepted_rounds} rounds already accepted"
+            )
+        return "; ".join(problems) or None
+
+    def _settings_state_ok(self) -> bool:
+        return self._state in (_S.WAITING_FOR_MEMBERS, _S.PAUSED)
+
+    def _refusal_code(self, config: CoordinatorConfig | None) -> ErrorCode:
+        if config is not None and config != self._cfg and not self._settings_state_ok():
+            return ErrorCode.WRONG_STATE
+        return ErrorCode.MALFORMED
 
     def _members_needed(self) -> int:
         return max(self._cfg.init_min_clients, self._cfg.min_clients, 1)

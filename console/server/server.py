@@ -14,16 +14,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from console.config import Config
-from console.config.edit import SettingError, changed_keys
 from console.coordinator import Coordinator, Outcome
 from console.coordinator.events import ClientJoined, StateChanged
 from console.record.eventlog import EventLog
@@ -34,15 +32,14 @@ from console.server.checkpoint import (
     CheckpointError,
     StoredCheckpoint,
     load_latest,
-    record_state,
 )
 from console.server.history import RoundHistory
+from console.server.operator import OperatorRequests
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
-from console.server.settings import ConfigFile, SettingsResult, plan, refused
+from console.server.settings import ConfigFile
 from transport import messages as m
 from transport.codec import encode
-from transport.exit_codes import ExitCode
 from transport.net import is_loopback
 from transport.sockets import (
     PeerUnreachable,
@@ -82,7 +79,7 @@ FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's ag
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
-class ConsoleServer(NodeRequests):
+class ConsoleServer(NodeRequests, OperatorRequests):
     """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
 
     def __init__(
@@ -131,7 +128,6 @@ class ConsoleServer(NodeRequests):
         self.config_file = ConfigFile(config.source)
         self.spec_config = config
         self.spec_version = 0
-        self._settings_outcome = Outcome()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -254,25 +250,6 @@ class ConsoleServer(NodeRequests):
             self._ctx = None
         self.events.close()
 
-    def watch_children(self, reap: Callable[[], list[Any]]) -> None:
-        """Reap the local nodes this console spawned (``LocalNodes.reap``) after every
-        coordinator call and tick, logging each exit with its code (3: refused or removed)."""
-
-        def check() -> None:
-            for node in reap():
-                code = node.process.poll()
-                meaning = ExitCode(code).help if code in set(ExitCode) else "killed or crashed"
-                self.events.write(
-                    self.clock(),
-                    "process",
-                    f"{node.name} exited with code {code} ({meaning})",
-                    level="info" if code in (0, ExitCode.REJECTED) else "warning",
-                    node=node.name,
-                    code=code,
-                )
-
-        self.listeners.append(check)
-
     def spawn_args(self, name: str) -> tuple[str, ...]:
         """Extra ``fl-node`` arguments for a local node this console spawns (CURVE keys)."""
         return () if self.security is None else self.security.spawn_args(name)
@@ -292,141 +269,6 @@ class ConsoleServer(NodeRequests):
             rejected_messages=self.rejected_messages,
             checkpoint_dir=str(self.checkpoint_dir),
         )
-
-    # ----------------------------------------------------------------- operator API
-
-    def pause(self, *, who: str = "console") -> Outcome:
-        return self._operator("pause", self.coordinator.pause, who)
-
-    def resume(self, *, who: str = "console") -> Outcome:
-        return self._operator("resume", self.coordinator.resume, who)
-
-    def end_phase(self, *, who: str = "console") -> Outcome:
-        return self._operator("end phase", self.coordinator.end_phase, who)
-
-    def kick(self, client_id: str, *, ban: bool = False, who: str = "console") -> Outcome:
-        """Take ``client_id`` out of the run (its node is told ``kicked`` and exits). ``ban``:
-        refuse its joins (``banned``) until :meth:`unban`, also after a ``--resume`` (the ban
-        is written into the latest checkpoint's state at once, and into every later one)."""
-        what = f"{'ban' if ban else 'kick'} {client_id}"
-        reason = f"banned by the operator ({who})"
-        outcome = self._operator(
-            what, lambda now: self.coordinator.kick(client_id, now, ban=ban, reason=reason), who
-        )
-        if ban and outcome.ok:
-            self._save_bans()
-        return outcome
-
-    def unban(self, client_id: str, *, who: str = "console") -> Outcome:
-        """Lift a ban (or a kick): ``client_id`` may join again."""
-        outcome = self._operator(
-            f"unban {client_id}", lambda now: self.coordinator.unban(client_id, now), who
-        )
-        if outcome.ok:
-            self._save_bans()
-        return outcome
-
-    def set_settings(self, changes: Mapping[str, str], *, who: str = "console") -> SettingsResult:
-        """Change ``data.toml`` settings live: ``changes`` maps "section.key" to the value as
-        typed (TOML: ``3``, ``0.01``, ``"fedavg"``). See ``console/server/settings.py``."""
-        now = self.clock()
-        result = self._set_settings(changes, now)
-        by = "" if who == "console" else f" ({who})"
-        if not result.ok:
-            self.events.write(
-                now,
-                "operator",
-                f"operator{by}: settings refused: {result.message}",
-                level="warning",
-                who=who,
-            )
-            return result
-        for key, old, new in result.changed:
-            self.events.write(
-                now,
-                "setting_changed",
-                f"operator{by}: {key} {old} -> {new}",
-                who=who,
-                key=key,
-                old=old,
-                new=new,
-            )
-        if result.changed:
-            self._after(self._settings_outcome, now, force_broadcast=True)
-        return result
-
-    def _set_settings(self, changes: Mapping[str, str], now: float) -> SettingsResult:
-        try:
-            config, text = self.config_file.edit(changes)
-        except SettingError as exc:
-            return refused(str(exc))
-        rows, coordinator, spec = plan(self.config, config)
-        self._settings_outcome = Outcome()
-        if not rows:
-            return SettingsResult(True, "nothing changed: the values are the current ones")
-        if coordinator and (why := self.coordinator.settings_refused()) is not None:
-            return refused(why)
-        try:
-            self.config_file.write(text)
-        except OSError as exc:
-            return refused(f"{self.config_file.path} not written: {exc}")
-        self.config = config
-        if coordinator:
-            self._settings_outcome = self.coordinator.reconfigure(now, config=config.coordinator)
-            self.tick_interval = config.coordinator.heartbeat_interval
-        changed = ", ".join(f"{k} {o} -> {n}" for k, o, n in rows)
-        when = "; learning settings reach the nodes at the next Warmup" if spec else ""
-        if self._settings_outcome.rejection is not None:  # the file is written: say so
-            reason = self._settings_outcome.rejection.reason
-            return SettingsResult(False, f"saved {changed}, but not applied: {reason}", tuple(rows))
-        return SettingsResult(True, f"saved {changed}{when}", tuple(rows))
-
-    def _activate_spec(self, now: float) -> None:
-        """At a Warmup: the live learning settings become the spec nodes build the epoch with."""
-        if self.spec_config.run_spec() == self.config.run_spec():
-            return
-        old = self.spec_config
-        self.spec_config = self.config
-        self.spec_version += 1
-        self.coordinator.reconfigure(now, train_set_size=self.config.learning.train_set_size)
-        rows = [r for r in changed_keys(old, self.config)]
-        self.events.write(
-            now,
-            "spec_changed",
-            f"run spec v{self.spec_version} for this epoch: "
-            + ", ".join(f"{k} {o} -> {n}" for k, o, n in rows),
-            version=self.spec_version,
-        )
-
-    def _save_bans(self) -> None:
-        """Rewrite the latest checkpoint's state with the current bans (none yet: the first
-        checkpoint will carry them)."""
-        if self._stored is None:
-            return
-        try:
-            state = self.history.state(self.coordinator)
-            self._stored = record_state(self.checkpoint_dir, self._stored, state)
-        except (OSError, CheckpointError) as exc:
-            self.events.write(self.clock(), "checkpoint", f"bans not saved: {exc}", level="error")
-
-    def _operator(
-        self, what: str, call: Callable[[float], Outcome], who: str = "console"
-    ) -> Outcome:
-        now = self.clock()
-        outcome = call(now)
-        by = "" if who == "console" else f" ({who})"
-        if outcome.rejection is None:
-            self.events.write(now, "operator", f"operator{by}: {what}", who=who)
-        else:
-            self.events.write(
-                now,
-                "operator",
-                f"operator{by}: {what} refused: {outcome.rejection.reason}",
-                level="warning",
-                who=who,
-            )
-        self._after(outcome, now)
-        return outcome
 
     # ----------------------------------------------------------------- control socket
 

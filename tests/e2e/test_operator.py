@@ -46,7 +46,7 @@ def spawn(console: ServerThread, made: list[LocalNodes], count: int, log_dir: Pa
 
 def exit_event(console: ServerThread, name: str) -> dict:
     return console.wait_for_event(
-        lambda e: e["kind"] == "process" and e.get("node") == name, 20, f"{name}'s exit"
+        lambda e: e["kind"] == "process" and e.get("node") == name, 90, f"{name}'s exit"
     )
 
 
