@@ -254,7 +254,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         if out.ok:
             self.joined.add(cid)
         else:
-            assert not good or out.rejection.code in ("kicked", "wrong_state")  # type: ignore[union-attr]
+            assert not good or out.rejection.code in ("kicked", "banned", "wrong_state")  # type: ignore[union-attr]
 
     @rule(cid=ids, kind=st.sampled_from(["heartbeat", "warmed_up", "aggregate"]), offset=offsets)
     def chatter(self, cid: str, kind: str, offset: int) -> None:
@@ -350,6 +350,36 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 assert set(view.attestations) & live or not active, view
             if view.outcome is not RoundOutcome.OPEN:
                 return
+
+    @rule(cid=ids, ban=st.booleans())
+    def ban_or_unban(self, cid: str, ban: bool) -> None:
+        """The operator bans an id (joined or not) or lifts a ban or kick: a banned id is never
+        live, and its joins are refused ``banned`` until it is unbanned."""
+        if ban:
+            out = self.call(self.c.kick, cid, self.now, ban=True, reason="r")
+            if out.ok:
+                self.joined.add(cid)  # a banned id is listed as a (kicked) client
+        else:
+            self.call(self.c.unban, cid, self.now)
+        if cid in self.c.bans:
+            assert self.snap().client(cid).status is ClientStatus.KICKED  # type: ignore[union-attr]
+            refused = self.call(self.c.join, cid, RUN, self.now).rejection
+            assert refused is not None and refused.code == "banned"
+
+    @rule(cfg=st.sampled_from(CONFIGS))
+    def reconfigure(self, cfg: CoordinatorConfig) -> None:
+        """The operator's live coordinator settings: taken in WaitingForMembers and Paused
+        (the wait for members re-judged at once), refused elsewhere, changing nothing."""
+        state, old = self.c.state, self.cfg
+        self.cfg = cfg
+        out = self.call(self.c.reconfigure, self.now, config=cfg)
+        if out.rejection is not None:
+            self.cfg = old
+            wrong_state = state not in (S.WAITING_FOR_MEMBERS, S.PAUSED)
+            assert (cfg != old and wrong_state) or cfg.total_rounds <= self.snap().accepted_rounds
+        else:
+            assert cfg == old or state in (S.WAITING_FOR_MEMBERS, S.PAUSED)
+            assert self.snap().init_min_clients == cfg.init_min_clients
 
     @rule()
     def restart_console(self) -> None:
