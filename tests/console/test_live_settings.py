@@ -12,6 +12,7 @@ import pytest
 
 from console.config import load_config
 from console.config.edit import comments_above, settings
+from console.record.replay import load_recording
 from console.server import SettingsResult
 from tests.e2e.conftest import Consoles
 from tests.e2e.helpers import RawClient, RawClients, ServerThread
@@ -80,6 +81,11 @@ def test_lowering_init_min_clients_starts_the_epoch_and_only_that_value_changes(
     ]
     assert changed[0]["text"] == "operator (ctl): coordinator.init_min_clients 3 -> 2"
     assert load_config(path).coordinator.init_min_clients == 2  # what a --resume reads
+    replayed = load_recording(console.run_dir / "events.jsonl")
+    assert any(
+        line.kind == "setting_changed" and "init_min_clients 3 -> 2" in line.text
+        for line in replayed.log
+    )
 
 
 def test_a_bad_value_gets_the_load_time_rule_and_nothing_is_written(

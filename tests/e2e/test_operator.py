@@ -166,10 +166,15 @@ def test_a_banned_node_is_refused_before_and_after_a_restart_with_resume(
     assert exit_event(console, "node-2")["code"] == ExitCode.REJECTED
     assert "join refused (banned)" in nodes.nodes[2].log_path.read_text()
     console.wait_for(lambda s: s.checkpoint is not None, 120, "round 1's checkpoint")
+    lr = console.call(lambda s: s.set_settings({"learning.learning_rate": "0.02"}))
+    assert lr.ok, lr.message
     nodes.stop()
     console.stop()
 
+    # what `fl-console data.toml --resume` does: read the file again (the changed setting in it)
+    config = load_config(path)
     again = consoles.start(config, run_dir=tmp_path / "run-2", resume=True)
+    assert again.call(lambda s: s._run_spec().learning.learning_rate) == 0.02
     assert again.call(lambda s: s.coordinator.bans) == {"node-2": "banned by the operator (test)"}
     late = LocalNodes(
         run_id=config.run_id,
