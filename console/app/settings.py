@@ -19,7 +19,12 @@ from textual.widgets import DataTable, Input, Static
 from console.config.edit import Setting
 
 Apply = Callable[[str, str], tuple[bool, str]]  # (key, value as typed) -> (ok, one line)
-_WHEN = {"now": "now (waiting/paused)", "next warmup": "next warmup", "": "at restart"}
+_WHEN = {"now": "waiting/paused", "next warmup": "next warmup", "": "restart"}
+VALUE_WIDTH = 28  # a longer value (a path, a key list) is cut here; editing shows it whole
+
+
+def _cell(value: str) -> str:
+    return value if len(value) <= VALUE_WIDTH else value[: VALUE_WIDTH - 1] + "…"
 
 
 class SettingsScreen(ModalScreen[None]):
@@ -68,11 +73,11 @@ class SettingsScreen(ModalScreen[None]):
         rows = list(self._rows())
         if not table.row_count:
             for s in rows:
-                table.add_row(s.key, s.value, _WHEN[s.live], key=s.key)
+                table.add_row(s.key, _cell(s.value), _WHEN[s.live], key=s.key)
         else:
             for s in rows:
                 if self._shown.get(s.key) != s:
-                    table.update_cell(s.key, "value", s.value)
+                    table.update_cell(s.key, "value", _cell(s.value))
         self._shown = {s.key: s for s in rows}
         self._show_help()
 
