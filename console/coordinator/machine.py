@@ -126,7 +126,11 @@ class Coordinator(Messages):
             return reject(ErrorCode.WRONG_STATE, f"{s} has no phase to end")
         missing = self._members_needed() - len(self._pending)
         if s is _S.WAITING_FOR_MEMBERS and missing > 0:
-            return reject(ErrorCode.WRONG_STATE, f"waiting for {missing} more members")
+            more = f"{missing} more member{'s' if missing != 1 else ''}"
+            return reject(
+                ErrorCode.WRONG_STATE,
+                f"waiting for {more}; lower coordinator.init_min_clients in the settings to go on",
+            )
         ev: list[Event] = []
         self._tick_state(now, ev, _OPERATOR)
         self._settle(now, ev)

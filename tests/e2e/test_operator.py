@@ -138,7 +138,10 @@ def test_a_run_stalled_by_a_kick_is_rescued_by_lowering_init_min_clients(
     assert stalled.waiting_for == 1
     time.sleep(1.5)  # it stays there: nobody else is coming
     assert console.snapshot().state is RunState.WAITING_FOR_MEMBERS
-    assert "waiting for 1 more members" in console.call(lambda s: s.end_phase()).rejection.reason  # type: ignore[union-attr]
+    assert (
+        "waiting for 1 more member; lower coordinator.init_min_clients"
+        in console.call(lambda s: s.end_phase()).rejection.reason
+    )  # type: ignore[union-attr]
 
     result = console.call(lambda s: s.set_settings({"coordinator.init_min_clients": "3"}))
     assert result.ok, result.message

@@ -1294,7 +1294,10 @@ def test_end_phase_in_waiting_skips_the_extra_time_only_with_enough_members() ->
     run = Run()
     run.join("c0", "c1", "c2")
     out = run.c.end_phase(run.now)
-    assert out.rejection == Rejection("wrong_state", "waiting for 1 more members")
+    assert out.rejection == Rejection(
+        "wrong_state",
+        "waiting for 1 more member; lower coordinator.init_min_clients in the settings to go on",
+    )
     run.join("c3")
     run.ok(run.c.end_phase(run.now))
     assert run.state is S.WARMUP
