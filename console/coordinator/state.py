@@ -206,9 +206,10 @@ class CoordinatorState:
         coordinator settings outside WaitingForMembers and Paused, or values that break the
         machine's invariants (the config rules check the rest)."""
         if config is not None and config != self._cfg and not self._settings_state_ok():
+            then = "" if self._state is _S.FINISHED else "; pause the run first"
             return (
                 f"coordinator settings change only in WaitingForMembers or Paused, not in "
-                f"{self._state}; pause the run first"
+                f"{self._state}{then}"
             )
         size = self._train_set_size if train_set_size is None else train_set_size
         problems = _config_problems(config or self._cfg, size)
