@@ -23,6 +23,9 @@ from console.server.settings import ConfigFile, SettingsResult, plan, refused
 from transport.exit_codes import ExitCode
 
 
+REAP_INTERVAL = 0.2  # seconds between two looks at the spawned nodes
+
+
 class OperatorRequests:
     """The operator API of the console server (its base class); see the module docstring."""
 
@@ -181,10 +184,16 @@ class OperatorRequests:
     # ----------------------------------------------------------------- local nodes
 
     def watch_children(self, reap: Callable[[], list[Any]]) -> None:
-        """Reap the local nodes this console spawned (``LocalNodes.reap``) after every
-        coordinator call and tick, logging each exit with its code (3: refused or removed)."""
+        """Reap the local nodes this console spawned (``LocalNodes.reap``) after coordinator
+        calls and ticks (at most every ``REAP_INTERVAL`` s), logging each exit with its code
+        (3: refused or removed by the console)."""
+        last = [float("-inf")]
 
         def check() -> None:
+            now = self.clock()
+            if now - last[0] < REAP_INTERVAL:
+                return
+            last[0] = now
             for node in reap():
                 code = node.process.poll()
                 meaning = ExitCode(code).help if code in set(ExitCode) else "killed or crashed"
