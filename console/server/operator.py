@@ -22,7 +22,6 @@ from console.server.history import RoundHistory
 from console.server.settings import ConfigFile, SettingsResult, plan, refused
 from transport.exit_codes import ExitCode
 
-
 REAP_INTERVAL = 0.2  # seconds between two looks at the spawned nodes
 
 
