@@ -106,6 +106,7 @@ async def run_headless(
     try:
         nodes.control_endpoint = connect_address(endpoints.control)
         nodes.node_args = server.spawn_args
+        server.watch_children(nodes.reap)
         if config.data.serve:
             data_server = start_data_server(
                 config.run_spec(),

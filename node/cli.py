@@ -198,7 +198,15 @@ async def run_node(
         torch.set_num_threads(spec.learning.torch_threads)
         workflow = asyncio.create_task(LearningWorkflow(nctx, StartLearningStage()).run())
         stopping = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({workflow, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        removed = asyncio.create_task(link.removed.wait())
+        done, _ = await asyncio.wait(
+            {workflow, stopping, removed}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in (stopping, removed):
+            waiter.cancel()
+        if removed in done and workflow not in done:  # kicked or banned: leave at once
+            await _cancelled(workflow)
+            raise JoinRejected(f"removed from the run by the console: {link.removal}")
         if workflow in done:
             try:
                 workflow.result()  # re-raise a crash
@@ -226,7 +234,7 @@ async def run_node(
             signal.signal(sig, signal.SIG_IGN)
         if link is not None:
             finished = link.latest is not None and link.latest.snapshot.state.value == "Finished"
-            await link.close(leave=not finished, reason=leave_reason)
+            await link.close(leave=not (finished or link.removed.is_set()), reason=leave_reason)
         await gossip.close()
         ctx.destroy(linger=0)
 

@@ -22,7 +22,10 @@ class ExitCode(IntEnum):
     OK = 0, "done: the run finished, the command succeeded, or a clean stop (Ctrl+C)"
     RUN_FAILED = 1, "the run ended before it was Finished, or the console crashed"
     USAGE = 2, "bad arguments, config or key file, or a port in use: nothing was started"
-    REJECTED = 3, "the console refused the join (wrong run id, kicked, a key not allowed)"
+    REJECTED = (
+        3,
+        "refused or removed by the console (wrong run id, kicked, banned, a key not allowed)",
+    )
     UNREACHABLE = 4, "the console or the data server did not answer in time (--join-timeout)"
     BIND = 5, "the data server cannot bind its address (e.g. the port is in use)"
     CANNOT_TRAIN = 6, "the node cannot train as asked (a device it lacks, a model DP-SGD refuses)"

@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     HASH_MISMATCH = "hash_mismatch"
     WRONG_SENDER = "wrong_sender"
     KICKED = "kicked"
+    BANNED = "banned"  # the operator banned this node id: its joins are refused
     UNAVAILABLE = "unavailable"
 
 

@@ -161,6 +161,18 @@ class ModelReply(Message, tag="model_reply"):
     tensors: Tensors
 
 
+class SpecRequest(Message, tag="spec_request"):
+    """A node whose run spec is older than the broadcast's ``spec_version`` asks for the new
+    one (live settings reach the nodes at a Warmup)."""
+
+    node_id: NodeId
+
+
+class SpecReply(Message, tag="spec_reply"):
+    version: Count
+    spec: RunSpec
+
+
 class DataRequest(Message, tag="data_request"):
     node_id: NodeId
     epoch: Count

@@ -24,6 +24,7 @@ REJECTION_CODES = frozenset(
         ErrorCode.WRONG_STATE,
         ErrorCode.DUPLICATE,
         ErrorCode.KICKED,
+        ErrorCode.BANNED,
         ErrorCode.MALFORMED,
         ErrorCode.UNAVAILABLE,
     }
@@ -132,6 +133,29 @@ class ClientKicked(Event):
 
     def describe(self) -> str:
         return f"{self.client_id} kicked by the operator"
+
+
+@dataclass(frozen=True)
+class ClientBanned(Event):
+    """The operator banned an id: its joins are refused (``banned``) until it is unbanned."""
+
+    kind: ClassVar[str] = "client_banned"
+    client_id: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.client_id} banned: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ClientUnbanned(Event):
+    """A ban (or a kick) lifted: the id may join again."""
+
+    kind: ClassVar[str] = "client_unbanned"
+    client_id: str
+
+    def describe(self) -> str:
+        return f"{self.client_id} may join again (unbanned)"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ contract; the notes below record the choices it leaves open.
 
 from __future__ import annotations
 
+from console.config import CoordinatorConfig
 from console.coordinator.committee import (
     MAX_AUTO_WITNESSES,
     VoteTally,
@@ -125,10 +126,38 @@ class Coordinator(Messages):
             return reject(ErrorCode.WRONG_STATE, f"{s} has no phase to end")
         missing = self._members_needed() - len(self._pending)
         if s is _S.WAITING_FOR_MEMBERS and missing > 0:
-            return reject(ErrorCode.WRONG_STATE, f"waiting for {missing} more members")
+            more = f"{missing} more member{'s' if missing != 1 else ''}"
+            return reject(
+                ErrorCode.WRONG_STATE,
+                f"waiting for {more}; lower coordinator.init_min_clients in the settings to go on",
+            )
         ev: list[Event] = []
         self._tick_state(now, ev, _OPERATOR)
         self._settle(now, ev)
+        return Outcome(tuple(ev))
+
+    def reconfigure(
+        self,
+        now: float,
+        *,
+        config: CoordinatorConfig | None = None,
+        train_set_size: int | None = None,
+    ) -> Outcome:
+        """The operator's live settings (Psyche: the owner changes the config while the run
+        waits for members or is paused). ``config``: the new [coordinator] settings, taken at
+        once, only in WaitingForMembers and Paused (a phase's length or a round count changed
+        under a running epoch would move its deadlines and counts mid-way). ``train_set_size``:
+        a learning setting, taken in any state; the next round's tally uses it. The values are
+        the config rules' business (console/config); this only keeps its own invariants."""
+        why = self.settings_refused(config, train_set_size)
+        if why is not None:
+            return reject(self._refusal_code(config), why)
+        if train_set_size is not None:
+            self._train_set_size = train_set_size
+        ev: list[Event] = []
+        if config is not None and config != self._cfg:
+            self._cfg = config
+            self._settle(now, ev)  # e.g. fewer members needed: the wait may be over
         return Outcome(tuple(ev))
 
     def tick(self, now: float) -> Outcome:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from console.coordinator.events import (
     AggregateReported,
     CheckpointSaved,
+    ClientBanned,
     ClientDropped,
     ClientJoined,
     ClientKicked,
     ClientLeft,
+    ClientUnbanned,
     ClientWarmedUp,
     Event,
     Outcome,
@@ -32,11 +35,12 @@ from console.coordinator.events import (
 )
 from console.coordinator.records import Client, Round, is_id, is_int
 from console.coordinator.state import ROUND_STATES, CoordinatorState
-from transport.fields import ErrorCode
+from transport.fields import ErrorCode, NodeId
 from transport.state import CheckpointRef, ClientStatus, ResultRef, RoundOutcome
 from transport.state import RunState as S
 
 _LIVE = (ClientStatus.PENDING, ClientStatus.ACTIVE)
+_NODE_ID = re.compile(NodeId.__metadata__[0].pattern)  # what a node's join may name
 
 
 def no_trainer_left(declined: dict[str, str], live: list[str]) -> str:
@@ -143,6 +147,8 @@ class Messages(CoordinatorState):
             )
         if self._state is S.FINISHED:
             return reject(ErrorCode.WRONG_STATE, "the run is finished")
+        if client_id in self._bans:
+            return reject(ErrorCode.BANNED, f"{client_id} is banned: {self._bans[client_id]}")
         c = self._clients.get(client_id)
         if c is not None and c.status is ClientStatus.KICKED:
             return reject(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
@@ -193,21 +199,60 @@ class Messages(CoordinatorState):
         return self._remove_and_settle(client_id, ClientStatus.DROPPED, reason, event, now)
 
     @message
-    def kick(self, client_id: str, now: float) -> Outcome:
-        c = self._clients.get(client_id) if isinstance(client_id, str) else None
-        if c is None:
-            raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}")
-        if c.status is ClientStatus.KICKED:
-            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already kicked")
-        reason = "kicked by the operator"
-        if c.status in _LIVE:
-            return self._remove_and_settle(
-                client_id, ClientStatus.KICKED, reason, ClientKicked(client_id), now
+    def kick(self, client_id: str, now: float, *, ban: bool = False, reason: str = "") -> Outcome:
+        """Take a client out of the run; its requests are refused (``kicked``) from now on, in
+        this console. ``ban``: also refuse its joins (``banned``, with ``reason``) until
+        :meth:`unban`, across console restarts (bans are in :meth:`to_state`). An id that never
+        joined may be banned too."""
+        if not isinstance(reason, str):
+            raise Refused(ErrorCode.MALFORMED, "a ban reason must be a string")
+        if not (isinstance(client_id, str) and _NODE_ID.search(client_id)):
+            raise Refused(
+                ErrorCode.MALFORMED,
+                f"{client_id!r} is not a client id (1-64 letters, digits, '.', '_' or '-')",
             )
-        c.status = ClientStatus.KICKED
-        c.drop_reason = reason
-        self._client_changed(c)
-        ev: list[Event] = [ClientKicked(client_id)]
+        c = self._clients.get(client_id)
+        if c is None and not ban:
+            raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}")
+        if client_id in self._bans:
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already banned")
+        if c is not None and c.status is ClientStatus.KICKED and not ban:
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already kicked")
+        why = reason or "banned by the operator"
+        ev: list[Event] = []
+        if c is None:
+            c = Client(client_id, ClientStatus.KICKED, "", now)
+            c.drop_reason = why
+            self._clients[client_id] = c
+            bisect.insort(self._sorted_ids, client_id)
+            self._views = None
+        elif c.status in _LIVE:
+            self._remove(client_id, ClientStatus.KICKED, why if ban else "kicked by the operator")
+            ev.append(ClientKicked(client_id))
+        elif c.status is not ClientStatus.KICKED:
+            c.status = ClientStatus.KICKED
+            c.drop_reason = why if ban else "kicked by the operator"
+            self._client_changed(c)
+            ev.append(ClientKicked(client_id))
+        if ban:
+            self._bans[client_id] = why
+            c.drop_reason = why
+            self._client_changed(c)
+            ev.append(ClientBanned(client_id, why))
+        self._settle(now, ev)
+        return Outcome(tuple(ev))
+
+    def unban(self, client_id: str, now: float) -> Outcome:
+        """Lift a ban or a kick: the id may join again (as a new pending client)."""
+        c = self._clients.get(client_id) if isinstance(client_id, str) else None
+        if client_id not in self._bans and (c is None or c.status is not ClientStatus.KICKED):
+            return reject(ErrorCode.NOT_MEMBER, f"{client_id!r} is neither banned nor kicked")
+        self._bans.pop(client_id, None)
+        if c is not None:
+            c.status = ClientStatus.LEFT
+            c.drop_reason = "unbanned by the operator"
+            self._client_changed(c)
+        ev: list[Event] = [ClientUnbanned(client_id)]
         self._settle(now, ev)
         return Outcome(tuple(ev))
 
@@ -372,6 +417,8 @@ class Messages(CoordinatorState):
         c = self._clients.get(client_id) if isinstance(client_id, str) else None
         if c is None:
             raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}; join first")
+        if client_id in self._bans:
+            raise Refused(ErrorCode.BANNED, f"{client_id} is banned: {self._bans[client_id]}")
         if c.status is ClientStatus.KICKED:
             raise Refused(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
         if c.status is ClientStatus.DROPPED:

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from console.config import Config
 from console.coordinator import Coordinator, Outcome
-from console.coordinator.events import ClientJoined
+from console.coordinator.events import ClientJoined, StateChanged
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
@@ -34,8 +34,10 @@ from console.server.checkpoint import (
     load_latest,
 )
 from console.server.history import RoundHistory
+from console.server.operator import OperatorRequests
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
+from console.server.settings import ConfigFile
 from transport import messages as m
 from transport.codec import encode
 from transport.net import is_loopback
@@ -60,6 +62,8 @@ URGENT_EVENTS = frozenset(
         "witnesses_replaced",
         "client_dropped",
         "client_kicked",
+        "client_banned",
+        "client_unbanned",
         "client_left",
         "training_declined",
         "epoch_started",
@@ -76,7 +80,7 @@ FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's ag
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
-class ConsoleServer(NodeRequests):
+class ConsoleServer(NodeRequests, OperatorRequests):
     """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
 
     def __init__(
@@ -121,6 +125,10 @@ class ConsoleServer(NodeRequests):
         # may correct it once the data server has bound, e.g. port 0).
         self.data_server: str | None = config.run_spec().data_endpoint or None
         self.coordinator = self._make_coordinator()
+        # live settings: the file as read, and the config whose spec nodes build epochs with
+        self.config_file = ConfigFile(config.source)
+        self.spec_config = config
+        self.spec_version = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -265,37 +273,6 @@ class ConsoleServer(NodeRequests):
             delta=self.config.privacy.delta if self.config.privacy.dp else None,
         )
 
-    # ----------------------------------------------------------------- operator API
-
-    def pause(self) -> Outcome:
-        return self._operator("pause", self.coordinator.pause)
-
-    def resume(self) -> Outcome:
-        return self._operator("resume", self.coordinator.resume)
-
-    def end_phase(self) -> Outcome:
-        return self._operator("end phase", self.coordinator.end_phase)
-
-    def kick(self, client_id: str) -> Outcome:
-        return self._operator(
-            f"kick {client_id}", lambda now: self.coordinator.kick(client_id, now)
-        )
-
-    def _operator(self, what: str, call: Callable[[float], Outcome]) -> Outcome:
-        now = self.clock()
-        outcome = call(now)
-        if outcome.rejection is None:
-            self.events.write(now, "operator", f"operator: {what}")
-        else:
-            self.events.write(
-                now,
-                "operator",
-                f"operator: {what} refused: {outcome.rejection.reason}",
-                level="warning",
-            )
-        self._after(outcome, now)
-        return outcome
-
     # ----------------------------------------------------------------- control socket
 
     async def _control_loop(self) -> None:
@@ -338,6 +315,8 @@ class ConsoleServer(NodeRequests):
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""
         for event in outcome.events:
+            if isinstance(event, StateChanged) and event.new is RunState.WARMUP:
+                self._activate_spec(now)
             fields = _fields(event)
             if isinstance(event, ClientJoined) and event.client_id in self.records.clients:
                 record = self.records.clients[event.client_id]  # the process behind the id

@@ -47,6 +47,7 @@ class StartLearningStage:
         if snap.state is RunState.FINISHED:
             return None
         ctx.set_stage("warming up")
+        await refresh_spec(ctx, snap)
         await self._prepare(ctx, snap)
         target = snap.round + 1 if snap.state is RunState.WARMUP else snap.round
         if snap.state is RunState.WARMUP:
@@ -136,6 +137,37 @@ class StartLearningStage:
             log.error("could not fetch the checkpointed model: %s", reason)
         if not ctx.global_hash:
             ctx.global_hash = global_hash(ctx.model, ctx.server_optimizer)
+
+
+async def refresh_spec(ctx: NodeContext, snap: RunSnapshot) -> None:
+    """The operator changed learning settings: the broadcast's ``spec_version`` is newer than
+    ours. Fetch the new spec before warming up, log what changed, rebuild what depends on it."""
+    if snap.spec_version == ctx.link.spec_version:
+        return
+    reply = await ctx.link.request(m.SpecRequest(node_id=ctx.node_id))
+    if not isinstance(reply, m.SpecReply):
+        why = reply.reason if isinstance(reply, m.Error) else reply.TYPE
+        log.warning("could not fetch run spec v%d: %s", snap.spec_version, why)
+        return
+    old, new = ctx.spec.learning, reply.spec.learning
+    changes = [
+        f"learning.{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
+        for name in new.__struct_fields__
+        if getattr(old, name) != getattr(new, name)
+    ]
+    log.info(
+        "run spec v%d -> v%d: %s",
+        ctx.link.spec_version,
+        reply.version,
+        ", ".join(changes) or "no learning setting changed",
+    )
+    ctx.spec = ctx.link.spec = reply.spec
+    ctx.link.spec_version = reply.version
+    torch.set_num_threads(new.torch_threads)
+    if ctx.model is not None and codec_of(ctx) != CodecSpec(
+        name=old.compression, topk_fraction=old.topk_fraction
+    ):
+        prepare_codec(ctx)
 
 
 def prepare_codec(ctx: NodeContext) -> None:

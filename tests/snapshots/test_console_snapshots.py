@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
+from console.config import load_config
+from console.config.edit import Setting, settings
 from console.record.replay import RecordedView, Recording, ReplayBackend
 from console.record.view import ConsoleView
+from console.server import SettingsResult
+from tests.factories import REPO
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
 WIDE = (120, 40)
@@ -60,3 +64,21 @@ def test_replay_shows_its_position_and_no_operator_keys(snap_compare) -> None:
     backend.seek(1)
     app = ConsoleApp(backend, clock=lambda: 0.0)
     assert snap_compare(app, terminal_size=WIDE)
+
+
+class SettingsBackend(StaticBackend):
+    """A fixed snapshot plus the repository's data.toml as the settings screen lists it."""
+
+    def settings(self) -> list[Setting]:
+        path = REPO / "data.toml"
+        return settings(load_config(path), path.read_text())
+
+    def set_settings(self, changes: dict[str, str]) -> SettingsResult:
+        self.calls.append(("set_settings", *changes))
+        return SettingsResult(False, "coordinator.min_clients = 9: must be <= ...")
+
+
+def test_settings_screen_lists_values_with_the_files_comments(snap_compare) -> None:
+    app = ConsoleApp(SettingsBackend(waiting_view()), clock=lambda: 0.0)
+    # o opens it; the cursor goes to coordinator.init_min_clients (5 server/top keys first)
+    assert snap_compare(app, terminal_size=WIDE, press=["o", *["down"] * 6])

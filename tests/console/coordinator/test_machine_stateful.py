@@ -265,7 +265,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         if out.ok:
             self.joined.add(cid)
         else:
-            assert not good or out.rejection.code in ("kicked", "wrong_state")  # type: ignore[union-attr]
+            assert not good or out.rejection.code in ("kicked", "banned", "wrong_state")  # type: ignore[union-attr]
 
     @rule(cid=ids, kind=st.sampled_from(["heartbeat", "warmed_up", "aggregate"]), offset=offsets)
     def chatter(self, cid: str, kind: str, offset: int) -> None:
@@ -364,6 +364,36 @@ class CoordinatorMachine(RuleBasedStateMachine):
             if view.outcome is not RoundOutcome.OPEN:
                 return
 
+    @rule(cid=ids, ban=st.booleans())
+    def ban_or_unban(self, cid: str, ban: bool) -> None:
+        """The operator bans an id (joined or not) or lifts a ban or kick: a banned id is never
+        live, and its joins are refused ``banned`` until it is unbanned."""
+        if ban:
+            out = self.call(self.c.kick, cid, self.now, ban=True, reason="r")
+            if out.ok:
+                self.joined.add(cid)  # a banned id is listed as a (kicked) client
+        else:
+            self.call(self.c.unban, cid, self.now)
+        if cid in self.c.bans:
+            assert self.snap().client(cid).status is ClientStatus.KICKED  # type: ignore[union-attr]
+            refused = self.call(self.c.join, cid, RUN, self.now).rejection
+            assert refused is not None and refused.code == "banned"
+
+    @rule(cfg=st.sampled_from(CONFIGS))
+    def reconfigure(self, cfg: CoordinatorConfig) -> None:
+        """The operator's live coordinator settings: taken in WaitingForMembers and Paused
+        (the wait for members re-judged at once), refused elsewhere, changing nothing."""
+        state, old = self.c.state, self.cfg
+        self.cfg = cfg
+        out = self.call(self.c.reconfigure, self.now, config=cfg)
+        if out.rejection is not None:
+            self.cfg = old
+            wrong_state = state not in (S.WAITING_FOR_MEMBERS, S.PAUSED)
+            assert (cfg != old and wrong_state) or cfg.total_rounds <= self.snap().accepted_rounds
+        else:
+            assert cfg == old or state in (S.WAITING_FOR_MEMBERS, S.PAUSED)
+            assert self.snap().init_min_clients == cfg.init_min_clients
+
     @rule()
     def restart_console(self) -> None:
         """The console restarts from its saved state: clients must join again."""
@@ -378,7 +408,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         )
         assert self.c.to_state()["accepted_rounds"] == saved["accepted_rounds"]
         assert self.c.rounds[-1:] == () or self.c.rounds[-1].outcome is not RoundOutcome.OPEN
-        self.joined = set(saved["kicked"])
+        self.joined = set(saved["banned"])  # a plain kick ends with the console process
         self.votes = {}
         self.declined = set()  # declines are not saved: nodes say so again in their next vote
         assert self.c.state in (S.WAITING_FOR_MEMBERS, S.FINISHED)
