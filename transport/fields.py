@@ -44,6 +44,7 @@ class ErrorCode(StrEnum):
     WRONG_SENDER = "wrong_sender"
     KICKED = "kicked"
     UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"  # too many refusals: ignored for a while (transport/flood.py)
 
 
 Count = Annotated[int, Meta(ge=0, le=MAX_INT)]

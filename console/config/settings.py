@@ -42,6 +42,10 @@ class ServerConfig:
     control_port: int = key(5556, r.PORT, r.differs_from("server.state_port"))
     # the data server, only bound with [data] serve = true
     data_port: int = key(5557, r.PORT, r.differs_from("server.state_port", "server.control_port"))
+    # flood control on the control port (transport/flood.py): refusals a second from one peer
+    # address before it is answered rate_limited and ignored (members never are); 0: never
+    refusal_limit: int = key(200, r.at_least(0, " (0: never rate-limit)"))
+    refusal_backoff: float = key(10.0, r.SECONDS)  # seconds a rate-limited peer is ignored
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"

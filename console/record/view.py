@@ -74,5 +74,7 @@ class ConsoleView:
     rounds: tuple[RoundRow, ...]
     log: tuple[LogLine, ...] = ()
     rejected_messages: int = 0
+    dropped_messages: int = 0  # unread: their peer was rate-limited (transport/flood.py)
+    throttled_peers: tuple[str, ...] = ()  # peer addresses rate-limited now
     checkpoint_dir: str = ""
     notes: dict[str, str] = field(default_factory=dict)

@@ -34,10 +34,11 @@ from console.server.checkpoint import (
     load_latest,
 )
 from console.server.history import RoundHistory
-from console.server.requests import Endpoints, NodeRequests
+from console.server.requests import Endpoints, NodeRequests, rate_limited
 from console.server.security import ConsoleSecurity
 from transport import messages as m
 from transport.codec import encode
+from transport.flood import Admit, FloodGuard
 from transport.net import is_loopback
 from transport.sockets import (
     PeerUnreachable,
@@ -96,6 +97,9 @@ class ConsoleServer(NodeRequests):
         self.records = RunRecords()
         self.seq = 0
         self.rejected_messages = 0
+        self.flood = FloodGuard(
+            limit=config.server.refusal_limit, backoff=config.server.refusal_backoff
+        )
         # [security] curve: CURVE keys, the node allowlist, refused connections (None: off)
         self.security = (
             ConsoleSecurity(config.security, self.events) if config.security.curve else None
@@ -259,6 +263,8 @@ class ConsoleServer(NodeRequests):
             rounds=tuple(self.records.round_row(v) for v in self.coordinator.rounds),
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
+            dropped_messages=self.flood.dropped,
+            throttled_peers=tuple(self.flood.throttled(now)),
             checkpoint_dir=str(self.checkpoint_dir),
         )
 
@@ -298,14 +304,24 @@ class ConsoleServer(NodeRequests):
     async def _control_loop(self) -> None:
         assert self._control is not None
         sock = self._control
+        clients = self.records.clients
         while True:
             frames = await sock.recv_multipart(copy=False)
             identity = frames[0].bytes
-            size = sum(len(f.buffer) for f in frames[1:])
-            key = peer_key(frames[-1]) if self.security is not None else ""
             address = peer_address(frames[-1])
+            sender = identity.decode("utf-8", "replace")
+            # a peer in back-off is dropped unread (members never are); see transport/flood.py
+            admit = self.flood.admit(sender, address, sender in clients, self.clock())
+            if admit is Admit.DROP:
+                continue
+            size = sum(len(f.buffer) for f in frames[1:])
+            if admit is Admit.TELL:
+                replies: list[m.Message] = [rate_limited("?", self.flood.backoff)]
+            else:
+                key = peer_key(frames[-1]) if self.security is not None else ""
+                replies = self.handle(identity, frames[1:], size, key=key, address=address)
             sent = 0
-            for reply in self.handle(identity, frames[1:], size, key=key, address=address):
+            for reply in replies:
                 try:
                     sent += await send_to(sock, identity, reply)
                 except (PeerUnreachable, zmq.ZMQError) as exc:  # peer gone: nothing to answer
@@ -329,8 +345,24 @@ class ConsoleServer(NodeRequests):
             now = self.clock()
             if self.security is not None:
                 self.security.poll(now)  # handshakes refused since the last tick
+            self._flood_reports(now)
             outcome = self.coordinator.tick(now)
             self._after(outcome, now, force_broadcast=True)
+
+    def _flood_reports(self, now: float) -> None:
+        """The control socket's refusals since the last line about each peer: one line each."""
+        for report in self.flood.due(now):
+            self.events.write(
+                now,
+                "reject",
+                report.describe(),
+                level="warning",
+                code="flood",
+                peer=report.peer,
+                count=report.count,
+                refused=report.refused,
+                dropped=report.dropped,
+            )
 
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""

@@ -35,6 +35,8 @@ _LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as s
     "paused": "pause",
     "resumed": "resume",
     "run_finished": "finished",
+    "rate_limited": "flood",  # the server's (transport/flood.py)
+    "stall": "stall",  # the coordinator's: members missing for too long
 }
 _STYLE = {
     "state": "bold cyan",
@@ -48,6 +50,8 @@ _STYLE = {
     "accepted": "green",
     "checkpoint": "cyan",
     "finished": "bold green",
+    "flood": "bold red",
+    "stall": "bold yellow",
 }
 
 

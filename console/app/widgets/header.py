@@ -51,6 +51,11 @@ def render_header(view: ConsoleView) -> Text:
     )
     if view.rejected_messages:
         top.append(f"  {view.rejected_messages} rejected messages", style="yellow")
+    if view.throttled_peers:
+        peers = ", ".join(view.throttled_peers[:2]) + ("…" if len(view.throttled_peers) > 2 else "")
+        top.append(f"  rate-limited: {peers}", style="bold red")
+    if view.dropped_messages:
+        top.append(f"  {view.dropped_messages} dropped", style="yellow")
     for key, value in sorted(view.notes.items()):
         if key != "replay":
             top.append(f"  {key}: ", style="dim")
