@@ -65,6 +65,9 @@ class CoordinatorConfig:
         )
     )
     waiting_for_members_extra_time: float = key(0.5, r.at_least(0))  # 0: start at once
+    # seconds WaitingForMembers waits for earlier members before the console says who is
+    # missing and how to continue (then again every as many seconds); 0: never
+    stall_warning_after: float = key(30.0, r.at_least(0, " (0: never warn)"))
     warmup_time: float = key(30.0, r.SECONDS)  # 0: rounds start before any node warmed up
     max_round_train_time: float = key(60.0, r.SECONDS)  # 0: no trainer ever reports in time
     round_witness_time: float = key(5.0, r.SECONDS)  # 0: rounds end before the votes arrive

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from console.config import Config
 from console.coordinator import Coordinator, Outcome
-from console.coordinator.events import ClientJoined
+from console.coordinator.events import ClientJoined, Stall
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
@@ -97,6 +97,7 @@ class ConsoleServer(NodeRequests):
         self.records = RunRecords()
         self.seq = 0
         self.rejected_messages = 0
+        self._stall: Stall | None = None  # the latest stall of this wait for members
         self.flood = FloodGuard(
             limit=config.server.refusal_limit, backoff=config.server.refusal_backoff
         )
@@ -266,6 +267,7 @@ class ConsoleServer(NodeRequests):
             dropped_messages=self.flood.dropped,
             throttled_peers=tuple(self.flood.throttled(now)),
             checkpoint_dir=str(self.checkpoint_dir),
+            notes={} if self._stall is None else {"stalled": self._stall.short()},
         )
 
     # ----------------------------------------------------------------- operator API
@@ -371,8 +373,19 @@ class ConsoleServer(NodeRequests):
             if isinstance(event, ClientJoined) and event.client_id in self.records.clients:
                 record = self.records.clients[event.client_id]  # the process behind the id
                 fields.update(pid=record.pid, host=record.host)
-            self.events.write(now, event.kind, event.describe(), detail=event.routine, **fields)
+            self.events.write(
+                now,
+                event.kind,
+                event.describe(),
+                level=event.level,
+                detail=event.routine,
+                **fields,
+            )
             self.records.on_event(event, now)
+            if isinstance(event, Stall):
+                self._stall = event
+        if self._stall is not None and self.coordinator.state is not RunState.WAITING_FOR_MEMBERS:
+            self._stall = None  # the wait is over
         if force_broadcast or any(e.kind in URGENT_EVENTS for e in outcome.events):
             self._broadcast()
             self._wake.set()
