@@ -26,6 +26,7 @@ BENCHMARKS = (
     "scale_bench",
     "tui_bench",
     "wan_bench",
+    "flood_bench",
 )
 # Lighter than each benchmark's own defaults where that keeps the whole run under 10 minutes.
 # wan_bench's full table (every codec x fanout, ~15 min) is `make bench-wan`; here its headline.

@@ -47,7 +47,7 @@ from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.exit_codes import ExitCode
 from transport.fields import ErrorCode
-from transport.flood import Admit, FloodGuard
+from transport.flood import YIELD_EVERY, Admit, FloodGuard
 from transport.sockets import SocketFactory, endpoint, peer_address
 from transport.spec import RunSpec, SpecError
 from transport.state import ClientStatus, RunSnapshot, RunState
@@ -285,8 +285,12 @@ class DataServer:
     async def _serve(self) -> None:
         assert self.server is not None
         server = self.server
+        received = 0
         while True:
             frames = await self._router.recv_multipart(copy=False)
+            received += 1
+            if received % YIELD_EVERY == 0:  # a ready recv never yields: let _follow run
+                await asyncio.sleep(0)
             identity = frames[0].bytes
             sender = identity.decode("utf-8", "replace")
             now = time.monotonic()

@@ -39,6 +39,10 @@ BACKOFF = 10.0
 REPORT_INTERVAL = 2.0  # seconds between two aggregated lines about the same peer
 MAX_PEERS = 4096  # peers remembered at once (least recently heard forgotten first)
 MAX_IDS_SHOWN = 3  # routing ids a line names for one address
+# A socket loop awaits asyncio.sleep(0) every this many messages: pyzmq's recv returns a done
+# future while messages wait, so under a flood the loop would never let the rest of the event
+# loop run (the console's ticks and broadcasts starved for minutes without it).
+YIELD_EVERY = 16
 MAX_IDS_COUNTED = 1024  # further routing ids a line counts (bounded memory)
 
 

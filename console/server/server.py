@@ -38,7 +38,7 @@ from console.server.requests import Endpoints, NodeRequests, rate_limited
 from console.server.security import ConsoleSecurity
 from transport import messages as m
 from transport.codec import encode
-from transport.flood import Admit, FloodGuard
+from transport.flood import YIELD_EVERY, Admit, FloodGuard
 from transport.net import is_loopback
 from transport.sockets import (
     PeerUnreachable,
@@ -307,8 +307,12 @@ class ConsoleServer(NodeRequests):
         assert self._control is not None
         sock = self._control
         clients = self.records.clients
+        received = 0
         while True:
             frames = await sock.recv_multipart(copy=False)
+            received += 1
+            if received % YIELD_EVERY == 0:  # a ready recv never yields: let ticks run
+                await asyncio.sleep(0)
             identity = frames[0].bytes
             address = peer_address(frames[-1])
             sender = identity.decode("utf-8", "replace")

@@ -18,7 +18,7 @@ from node.weights import WeightsError, from_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.fields import ErrorCode
-from transport.flood import Admit, FloodGuard
+from transport.flood import YIELD_EVERY, Admit, FloodGuard
 from transport.sockets import peer_address, peer_key
 from transport.tensors import TensorPayload, model_hash
 
@@ -49,8 +49,12 @@ class GossipRouter:
 
     async def _serve(self) -> None:
         assert self._router is not None
+        received = 0
         while True:
             frames = await self._router.recv_multipart(copy=False)
+            received += 1
+            if received % YIELD_EVERY == 0:  # a ready recv never yields: let the rest run
+                await asyncio.sleep(0)
             identity, body = frames[0], frames[1:]
             sender = identity.bytes.decode("utf-8", "replace")
             address = peer_address(identity)
