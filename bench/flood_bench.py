@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,16 @@ GARBAGE = [b"\xff garbage, not a header", b"x"]
 # ----------------------------------------------------------------------------- the flooder
 
 
-def flood(endpoint: str, rate: float, seconds: float, count: int = 0) -> dict[str, float]:
+def flood(
+    endpoint: str,
+    rate: float,
+    seconds: float,
+    count: int = 0,
+    stop: threading.Event | None = None,
+) -> dict[str, float]:
     """Send garbage from one DEALER at ``rate`` messages a second (0: flat out) for ``seconds``
-    (or until SIGTERM), at most ``count`` messages (0: no cap); replies are read and counted.
-    Returns what was sent and answered."""
+    (or until SIGTERM or ``stop`` is set), at most ``count`` messages (0: no cap); replies are
+    read and counted. Returns what was sent and answered."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -68,7 +75,7 @@ def flood(endpoint: str, rate: float, seconds: float, count: int = 0) -> dict[st
     start = time.monotonic()
     batch = 100
     try:
-        while time.monotonic() - start < seconds:
+        while time.monotonic() - start < seconds and not (stop is not None and stop.is_set()):
             if count and sent >= count:
                 time.sleep(0.01)  # all sent: keep reading replies until told to stop
             for _ in range(batch if not count else min(batch, count - sent)):

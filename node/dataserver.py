@@ -119,9 +119,9 @@ class DataRequests:
             return None
         return _rate_limited("?", self.flood.backoff) if admit is Admit.TELL else DROPPED
 
-    def report_floods(self, now: float) -> None:
-        """One aggregated line per flooding peer per interval."""
-        for report in self.flood.due(now):
+    def report_floods(self, now: float, *, final: bool = False) -> None:
+        """One aggregated line per flooding peer per interval (``final``: all that is left)."""
+        for report in self.flood.due(now, final=final):
             log.warning("refused: %s", report.describe())
 
     def observe(self, snapshot: RunSnapshot) -> None:
@@ -308,6 +308,8 @@ class DataServer:
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        if self.server is not None:
+            self.server.report_floods(time.monotonic(), final=True)
         for sock in (self._router, self._sub):
             sock.close(linger=0)
 

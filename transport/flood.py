@@ -214,12 +214,15 @@ class FloodGuard:
         elif len(p.other_ids) < MAX_IDS_COUNTED:
             p.other_ids.add(identity)
 
-    def due(self, now: float) -> list[FloodReport]:
+    def due(self, now: float, *, final: bool = False) -> list[FloodReport]:
         """The aggregated lines due at ``now``: one per peer whose interval is over and that
-        was refused or dropped more than the one message already logged in full."""
+        was refused or dropped more than the one message already logged in full.
+        ``final``: every interval is over (the socket closes)."""
         out = []
         for key, p in self._peers.items():
-            if p.interval_start is None or now - p.interval_start < self.report_every:
+            if p.interval_start is None:
+                continue
+            if not final and now - p.interval_start < self.report_every:
                 continue
             unlogged = sum(p.refused.values()) + p.dropped - (1 if p.logged_first else 0)
             if unlogged > 0:

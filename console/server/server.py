@@ -230,6 +230,7 @@ class ConsoleServer(NodeRequests):
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        self._flood_reports(self.clock(), final=True)  # the last interval's refusals
         if self._pending_broadcast is not None:
             self._pending_broadcast.cancel()
             self._pending_broadcast = None
@@ -307,9 +308,14 @@ class ConsoleServer(NodeRequests):
         assert self._control is not None
         sock = self._control
         clients = self.records.clients
+        # After a drop, the next message is read synchronously when one waits: the same
+        # socket, without the asyncio future per message (most of a dropped message's cost).
+        now_or_never = zmq.Socket.shadow(sock.underlying)
         received = 0
+        frames: list[zmq.Frame] | None = None
         while True:
-            frames = await sock.recv_multipart(copy=False)
+            if frames is None:
+                frames = await sock.recv_multipart(copy=False)
             received += 1
             if received % YIELD_EVERY == 0:  # a ready recv never yields: let ticks run
                 await asyncio.sleep(0)
@@ -319,6 +325,10 @@ class ConsoleServer(NodeRequests):
             # a peer in back-off is dropped unread (members never are); see transport/flood.py
             admit = self.flood.admit(sender, address, sender in clients, self.clock())
             if admit is Admit.DROP:
+                try:
+                    frames = now_or_never.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    frames = None
                 continue
             size = sum(len(f.buffer) for f in frames[1:])
             if admit is Admit.TELL:
@@ -326,6 +336,7 @@ class ConsoleServer(NodeRequests):
             else:
                 key = peer_key(frames[-1]) if self.security is not None else ""
                 replies = self.handle(identity, frames[1:], size, key=key, address=address)
+            frames = None
             sent = 0
             for reply in replies:
                 try:
@@ -355,9 +366,9 @@ class ConsoleServer(NodeRequests):
             outcome = self.coordinator.tick(now)
             self._after(outcome, now, force_broadcast=True)
 
-    def _flood_reports(self, now: float) -> None:
+    def _flood_reports(self, now: float, *, final: bool = False) -> None:
         """The control socket's refusals since the last line about each peer: one line each."""
-        for report in self.flood.due(now):
+        for report in self.flood.due(now, final=final):
             self.events.write(
                 now,
                 "reject",

@@ -229,8 +229,11 @@ class GossipRouter:
         """One aggregated line per flooding peer per interval."""
         while True:
             await asyncio.sleep(self.flood.report_every / 2)
-            for report in self.flood.due(time.monotonic()):
-                log.warning("rejected gossip: %s", report.describe())
+            self._report_due()
+
+    def _report_due(self, *, final: bool = False) -> None:
+        for report in self.flood.due(time.monotonic(), final=final):
+            log.warning("rejected gossip: %s", report.describe())
 
 
 def _rate_limited(ref: str, backoff: float) -> m.Error:

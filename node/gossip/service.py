@@ -229,6 +229,7 @@ class GossipService(GossipRouter, GossipDealers):
         for task in list(self._relays):
             task.cancel()
         await cancel_and_wait([t for t in (self._task, self._reporter) if t is not None])
+        self._report_due(final=True)  # the last interval's refusals
         for endpoint in list(self._dealers):
             self._drop_dealer(endpoint)
         if self._router is not None:

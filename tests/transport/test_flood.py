@@ -149,3 +149,11 @@ def test_every_message_is_accounted_for_and_members_always_pass(
     assert tells <= guard.rate_limited  # rate_limited answered at most once per back-off
     for times in lines_by_peer.values():  # at most one aggregated line per peer per interval
         assert all(b - a >= 2.0 for a, b in zip(times, times[1:], strict=False))
+
+
+def test_a_final_report_takes_the_unfinished_interval() -> None:
+    guard = FloodGuard(limit=0)
+    _flood(guard, 10, 0.0, 100.0)
+    assert guard.due(0.5) == []
+    (report,) = guard.due(0.5, final=True)
+    assert report.count == 10 and guard.due(100.0, final=True) == []
