@@ -1,6 +1,6 @@
 """A garbage flood against the console: what it costs the console, and whether it slows a run.
 
-``python -m bench flood_bench`` or ``python -m bench.flood_bench [--rounds 12] [--repeats 1]``
+``python -m bench flood_bench`` or ``python -m bench.flood_bench [--rounds 60] [--repeats 2]``
 
 Two measurements, each against a baseline taken in the same run:
 
@@ -248,7 +248,7 @@ def _control_port(config: Path) -> int:
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def run(rounds: int = 12, repeats: int = 1) -> dict[str, Any]:
+def run(rounds: int = 60, repeats: int = 2) -> dict[str, Any]:
     result: dict[str, Any] = {
         "cost_off": cost_per_message(0),
         "cost_on": cost_per_message(None),
@@ -304,8 +304,8 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.flood_bench")
     p.add_argument("--flood", nargs=4, metavar=("ENDPOINT", "RATE", "SECONDS", "COUNT"))
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cost-only", action="store_true")
     args = p.parse_args(argv)
     if args.flood:
