@@ -154,6 +154,21 @@ class NodeRequests:
             return rate_limited(ref, self.flood.backoff)
         return m.Error(ref=ref, code=code, reason=reason)
 
+    def _flood_reports(self, now: float, *, final: bool = False) -> None:
+        """The control socket's refusals since the last line about each peer: one line each."""
+        for report in self.flood.due(now, final=final):
+            self.events.write(
+                now,
+                "reject",
+                report.describe(),
+                level="warning",
+                code="flood",
+                peer=report.peer,
+                count=report.count,
+                refused=report.refused,
+                dropped=report.dropped,
+            )
+
     def _answer(self, msg: m.Message, outcome: Outcome, now: float) -> m.Message:
         node_id = getattr(msg, "node_id", "?")
         if outcome.rejection is not None:

@@ -366,21 +366,6 @@ class ConsoleServer(NodeRequests):
             outcome = self.coordinator.tick(now)
             self._after(outcome, now, force_broadcast=True)
 
-    def _flood_reports(self, now: float, *, final: bool = False) -> None:
-        """The control socket's refusals since the last line about each peer: one line each."""
-        for report in self.flood.due(now, final=final):
-            self.events.write(
-                now,
-                "reject",
-                report.describe(),
-                level="warning",
-                code="flood",
-                peer=report.peer,
-                count=report.count,
-                refused=report.refused,
-                dropped=report.dropped,
-            )
-
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""
         for event in outcome.events:
