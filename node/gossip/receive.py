@@ -49,18 +49,27 @@ class GossipRouter:
 
     async def _serve(self) -> None:
         assert self._router is not None
+        # after a drop, the next waiting message is read synchronously (no asyncio future)
+        now_or_never = zmq.Socket.shadow(self._router.underlying)
         received = 0
+        frames: list[zmq.Frame] | None = None
         while True:
-            frames = await self._router.recv_multipart(copy=False)
+            if frames is None:
+                frames = await self._router.recv_multipart(copy=False)
             received += 1
             if received % YIELD_EVERY == 0:  # a ready recv never yields: let the rest run
                 await asyncio.sleep(0)
             identity, body = frames[0], frames[1:]
+            frames = None
             sender = identity.bytes.decode("utf-8", "replace")
             address = peer_address(identity)
             # a stranger in back-off is dropped unread; live members never are (flood.py)
             admit = self.flood.admit(sender, address, self.is_live(sender), time.monotonic())
             if admit is Admit.DROP:
+                try:
+                    frames = now_or_never.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    frames = None
                 continue
             size = sum(len(f.buffer) for f in body)
             if admit is Admit.TELL:

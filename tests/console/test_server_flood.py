@@ -85,14 +85,12 @@ def test_a_flooding_stranger_is_rate_limited_then_ignored_and_members_are_not(
         (again,) = _drain(flooder.sock, 1.0)
         assert isinstance(again, m.Error) and again.code == "malformed"
 
-        def flood_line() -> list:
-            return [e for e in server.events("reject") if e.get("code") == "flood"]
-
-        lines = wait_until(flood_line, 5.0, "the aggregated line")
-        rejects = server.events("reject")
-        limited = server.events("rate_limited")
+        wait_until(lambda: server.events("reject")[1:], 5.0, "an aggregated line")
     finally:
-        server.stop()
+        server.stop()  # and the last interval's line
+    rejects = server.events("reject")
+    lines = [e for e in rejects if e.get("code") == "flood"]
+    limited = server.events("rate_limited")
     assert heartbeats == 20
     assert len(limited) == 1 and limited[0]["peer"] == "127.0.0.1"
     # ~2,000 refused or dropped messages: a handful of lines, each counting many
@@ -111,12 +109,14 @@ def test_with_no_limit_every_refusal_is_answered_and_logged_in_aggregate(
         for _ in range(1000):
             flooder.send_frames(GARBAGE)
         replies = _drain(flooder.sock, 2.0)
-        wait_until(lambda: server.events("reject")[1:], 5.0, "the aggregated line")
-        rejects = server.events("reject")
         rejected = server.call(lambda s: s.rejected_messages)
     finally:
-        server.stop()
+        server.stop()  # the last interval's line
+    rejects = server.events("reject")
     assert len(replies) == 1000 and {r.code for r in replies} == {"malformed"}
     assert rejected == 1000
-    assert len(rejects) == 2  # the first in full, then one line for the other 999 (and it)
-    assert rejects[1]["count"] == 1000 and "1,000 refused (1,000 malformed)" in rejects[1]["text"]
+    # the first in full, then one line per 2 s interval (one, unless the machine is slow);
+    # the first interval's line counts the one logged in full too
+    assert 2 <= len(rejects) <= 4, [e["text"] for e in rejects]
+    assert sum(e["count"] for e in rejects[1:]) == 1000
+    assert "1,000 refused (1,000 malformed)" in rejects[1]["text"] or len(rejects) > 2
