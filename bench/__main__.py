@@ -27,6 +27,7 @@ BENCHMARKS = (
     "scale_bench",
     "tui_bench",
     "wan_bench",
+    "flood_bench",
 )
 # Named only: too long for the full run (learning quality, ~15-25 min): strategies_bench.
 EXTRA = ("strategies_bench",)

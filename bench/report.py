@@ -214,6 +214,28 @@ def _wan_rows(r: dict[str, Any]) -> Iterator[Row]:
         )
 
 
+def _flood_rows(r: dict[str, Any]) -> Iterator[Row]:
+    if "period_ratio" in r:
+        yield (
+            "round period under a 10,000 msg/s garbage flood (default job, 4 nodes)",
+            f"{r['period_flooded']:.3f} s",
+            f"quiet {r['period_quiet']:.3f} s",
+            f"{r['period_ratio']:.2f}x",
+            "<= 1.2x",
+            _met(r["period_target_met"]),
+        )
+    off, on = r.get("cost_off"), r.get("cost_on")
+    if off and on:
+        yield (
+            "console CPU per garbage message (flood control on)",
+            f"{on['us_per_message']:.1f} µs",
+            f"limit off {off['us_per_message']:.1f} µs",
+            f"{on['us_per_message'] / off['us_per_message']:.2f}x",
+            "",
+            "–",
+        )
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "round_bench": _round_rows,
     "wire_bench": _wire_rows,
@@ -222,6 +244,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "coordinator_bench": _coordinator_rows,
     "tui_bench": _tui_rows,
     "wan_bench": _wan_rows,
+    "flood_bench": _flood_rows,
 }
 
 

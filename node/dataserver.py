@@ -31,6 +31,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.exit_codes import ExitCode
 from transport.fields import ErrorCode
-from transport.sockets import SocketFactory, endpoint
+from transport.flood import YIELD_EVERY, Admit, FloodGuard
+from transport.sockets import SocketFactory, endpoint, peer_address
 from transport.spec import RunSpec, SpecError
 from transport.state import ClientStatus, RunSnapshot, RunState
 from transport.tasks import cancel_and_wait
@@ -95,6 +97,32 @@ class DataRequests:
         )
         self._cut_for: tuple[int, tuple[str, ...]] | None = None  # (epoch, members) cached
         self._replies: dict[str, m.DataReply] = {}
+        self.flood = FloodGuard()  # per-peer refusal accounting (transport/flood.py)
+        self._members: tuple[RunSnapshot | None, frozenset[str]] = (None, frozenset())
+        self._address = ""  # the peer address of the request being answered
+
+    def is_member(self, node_id: str) -> bool:
+        """``node_id`` is a member of the run in the latest snapshot (never rate-limited)."""
+        snap = self.snapshot
+        if snap is None:
+            return False
+        if self._members[0] is not snap:
+            self._members = (snap, frozenset(c.id for c in snap.clients))
+        return node_id in self._members[1]
+
+    def admit(self, sender: str, address: str, now: float) -> m.Message | None:
+        """Before decoding: None to read the request, else the reply (``rate_limited``, told
+        once per back-off) or :data:`DROPPED`."""
+        admit = self.flood.admit(sender, address, self.is_member(sender), now)
+        if admit is Admit.PASS:
+            self._address = address
+            return None
+        return _rate_limited("?", self.flood.backoff) if admit is Admit.TELL else DROPPED
+
+    def report_floods(self, now: float, *, final: bool = False) -> None:
+        """One aggregated line per flooding peer per interval (``final``: all that is left)."""
+        for report in self.flood.due(now, final=final):
+            log.warning("refused: %s", report.describe())
 
     def observe(self, snapshot: RunSnapshot) -> None:
         """Follow the run: the latest broadcast snapshot of our run decides every answer."""
@@ -177,19 +205,40 @@ class DataRequests:
         return reply
 
     def _refuse(self, sender: str, ref: str, code: str, reason: str) -> m.Error:
+        """Count a refusal; logged in full only when its peer was quiet (the aggregated lines
+        of :meth:`report_floods` account for the rest)."""
         self.stats.rejected += 1
         self.stats.by_code[code] += 1
-        # unavailable is expected while an epoch starts (a node may see it before we do)
-        log.log(
-            logging.INFO if code == ErrorCode.UNAVAILABLE else logging.WARNING,
-            "refused %s from %s (%s): %s [%d refused so far]",
-            ref,
-            sender,
-            code,
-            reason,
-            self.stats.rejected,
+        verdict = self.flood.refused(
+            sender, self._address, code, reason, time.monotonic(), member=self.is_member(sender)
         )
+        if verdict.log:
+            # unavailable is expected while an epoch starts (a node may see it before we do)
+            log.log(
+                logging.INFO if code == ErrorCode.UNAVAILABLE else logging.WARNING,
+                "refused %s from %s (%s): %s [%d refused so far]",
+                ref,
+                sender,
+                code,
+                reason,
+                self.stats.rejected,
+            )
+        if verdict.throttled is not None:
+            log.warning("%s", verdict.throttled.describe())
+        if verdict.rate_limited:
+            return _rate_limited(ref, self.flood.backoff)
         return m.Error(ref=ref, code=code, reason=reason)
+
+
+DROPPED = m.Ack(ref="dropped")  # admit's sentinel: no reply at all (never sent)
+
+
+def _rate_limited(ref: str, backoff: float) -> m.Error:
+    return m.Error(
+        ref=ref,
+        code=ErrorCode.RATE_LIMITED,
+        reason=f"too many refused requests: ignored for {backoff:g} s",
+    )
 
 
 class DataServer:
@@ -231,13 +280,26 @@ class DataServer:
                     self.following.set()
             except DecodeError as exc:
                 log.warning("ignored a malformed state broadcast: %s", exc)
+            self.server.report_floods(time.monotonic())  # a broadcast comes at every tick
 
     async def _serve(self) -> None:
         assert self.server is not None
+        server = self.server
+        received = 0
         while True:
             frames = await self._router.recv_multipart(copy=False)
+            received += 1
+            if received % YIELD_EVERY == 0:  # a ready recv never yields: let _follow run
+                await asyncio.sleep(0)
             identity = frames[0].bytes
-            reply = self.server.answer(identity.decode("utf-8", "replace"), frames[1:])
+            sender = identity.decode("utf-8", "replace")
+            now = time.monotonic()
+            server.report_floods(now)
+            reply = server.admit(sender, peer_address(frames[0]), now)
+            if reply is DROPPED:
+                continue
+            if reply is None:
+                reply = server.answer(sender, frames[1:])
             try:
                 await self._router.send_multipart([identity, *encode(reply)], copy=False)
             except zmq.ZMQError as exc:  # the requester left (ROUTER_MANDATORY)
@@ -246,6 +308,8 @@ class DataServer:
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        if self.server is not None:
+            self.server.report_floods(time.monotonic(), final=True)
         for sock in (self._router, self._sub):
             sock.close(linger=0)
 

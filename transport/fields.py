@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     KICKED = "kicked"
     BANNED = "banned"  # the operator banned this node id: its joins are refused
     UNAVAILABLE = "unavailable"
+    RATE_LIMITED = "rate_limited"  # too many refusals: ignored for a while (transport/flood.py)
 
 
 Count = Annotated[int, Meta(ge=0, le=MAX_INT)]

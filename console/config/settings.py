@@ -45,6 +45,10 @@ class ServerConfig:
     control_port: int = key(5556, r.PORT, r.differs_from("server.state_port"))
     # the data server, only bound with [data] serve = true
     data_port: int = key(5557, r.PORT, r.differs_from("server.state_port", "server.control_port"))
+    # flood control on the control port (transport/flood.py): refusals a second from one peer
+    # address before it is answered rate_limited and ignored (members never are); 0: never
+    refusal_limit: int = key(200, r.at_least(0, " (0: never rate-limit)"))
+    refusal_backoff: float = key(10.0, r.SECONDS)  # seconds a rate-limited peer is ignored
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
@@ -64,6 +68,9 @@ class CoordinatorConfig:
         )
     )
     waiting_for_members_extra_time: float = key(0.5, r.at_least(0))  # 0: start at once
+    # seconds WaitingForMembers waits for earlier members before the console says who is
+    # missing and how to continue (then again every as many seconds); 0: never
+    stall_warning_after: float = key(30.0, r.at_least(0, " (0: never warn)"))
     warmup_time: float = key(30.0, r.SECONDS)  # 0: rounds start before any node warmed up
     max_round_train_time: float = key(60.0, r.SECONDS)  # 0: no trainer ever reports in time
     round_witness_time: float = key(5.0, r.SECONDS)  # 0: rounds end before the votes arrive

@@ -51,6 +51,7 @@ class Event:
     """Base of every event. ``kind`` names the event in the JSONL log."""
 
     kind: ClassVar[str] = "event"
+    level: ClassVar[str] = "info"  # the log line's level: info | warning | error
 
     def describe(self) -> str:  # pragma: no cover - every subclass overrides it
         return self.kind
@@ -387,3 +388,46 @@ class RunFinished(Event):
     def describe(self) -> str:
         why = f": {self.reason}" if self.reason else ""
         return f"run finished after {self.accepted_rounds} accepted rounds{why}"
+
+
+@dataclass(frozen=True)
+class Stall(Event):
+    """WaitingForMembers has waited ``waited`` seconds, short of ``needed`` pending clients,
+    with members of an earlier epoch (``missing``) not back; repeated at most once every
+    ``stall_warning_after`` seconds while it lasts."""
+
+    kind: ClassVar[str] = "stall"
+    level: ClassVar[str] = "warning"
+    waited: float
+    missing: tuple[str, ...]  # members of an earlier epoch neither pending nor kicked
+    pending: tuple[str, ...]
+    needed: int  # pending clients the next epoch needs
+    min_clients: int
+
+    def describe(self) -> str:
+        have = len(self.pending)
+        text = (
+            f"stalled: waiting for members for {self.waited:.0f} s, {have} of {self.needed} "
+            f"pending ({_ids(self.pending)}); missing since the last epoch: {_ids(self.missing)}."
+        )
+        return f"{text} {self.how_to_continue()}"
+
+    def how_to_continue(self) -> str:
+        have = len(self.pending)
+        if have == 0:
+            return "Start or restart nodes to continue."
+        keys = f"coordinator.init_min_clients={have}"
+        if have < self.min_clients:
+            keys = f"coordinator.min_clients={have} coordinator.init_min_clients={have}"
+        return (
+            f"To continue with the {have} here, lower coordinator.init_min_clients to {have}: "
+            f"press o (Settings) in the console or run `fl-console ctl data.toml set {keys}` "
+            "(or set it in data.toml and restart the console with --resume)."
+        )
+
+    def short(self) -> str:
+        """For the console's status line."""
+        return (
+            f"missing {_ids(self.missing)} for {self.waited:.0f} s; "
+            "lower coordinator.init_min_clients to continue"
+        )

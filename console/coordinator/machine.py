@@ -174,6 +174,8 @@ class Coordinator(Messages):
         if deadline is not None and now >= deadline:
             self._tick_state(now, ev, _CLOCK)
             self._settle(now, ev)
+        if (stall := self._stall(now)) is not None:  # members missing for too long: say who
+            ev.append(stall)
         return Outcome(tuple(ev)) if ev else _OK
 
     # ------------------------------------------------------------------ the run states

@@ -17,6 +17,7 @@ from typing import Any
 
 from console.config import CoordinatorConfig
 from console.coordinator.committee import VoteTally
+from console.coordinator.events import Stall
 from console.coordinator.records import Client, Round
 from console.coordinator.saved import Progress, load_progress
 from transport.fields import ErrorCode
@@ -117,6 +118,9 @@ class CoordinatorState:
         self._checkpoint_round: int | None = None  # the accepted round still to be saved
         self._uploader: str | None = None
         self._bans: dict[str, str] = {}  # banned id -> why (kick --ban; kept in to_state)
+        self._known: set[str] = set()  # clients that were members of an epoch
+        self._stall_phase = math.nan  # the WaitingForMembers (its start) _stall_at is for
+        self._stall_at = math.inf  # when the next stall event is due
         if restore is not None:
             self._restore(restore)
 
@@ -193,6 +197,9 @@ class CoordinatorState:
         best = self._deadline()
         if self._state is _S.WAITING_FOR_MEMBERS and len(self._pending) >= self._members_needed():
             best = self._phase_started + self._cfg.waiting_for_members_extra_time
+        stall = self._stall_due()
+        if stall is not None:
+            best = stall if best is None else min(best, stall)
         if self._seen:
             oldest = next(iter(self._seen.values())) if self._seen_ordered else None
             if oldest is None:
@@ -233,6 +240,42 @@ class CoordinatorState:
         if config is not None and config != self._cfg and not self._settings_state_ok():
             return ErrorCode.WRONG_STATE
         return ErrorCode.MALFORMED
+
+    def _stall_due(self) -> float | None:
+        """When WaitingForMembers, short of members with earlier members gone, says so next
+        (None: it does not). The first time ``stall_warning_after`` after it began."""
+        after = self._cfg.stall_warning_after
+        if (
+            self._state is not _S.WAITING_FOR_MEMBERS
+            or after <= 0
+            or len(self._pending) >= self._members_needed()
+            or not (self._known or self._rounds)  # a first start, not a stall
+        ):
+            return None
+        if self._stall_phase == self._phase_started:
+            return self._stall_at
+        return self._phase_started + after
+
+    def _stall(self, now: float) -> Stall | None:
+        """The stall event due at ``now``, if one is; the next one is due an interval later."""
+        due = self._stall_due()
+        if due is None or now < due:
+            return None
+        self._stall_phase = self._phase_started
+        self._stall_at = now + self._cfg.stall_warning_after
+        kicked = ClientStatus.KICKED
+        missing = [
+            cid
+            for cid in sorted(self._known - self._pending)
+            if self._clients[cid].status is not kicked
+        ]
+        return Stall(
+            waited=now - self._phase_started,
+            missing=tuple(missing),
+            pending=tuple(sorted(self._pending)),
+            needed=self._members_needed(),
+            min_clients=self._cfg.min_clients,
+        )
 
     def _members_needed(self) -> int:
         return max(self._cfg.init_min_clients, self._cfg.min_clients, 1)
@@ -296,6 +339,7 @@ class CoordinatorState:
             c.changed()
         self._views = None
         self._pending = set()
+        self._known.update(members)
         self._epoch_live = set(members)
         self._epoch_sorted = members
         self._epoch_frozen = None

@@ -76,6 +76,8 @@ class ConsoleView:
     rounds: tuple[RoundRow, ...]
     log: tuple[LogLine, ...] = ()
     rejected_messages: int = 0
+    dropped_messages: int = 0  # unread: their peer was rate-limited (transport/flood.py)
+    throttled_peers: tuple[str, ...] = ()  # peer addresses rate-limited now
     checkpoint_dir: str = ""
     notes: dict[str, str] = field(default_factory=dict)
     # [privacy] dp: the worst epsilon any node reported and the delta it is at (None: DP off)

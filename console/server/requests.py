@@ -30,6 +30,7 @@ from console.server.security import ConsoleSecurity
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode
 from transport.fields import ErrorCode
+from transport.flood import FloodGuard
 from transport.net import announced_from
 from transport.spec import RunSpec
 from transport.state import (
@@ -45,6 +46,15 @@ from transport.tensors import model_hash
 log = logging.getLogger(__name__)
 
 CONTROL_LIMITS = Limits(max_frames=512, max_header_bytes=1 << 20, max_total_bytes=1 << 30)
+
+
+def rate_limited(ref: str, backoff: float) -> m.Error:
+    """The one answer a flooding peer gets before it is ignored."""
+    return m.Error(
+        ref=ref,
+        code=ErrorCode.RATE_LIMITED,
+        reason=f"too many refused requests: ignored for {backoff:g} s",
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class NodeRequests:
     endpoints: Endpoints
     seq: int
     rejected_messages: int
+    flood: FloodGuard  # per-peer refusal accounting of the control socket
+    _address: str = ""  # the peer address of the request being handled
     _stored: StoredCheckpoint | None
 
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
@@ -91,6 +103,7 @@ class NodeRequests:
         """
         now = self.clock()
         sender = identity.decode("utf-8", "replace")
+        self._address = address
         self.records.bytes_in(sender, size)
         try:
             msg = decode(frames, CONTROL_LIMITS)
@@ -124,12 +137,46 @@ class NodeRequests:
         return [handler(msg, now)]
 
     def _reject(self, now: float, sender: str, ref: str, code: str, reason: str) -> m.Error:
+        """Count a refusal; log it in full only when its peer was quiet (the flood guard's
+        aggregated lines, written at every tick, account for the rest)."""
         self.rejected_messages += 1
         self.records.rejected(sender)
-        self.events.write(
-            now, "reject", f"rejected {ref} from {sender}: {reason}", level="warning", code=code
-        )
+        member = sender in self.records.clients
+        verdict = self.flood.refused(sender, self._address, code, reason, now, member=member)
+        if verdict.log:
+            self.events.write(
+                now, "reject", f"rejected {ref} from {sender}: {reason}", level="warning", code=code
+            )
+        if verdict.throttled is not None:
+            t = verdict.throttled
+            self.events.write(
+                now,
+                "rate_limited",
+                t.describe(),
+                level="warning",
+                peer=t.peer,
+                client_id=t.identity,
+                refusals=t.refusals,
+                backoff=t.backoff,
+            )
+        if verdict.rate_limited:
+            return rate_limited(ref, self.flood.backoff)
         return m.Error(ref=ref, code=code, reason=reason)
+
+    def _flood_reports(self, now: float, *, final: bool = False) -> None:
+        """The control socket's refusals since the last line about each peer: one line each."""
+        for report in self.flood.due(now, final=final):
+            self.events.write(
+                now,
+                "reject",
+                report.describe(),
+                level="warning",
+                code="flood",
+                peer=report.peer,
+                count=report.count,
+                refused=report.refused,
+                dropped=report.dropped,
+            )
 
     def _answer(self, msg: m.Message, outcome: Outcome, now: float) -> m.Message:
         node_id = getattr(msg, "node_id", "?")

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from console.config import Config
 from console.coordinator import Coordinator, Outcome
-from console.coordinator.events import ClientJoined, StateChanged
+from console.coordinator.events import ClientJoined, Stall, StateChanged
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
@@ -35,11 +35,12 @@ from console.server.checkpoint import (
 )
 from console.server.history import RoundHistory
 from console.server.operator import OperatorRequests
-from console.server.requests import Endpoints, NodeRequests
+from console.server.requests import Endpoints, NodeRequests, rate_limited
 from console.server.security import ConsoleSecurity
 from console.server.settings import ConfigFile
 from transport import messages as m
 from transport.codec import encode
+from transport.flood import YIELD_EVERY, Admit, FloodGuard
 from transport.net import is_loopback
 from transport.sockets import (
     PeerUnreachable,
@@ -101,6 +102,10 @@ class ConsoleServer(NodeRequests, OperatorRequests):
         self.records = RunRecords()
         self.seq = 0
         self.rejected_messages = 0
+        self._stall: Stall | None = None  # the latest stall of this wait for members
+        self.flood = FloodGuard(
+            limit=config.server.refusal_limit, backoff=config.server.refusal_backoff
+        )
         # [security] curve: CURVE keys, the node allowlist, refused connections (None: off)
         self.security = (
             ConsoleSecurity(config.security, self.events) if config.security.curve else None
@@ -234,6 +239,7 @@ class ConsoleServer(NodeRequests, OperatorRequests):
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        self._flood_reports(self.clock(), final=True)  # the last interval's refusals
         if self._pending_broadcast is not None:
             self._pending_broadcast.cancel()
             self._pending_broadcast = None
@@ -268,9 +274,12 @@ class ConsoleServer(NodeRequests, OperatorRequests):
             rounds=tuple(self.records.round_row(v) for v in self.coordinator.rounds),
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
+            dropped_messages=self.flood.dropped,
+            throttled_peers=tuple(self.flood.throttled(now)),
             checkpoint_dir=str(self.checkpoint_dir),
             epsilon=self.records.worst_epsilon() if self.config.privacy.dp else None,
             delta=self.config.privacy.delta if self.config.privacy.dp else None,
+            notes={} if self._stall is None else {"stalled": self._stall.short()},
         )
 
     # ----------------------------------------------------------------- control socket
@@ -278,14 +287,38 @@ class ConsoleServer(NodeRequests, OperatorRequests):
     async def _control_loop(self) -> None:
         assert self._control is not None
         sock = self._control
+        clients = self.records.clients
+        # After a drop, the next message is read synchronously when one waits: the same
+        # socket, without the asyncio future per message (most of a dropped message's cost).
+        now_or_never = zmq.Socket.shadow(sock.underlying)
+        received = 0
+        frames: list[zmq.Frame] | None = None
         while True:
-            frames = await sock.recv_multipart(copy=False)
+            if frames is None:
+                frames = await sock.recv_multipart(copy=False)
+            received += 1
+            if received % YIELD_EVERY == 0:  # a ready recv never yields: let ticks run
+                await asyncio.sleep(0)
             identity = frames[0].bytes
-            size = sum(len(f.buffer) for f in frames[1:])
-            key = peer_key(frames[-1]) if self.security is not None else ""
             address = peer_address(frames[-1])
+            sender = identity.decode("utf-8", "replace")
+            # a peer in back-off is dropped unread (members never are); see transport/flood.py
+            admit = self.flood.admit(sender, address, sender in clients, self.clock())
+            if admit is Admit.DROP:
+                try:
+                    frames = now_or_never.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    frames = None
+                continue
+            size = sum(len(f.buffer) for f in frames[1:])
+            if admit is Admit.TELL:
+                replies: list[m.Message] = [rate_limited("?", self.flood.backoff)]
+            else:
+                key = peer_key(frames[-1]) if self.security is not None else ""
+                replies = self.handle(identity, frames[1:], size, key=key, address=address)
+            frames = None
             sent = 0
-            for reply in self.handle(identity, frames[1:], size, key=key, address=address):
+            for reply in replies:
                 try:
                     sent += await send_to(sock, identity, reply)
                 except (PeerUnreachable, zmq.ZMQError) as exc:  # peer gone: nothing to answer
@@ -309,6 +342,7 @@ class ConsoleServer(NodeRequests, OperatorRequests):
             now = self.clock()
             if self.security is not None:
                 self.security.poll(now)  # handshakes refused since the last tick
+            self._flood_reports(now)
             outcome = self.coordinator.tick(now)
             self._after(outcome, now, force_broadcast=True)
 
@@ -321,8 +355,19 @@ class ConsoleServer(NodeRequests, OperatorRequests):
             if isinstance(event, ClientJoined) and event.client_id in self.records.clients:
                 record = self.records.clients[event.client_id]  # the process behind the id
                 fields.update(pid=record.pid, host=record.host)
-            self.events.write(now, event.kind, event.describe(), detail=event.routine, **fields)
+            self.events.write(
+                now,
+                event.kind,
+                event.describe(),
+                level=event.level,
+                detail=event.routine,
+                **fields,
+            )
             self.records.on_event(event, now)
+            if isinstance(event, Stall):
+                self._stall = event
+        if self._stall is not None and self.coordinator.state is not RunState.WAITING_FOR_MEMBERS:
+            self._stall = None  # the wait is over
         if force_broadcast or any(e.kind in URGENT_EVENTS for e in outcome.events):
             self._broadcast()
             self._wake.set()

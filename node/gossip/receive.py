@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -16,7 +18,8 @@ from node.weights import WeightsError, from_payloads
 from transport import messages as m
 from transport.codec import DecodeError, Limits, decode, encode
 from transport.fields import ErrorCode
-from transport.sockets import peer_key
+from transport.flood import YIELD_EVERY, Admit, FloodGuard
+from transport.sockets import peer_address, peer_key
 from transport.tensors import TensorPayload, model_hash
 
 log = logging.getLogger(__name__)
@@ -41,14 +44,43 @@ class GossipRouter:
     _security: NodeSecurity | None
     _limits: Limits
     _router: zmq.asyncio.Socket | None
+    flood: FloodGuard
+    _peer: tuple[str, str] | None
 
     async def _serve(self) -> None:
         assert self._router is not None
+        # after a drop, the next waiting message is read synchronously (no asyncio future)
+        now_or_never = zmq.Socket.shadow(self._router.underlying)
+        received = 0
+        frames: list[zmq.Frame] | None = None
         while True:
-            frames = await self._router.recv_multipart(copy=False)
+            if frames is None:
+                frames = await self._router.recv_multipart(copy=False)
+            received += 1
+            if received % YIELD_EVERY == 0:  # a ready recv never yields: let the rest run
+                await asyncio.sleep(0)
             identity, body = frames[0], frames[1:]
+            frames = None
+            sender = identity.bytes.decode("utf-8", "replace")
+            address = peer_address(identity)
+            # a stranger in back-off is dropped unread; live members never are (flood.py)
+            admit = self.flood.admit(sender, address, self.is_live(sender), time.monotonic())
+            if admit is Admit.DROP:
+                try:
+                    frames = now_or_never.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    frames = None
+                continue
             size = sum(len(f.buffer) for f in body)
-            reply, round = self._receive(identity, body)
+            if admit is Admit.TELL:
+                reply: m.Message = _rate_limited("?", self.flood.backoff)
+                round = None
+            else:
+                self._peer = (sender, address)
+                try:
+                    reply, round = self._receive(identity, body)
+                finally:
+                    self._peer = None
             if round is not None:
                 self.stats.count(round, down=size)
             else:
@@ -183,7 +215,39 @@ class GossipRouter:
         return None
 
     def _refuse(self, ref: str, code: str, reason: str) -> m.Error:
+        """Count a refusal; logged in full only when its peer was quiet (aggregated lines,
+        every few seconds, account for the rest: :meth:`_report_floods`)."""
         self.stats.rejected += 1
         self.stats.rejections = (self.stats.rejections + [f"{code}: {reason}"])[-20:]
-        log.warning("rejected gossip %s: %s", ref, reason)
+        if self._peer is None:  # the answer to our own fetch: not a peer's flood
+            log.warning("rejected gossip %s: %s", ref, reason)
+            return m.Error(ref=ref, code=code, reason=reason)
+        sender, address = self._peer
+        verdict = self.flood.refused(
+            sender, address, code, reason, time.monotonic(), member=self.is_live(sender)
+        )
+        if verdict.log:
+            log.warning("rejected gossip %s from %s: %s", ref, sender, reason)
+        if verdict.throttled is not None:
+            log.warning("gossip: %s", verdict.throttled.describe())
+        if verdict.rate_limited:
+            return _rate_limited(ref, self.flood.backoff)
         return m.Error(ref=ref, code=code, reason=reason)
+
+    async def _report_floods(self) -> None:
+        """One aggregated line per flooding peer per interval."""
+        while True:
+            await asyncio.sleep(self.flood.report_every / 2)
+            self._report_due()
+
+    def _report_due(self, *, final: bool = False) -> None:
+        for report in self.flood.due(time.monotonic(), final=final):
+            log.warning("rejected gossip: %s", report.describe())
+
+
+def _rate_limited(ref: str, backoff: float) -> m.Error:
+    return m.Error(
+        ref=ref,
+        code=ErrorCode.RATE_LIMITED,
+        reason=f"too many refused messages: ignored for {backoff:g} s",
+    )

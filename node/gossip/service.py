@@ -19,6 +19,7 @@ from node.gossip.stats import GossipStats
 from node.security import NodeSecurity
 from transport import messages as m
 from transport.codec import Limits
+from transport.flood import FloodGuard
 from transport.retry import Backoff, pause
 from transport.sockets import SocketFactory
 from transport.tasks import cancel_and_wait
@@ -62,6 +63,9 @@ class GossipService(GossipRouter, GossipDealers):
         self.stats = GossipStats()
         self._arrival = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self.flood = FloodGuard()  # per-peer refusal accounting of the ROUTER
+        self._peer: tuple[str, str] | None = None  # (routing id, address) being answered
         # Set by the workflow: which (round, trainer) pushes are welcome, the hash a trainer
         # committed for a round (None while the broadcast has none), and the shape reference.
         self.expects: Callable[[int, str], str | None] = lambda r, t: "not following a round yet"
@@ -86,6 +90,7 @@ class GossipService(GossipRouter, GossipDealers):
         self._router = self._factory.model_router(f"tcp://{self._bind_host}:0")
         self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._task = asyncio.create_task(self._serve(), name="gossip")
+        self._reporter = asyncio.create_task(self._report_floods(), name="gossip-flood")
         return self.endpoint
 
     def store(self, round: int, model: ReceivedModel) -> None:
@@ -223,8 +228,8 @@ class GossipService(GossipRouter, GossipDealers):
     async def close(self) -> None:
         for task in list(self._relays):
             task.cancel()
-        if self._task is not None:
-            await cancel_and_wait([self._task])
+        await cancel_and_wait([t for t in (self._task, self._reporter) if t is not None])
+        self._report_due(final=True)  # the last interval's refusals
         for endpoint in list(self._dealers):
             self._drop_dealer(endpoint)
         if self._router is not None:

@@ -14,8 +14,10 @@ Four ``fl-node`` processes learn the digits under a headless console. Meanwhile:
   go to a node's gossip ROUTER.
 
 Each one must be answered by exactly one ``error`` with the right code and a reason, counted
-and logged by the console and shown per client; and the run must finish as configured, every
-round accepted and every node holding the same model.
+and logged by the console (a few aggregated lines, not one each) and shown per client; and the
+run must finish as configured, every round accepted and every node holding the same model.
+Flood control is off on the console here (``refusal_limit = 0``), so that every hostile request
+is answered; tests/e2e/test_flood.py runs a flood with it on.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def _config(directory: Path) -> Path:
             "cooldown_time": 10.0,
         },
         learning={"train_set_size": 3, "local_epochs": 5, "aggregator": "fedavg"},
+        server={"refusal_limit": 0},  # every request answered: its code is what is tested
     )
 
 
@@ -170,7 +173,8 @@ def test_hostile_input_on_every_socket_is_refused_with_a_reason_and_the_run_is_u
     for what, codes in gossip.items():
         print(f"gossip: {what}: {codes}")
     assert len(gossip) == 14
-    assert sum(text.count("rejected gossip") for text in node_logs.values()) >= len(gossip)
+    # the first refusal of a quiet peer in full, the rest in aggregated lines
+    assert sum(text.count("rejected gossip") for text in node_logs.values()) >= 1
     # ... and the nodes tell the console with their heartbeats: the operator sees them too
     told = [e for e in rejects if e.get("code") == "gossip"]
     assert told and all("latest: " in e["text"] for e in told), told[:3]
@@ -178,7 +182,11 @@ def test_hostile_input_on_every_socket_is_refused_with_a_reason_and_the_run_is_u
 
     # counted, logged and shown per client; the run itself unaffected
     assert summary["rejected_messages"] >= FUZZ_COUNT + len(log.refusals)
-    assert len(rejects) >= FUZZ_COUNT + len(log.refusals)
+    # logged: each refusal in full or in an aggregated line (which counts the interval's first
+    # one too), a few lines for the lot
+    logged = sum(e["count"] if e.get("code") == "flood" else 1 for e in rejects)
+    assert logged >= FUZZ_COUNT + len(log.refusals)
+    assert len(rejects) < 500, len(rejects)
     assert all(e.get("code") and e.get("text") for e in rejects)
     puppet_row = next(c for c in summary["clients"] if c["id"] == "zz-puppet")
     assert puppet_row["rejected_messages"] >= len(log.refusals)

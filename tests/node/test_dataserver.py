@@ -31,7 +31,8 @@ from node.datafetch import (
 from node.dataserver import DataRequests, DataServer
 from tests.factories import run_snapshot
 from transport import messages as m
-from transport.codec import encode
+from transport.codec import decode, encode
+from transport.flood import FloodGuard
 from transport.spec import DataSpec, RunSpec
 from transport.state import ClientStatus, ClientView, RunSnapshot, RunState
 from transport.tensors import TensorPayload
@@ -151,6 +152,38 @@ def test_non_member_and_wrong_epoch_are_refused_and_counted(dataset: Dataset) ->
     assert isinstance(stale, m.Error) and stale.code == "wrong_state"
     assert "not this epoch" in stale.reason
     assert rejected == 2
+
+
+def test_a_flooding_stranger_is_rate_limited_and_members_still_get_their_shard(
+    dataset: Dataset,
+) -> None:
+    limit = 20
+
+    async def scenario() -> tuple[list[m.Message], m.Message | None, int]:
+        async with serving(dataset, snapshot(epoch=1)) as (service, _, context):
+            assert service.server is not None
+            service.server.flood = FloodGuard(limit=limit, backoff=30.0)
+            stranger = context.socket(zmq.DEALER)
+            stranger.linger = 0
+            stranger.setsockopt(zmq.ROUTING_ID, b"stranger")
+            stranger.connect(service.endpoint)
+            try:
+                for _ in range(500):
+                    await stranger.send_multipart([b"garbage"])
+                replies = []
+                while await stranger.poll(1000, zmq.POLLIN):
+                    replies.append(decode(await stranger.recv_multipart()))
+            finally:
+                stranger.close(linger=0)
+            member = await request_data(context, service.endpoint, "node-0", 1, timeout=5.0)
+            return replies, member, service.server.flood.dropped
+
+    replies, member, dropped = run(scenario)
+    codes = [r.code for r in replies if isinstance(r, m.Error)]
+    assert len(codes) == len(replies) == limit + 1
+    assert codes[-1] == "rate_limited" and set(codes[:-1]) == {"malformed"}
+    assert dropped == 500 - limit - 1
+    assert isinstance(member, m.DataReply) and member.epoch == 1
 
 
 def test_fetch_retries_until_the_data_server_sees_the_epoch(dataset: Dataset) -> None:

@@ -40,6 +40,8 @@ _LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as s
     "training_declined": "privacy",
     "setting_changed": "setting",  # the server's (console/server/operator.py), not events.py
     "spec_changed": "spec",
+    "rate_limited": "flood",  # the server's (transport/flood.py)
+    "stall": "stall",  # the coordinator's: members missing for too long
 }
 _STYLE = {
     "state": "bold cyan",
@@ -56,6 +58,8 @@ _STYLE = {
     "accepted": "green",
     "checkpoint": "cyan",
     "finished": "bold green",
+    "flood": "bold red",
+    "stall": "bold yellow",
 }
 
 

@@ -65,6 +65,11 @@ def render_header(view: ConsoleView, width: int = 0) -> Text:
     if view.delta is not None:  # [privacy] dp: the worst epsilon any node has spent
         spent = "·" if view.epsilon is None else f"{view.epsilon:.2f}"
         top.append([("ε ", "dim"), (spent, "bold magenta"), (f" at δ {view.delta:g}", "dim")])
+    if view.throttled_peers:
+        peers = ", ".join(view.throttled_peers[:2]) + ("…" if len(view.throttled_peers) > 2 else "")
+        top.append([("rate-limited: ", "bold red"), (peers, "bold red")])
+    if view.dropped_messages:
+        top.append([(f"{view.dropped_messages} dropped", "yellow")])
     for key, value in sorted(view.notes.items()):
         if key != "replay":
             top.append([(f"{key}: ", "dim"), (value, "")])

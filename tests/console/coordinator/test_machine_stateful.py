@@ -20,6 +20,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
 )
 
@@ -31,6 +32,7 @@ from console.coordinator.events import (
     Outcome,
     RoundStarted,
     RunFinished,
+    Stall,
     StateChanged,
     WitnessesReplaced,
 )
@@ -63,6 +65,7 @@ CONFIGS = [
         rounds_per_epoch=2,
         total_rounds=4,
         health_timeout=1024 * MS,
+        stall_warning_after=16 * MS,
     ),
     CoordinatorConfig(  # tiny and impatient: zero extra time, one witness, one client enough
         init_min_clients=1,
@@ -102,6 +105,7 @@ CONFIGS = [
         rounds_per_epoch=2,
         total_rounds=4,
         health_timeout=1024 * MS,
+        stall_warning_after=8 * MS,
     ),
 ]
 
@@ -130,6 +134,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.max_round = 0
         self.votes: dict[str, list[tuple[str, int]]] = {}  # our own record of accepted votes
         self.declined: set[str] = set()  # voters whose last accepted vote declined to train
+        self.last_stall: float | None = None
 
     @property
     def now(self) -> float:
@@ -169,7 +174,23 @@ class CoordinatorMachine(RuleBasedStateMachine):
             elif isinstance(event, RunFinished) and event.reason:
                 assert event.reason.startswith("no client left to train")
                 hypothesis.event("finished: no client left to train")
+            elif isinstance(event, Stall):
+                self.check_stall(event)
         return out
+
+    def check_stall(self, event: Stall) -> None:
+        """A stall names earlier members that are not back, at most once per interval."""
+        snap = self.snap()
+        pending = {c.id for c in snap.clients if c.status is ClientStatus.PENDING}
+        assert self.c.state is S.WAITING_FOR_MEMBERS and set(event.pending) == pending
+        assert len(pending) < event.needed and not set(event.missing) & pending
+        assert set(event.missing) <= self.joined
+        assert all(snap.client(cid).status is not ClientStatus.KICKED for cid in event.missing)
+        after = self.cfg.stall_warning_after
+        assert event.waited >= after
+        assert self.last_stall is None or self.now - self.last_stall >= after
+        self.last_stall = self.now
+        hypothesis.event("stall")
 
     def check_round_start(self, event: RoundStarted) -> None:
         """The committee is what the public functions say, from our own record of votes."""
@@ -200,6 +221,13 @@ class CoordinatorMachine(RuleBasedStateMachine):
         timeout = self.cfg.health_timeout
         for view in self.snap().live_clients:  # nobody silent past the timeout survives a tick
             assert self.now <= view.last_seen + timeout
+
+    @precondition(lambda self: self.c.state is S.WAITING_FOR_MEMBERS)
+    @rule(ms=st.integers(1, 48))
+    def linger(self, ms: int) -> None:
+        """Members stay away a while: long waits are where stalls are said."""
+        self.ms += ms
+        self.tick()
 
     # ------------------------------------------------------------------ honest progress
 
@@ -411,6 +439,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.joined = set(saved["banned"])  # a plain kick ends with the console process
         self.votes = {}
         self.declined = set()  # declines are not saved: nodes say so again in their next vote
+        self.last_stall = None
         assert self.c.state in (S.WAITING_FOR_MEMBERS, S.FINISHED)
 
     # ------------------------------------------------------------------ invariants
