@@ -27,6 +27,9 @@ BENCHMARKS = (
     "tui_bench",
     "wan_bench",
 )
+# Run only when named (``python -m bench chaos``, ``make soak``): long, and a check, not a table
+# of baselines. Their figures are merged into results.json; the headline table is left alone.
+ON_REQUEST = ("chaos",)
 # Lighter than each benchmark's own defaults where that keeps the whole run under 10 minutes.
 # wan_bench's full table (every codec x fanout, ~15 min) is `make bench-wan`; here its headline.
 RUN_OPTIONS: dict[str, dict[str, object]] = {
@@ -58,10 +61,24 @@ def machine() -> str:
 
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHMARKS)
-    unknown = [n for n in chosen if n not in BENCHMARKS]
+    unknown = [n for n in chosen if n not in BENCHMARKS + ON_REQUEST]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS + ON_REQUEST)}",
+            file=sys.stderr,
+        )
         return 2
+    if set(chosen) <= set(ON_REQUEST):
+        failed = 0
+        for name in chosen:
+            module = importlib.import_module(f"bench.{name}")
+            print(f"\n=== {name} ===", flush=True)
+            result = module.run(**RUN_OPTIONS.get(name, {}))
+            print(module.table(result))
+            report.save_result(name, result, report.RESULTS)
+            failed += not result.get("ok", True)
+        print(f"\nresults merged into {report.RESULTS}")
+        return 1 if failed else 0
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(),

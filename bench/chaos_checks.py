@@ -1,0 +1,306 @@
+"""The books of a chaos run (:mod:`bench.chaos`): what must hold after it, and its table.
+
+Checks, each ``{"ok": bool, "detail": str}``:
+
+- **finished**: the last console exited 0 with the run Finished and every round accepted.
+- **history**: the latest checkpoint (weights verified against their hash) and the round
+  history files it names hold every round the summary calls accepted exactly once, and no
+  round number twice.
+- **aggregates**: in every accepted round every node that reported an aggregate reported the
+  same hash (the summary's rounds and the history files both), and the checkpoint's hash is
+  its round's aggregate.
+- **rss**: the console's resident memory grew less than 20 % from its base sample to its last,
+  within the last console process's life (the pid changes with every restart). The base is the
+  first sample at or after round 50 (``rounds // 6`` in a short run) and at least
+  ``max(5, rounds // 30)`` rounds into that process's life, so start-up allocations are not
+  counted as growth.
+- **fds**: the console's open file descriptors, over the same stretch, never more than 16
+  above the base sample (nodes come and go; a leak grows without bound).
+- **disk**: the run directory grows linearly with rounds: the least-squares bytes per round
+  of the second half of the run is at most twice that of the first half.
+- **processes**: no console or node process of the run is left.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from console.server.checkpoint import CheckpointError, load_latest, read_round_history
+from tests.e2e.child import node_pids_alive
+from tests.e2e.fault_runs import ControlledRun
+
+RSS_GROWTH_LIMIT = 0.20
+FD_SLACK = 16
+
+
+def _check(ok: bool, detail: str) -> dict[str, Any]:
+    return {"ok": bool(ok), "detail": detail}
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of y over x; None with fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def history_rounds(run: ControlledRun) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every round the latest checkpoint knows (history files first, then its own), and facts
+    about the checkpoint: its round and hash, the history files it names and those it does not."""
+    stored = load_latest(run.checkpoint_dir)
+    if stored is None:
+        return [], {"round": None}
+    names = list(stored.state.get("history", []))
+    rounds = [*read_round_history(run.checkpoint_dir, names), *stored.state.get("rounds", [])]
+    on_disk = sorted(p.name for p in run.checkpoint_dir.glob("rounds-*.json"))
+    facts = {
+        "round": stored.round,
+        "hash": stored.hash,
+        "history_files": len(names),
+        "unnamed_history_files": sorted(set(on_disk) - set(names)),
+    }
+    return rounds, facts
+
+
+def lost_to_console_kills(run: ControlledRun) -> list[dict[str, Any]]:
+    """Rounds a killed console accepted after its last saved checkpoint: the next console
+    resumed from that checkpoint, which holds them open, and records them ``abandoned``."""
+    lost = []
+    checkpointed = 0
+    for inc in run.incarnations[:-1]:
+        saved = [e["round"] for e in inc.log.of("checkpoint_saved")]
+        checkpointed = max([checkpointed, *saved])
+        for e in inc.log.of("round_ended", outcome="accepted"):
+            if e["round"] > checkpointed:
+                lost.append({"round": e["round"], "console": inc.number})
+    return lost
+
+
+def _history_check(
+    summary: dict[str, Any], rounds: list[dict[str, Any]], facts: dict[str, Any]
+) -> dict[str, Any]:
+    accepted = [r["round"] for r in summary.get("rounds", []) if r["outcome"] == "accepted"]
+    numbers = Counter(r.get("round") for r in rounds)
+    twice = sorted(n for n, c in numbers.items() if c > 1)
+    kept = {r.get("round") for r in rounds if r.get("outcome") == "accepted"}
+    missing = sorted(set(accepted) - kept)
+    extra = sorted(kept - set(accepted))
+    ok = facts.get("round") is not None and not twice and not missing and not extra
+    return _check(
+        ok,
+        f"{len(accepted)} accepted rounds in the summary; the checkpoint of round "
+        f"{facts.get('round')} and its {facts.get('history_files', 0)} history files hold "
+        f"{len(rounds)} rounds ({len(kept)} accepted); missing {missing[:10]}, not in the "
+        f"summary {extra[:10]}, twice {twice[:10]}; unnamed history files "
+        f"{facts.get('unnamed_history_files', [])}",
+    )
+
+
+def _aggregates_check(
+    summary: dict[str, Any], rounds: list[dict[str, Any]], facts: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
+    disagree = []
+    silent = 0
+    by_round: dict[int, set[str]] = {}
+    for source in (summary.get("rounds", []), rounds):
+        for r in source:
+            if r.get("outcome") != "accepted":
+                continue
+            hashes = set((r.get("aggregates") or {}).values())
+            by_round.setdefault(r["round"], set()).update(hashes)
+    for number, hashes in sorted(by_round.items()):
+        if len(hashes) > 1:
+            disagree.append(number)
+        elif not hashes:
+            silent += 1
+    checkpoint_ok = True
+    if facts.get("round") is not None:
+        held = by_round.get(facts["round"], set())
+        checkpoint_ok = not held or facts["hash"] in held
+    reporters = [
+        len(r.get("aggregates") or {})
+        for r in summary.get("rounds", [])
+        if r["outcome"] == "accepted"
+    ]
+    mean = sum(reporters) / len(reporters) if reporters else 0.0
+    return (
+        _check(
+            not disagree and checkpoint_ok,
+            f"{len(by_round)} accepted rounds, {len(disagree)} with differing aggregate hashes "
+            f"{disagree[:10]}, {silent} with none reported, {mean:.1f} nodes reported per round; "
+            f"checkpoint hash is its round's aggregate: {checkpoint_ok}",
+        ),
+        silent,
+    )
+
+
+def _memory_checks(samples: list[dict[str, Any]], rounds: int, run: ControlledRun) -> dict:
+    last = run.incarnations[-1].number if run.incarnations else 0
+    life = [s for s in samples if s["incarnation"] == last]
+    figures: dict[str, Any] = {"per_console": []}
+    for inc in run.incarnations:
+        own = [s for s in samples if s["incarnation"] == inc.number]
+        if own:
+            figures["per_console"].append(
+                {
+                    "console": inc.number,
+                    "rounds": f"{own[0]['round']}-{own[-1]['round']}",
+                    "rss_mb_first": own[0]["rss_kb"] / 1024,
+                    "rss_mb_last": own[-1]["rss_kb"] / 1024,
+                    "rss_mb_max": max(s["rss_kb"] for s in own) / 1024,
+                    "fds_min": min(s["fds"] for s in own),
+                    "fds_max": max(s["fds"] for s in own),
+                }
+            )
+    if not life:
+        figures["rss"] = _check(False, "no sample of the last console")
+        figures["fds"] = _check(False, "no sample of the last console")
+        return figures
+    base_round = max(min(50, rounds // 6), life[0]["round"] + max(5, rounds // 30))
+    after = [s for s in life if s["round"] >= base_round]
+    if len(after) < 2:
+        figures["rss"] = _check(False, f"the last console never reached round {base_round}")
+        figures["fds"] = figures["rss"]
+        return figures
+    base, end = after[0], after[-1]
+    growth = end["rss_kb"] / base["rss_kb"] - 1
+    figures["rss_growth"] = growth
+    figures["rss"] = _check(
+        growth < RSS_GROWTH_LIMIT,
+        f"console {last} (pid {base['pid']}): {base['rss_kb'] / 1024:.1f} MB at round "
+        f"{base['round']} -> {end['rss_kb'] / 1024:.1f} MB at round {end['round']} "
+        f"({growth:+.1%}; max {max(s['rss_kb'] for s in after) / 1024:.1f} MB; "
+        f"limit {RSS_GROWTH_LIMIT:+.0%})",
+    )
+    top = max(s["fds"] for s in after)
+    figures["fds"] = _check(
+        top - base["fds"] <= FD_SLACK,
+        f"console {last}: {base['fds']} open at round {base['round']}, {end['fds']} at round "
+        f"{end['round']}, at most {top} (slack {FD_SLACK})",
+    )
+    return figures
+
+
+def _disk_check(samples: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    points = [(s["round"], s["disk_bytes"]) for s in samples if "disk_bytes" in s and s["round"]]
+    ckpt = [(s["round"], s["checkpoint_bytes"]) for s in samples if "checkpoint_bytes" in s]
+    if len(points) < 4:
+        return {"disk": _check(False, "too few disk samples")}
+    half = rounds / 2
+    first = _slope([p for p in points if p[0] <= half])
+    second = _slope([p for p in points if p[0] > half])
+    overall = _slope(points) or 0.0
+    ckpt_slope = _slope([p for p in ckpt if p[0]]) or 0.0
+    ratio = second / first if first and second else None
+    ok = ratio is not None and ratio <= 2.0
+    return {
+        "bytes_per_round": overall,
+        "checkpoint_bytes_per_round": ckpt_slope,
+        "final_bytes": points[-1][1],
+        "final_checkpoint_bytes": ckpt[-1][1] if ckpt else None,
+        "disk": _check(
+            ok,
+            f"{overall:,.0f} bytes/round overall ({ckpt_slope:,.0f} of them checkpoints); first "
+            f"half {first or 0:,.0f} B/round, second half {second or 0:,.0f} B/round "
+            f"(ratio {ratio if ratio is None else round(ratio, 2)}, limit 2); "
+            f"{points[-1][1] / 1e6:.1f} MB at round {points[-1][0]}",
+        ),
+    }
+
+
+def check_run(
+    run: ControlledRun,
+    *,
+    rounds: int,
+    samples: list[dict[str, Any]],
+    faults: list[dict[str, Any]],
+    floods: list[dict[str, int]],
+    failure: str | None,
+    node_exits: dict[str, int | None],
+    leftover: list[str],
+) -> dict[str, Any]:
+    """Every check and figure of a finished (or failed) chaos run."""
+    summary: dict[str, Any] = {}
+    last = run.incarnations[-1] if run.incarnations else None
+    if last is not None and last.summary_path.exists():
+        summary = last.summary()
+    checks: dict[str, dict[str, Any]] = {}
+    outcomes = Counter(r["outcome"] for r in summary.get("rounds", []))
+    checks["finished"] = _check(
+        failure is None
+        and summary.get("final_state") == "Finished"
+        and summary.get("accepted_rounds") == rounds,
+        f"{failure or 'console exited 0'}; state {summary.get('final_state')}, "
+        f"{summary.get('accepted_rounds')}/{rounds} accepted; outcomes {dict(outcomes)}",
+    )
+    try:
+        hist, facts = history_rounds(run)
+    except CheckpointError as exc:
+        hist, facts = [], {"round": None, "error": str(exc)}
+    checks["history"] = _history_check(summary, hist, facts)
+    checks["aggregates"], silent = _aggregates_check(summary, hist, facts)
+    memory = _memory_checks(samples, rounds, run)
+    checks["rss"], checks["fds"] = memory.pop("rss"), memory.pop("fds")
+    disk = _disk_check(samples, rounds)
+    checks["disk"] = disk.pop("disk")
+    pids = [c.pid for c in run.incarnations] + [n.pid for n in [*run.nodes.values(), *run._retired]]
+    alive = node_pids_alive(pids)
+    checks["processes"] = _check(
+        not alive and not leftover,
+        f"{len(pids)} processes started ({len(run.incarnations)} consoles), alive after the "
+        f"run: {alive} {' '.join(leftover)}",
+    )
+    lost_kills = lost_to_console_kills(run)
+    return {
+        "ok": all(c["ok"] for c in checks.values()),
+        "rounds": rounds,
+        "rounds_started": len(summary.get("rounds", [])),
+        "outcomes": dict(outcomes),
+        "lost_to_console_kills": lost_kills,
+        "rounds_without_aggregates": silent,
+        "checkpoint_round": facts.get("round"),
+        "checks": checks,
+        "memory": memory,
+        "disk": disk,
+        "floods": {
+            "bursts": len(floods),
+            "sent": sum(f["sent"] for f in floods),
+            "answered": sum(f["answered"] for f in floods),
+        },
+        "rejected_messages": summary.get("rejected_messages"),
+        "node_exits": dict(Counter(str(c) for c in node_exits.values())),
+        "consoles": len(run.incarnations),
+        "faults": faults,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The run's figures and checks as text."""
+    lines = [
+        f"chaos run: {result['rounds']} rounds, seed {result.get('seed')}, "
+        f"wall {result.get('wall_s', 0):.0f} s, {result['consoles']} console processes",
+        f"rounds: {result['rounds_started']} started in the final history, outcomes "
+        f"{result['outcomes']}; accepted by a killed console after its last checkpoint "
+        f"(abandoned by the resumed one): {[x['round'] for x in result['lost_to_console_kills']]}",
+        "faults: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(result.get("faults_by_kind", {}).items())),
+        f"floods: {result['floods']['bursts']} bursts, {result['floods']['sent']} messages "
+        f"sent, {result['floods']['answered']} answered within 2 s; console counted "
+        f"{result['rejected_messages']} rejected messages (last console)",
+        f"node exit codes at the end: {result['node_exits']}",
+    ]
+    for c in result["memory"].get("per_console", []):
+        lines.append(
+            f"console {c['console']}: rounds {c['rounds']}, RSS {c['rss_mb_first']:.1f} -> "
+            f"{c['rss_mb_last']:.1f} MB (max {c['rss_mb_max']:.1f}), fds {c['fds_min']}-"
+            f"{c['fds_max']}"
+        )
+    lines.append(f"{'check':<11} {'ok':<4} detail")
+    for name, c in result["checks"].items():
+        lines.append(f"{name:<11} {'yes' if c['ok'] else 'NO':<4} {c['detail']}")
+    return "\n".join(lines)
