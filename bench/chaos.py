@@ -13,7 +13,10 @@ draws a fault from its seeded generator:
   frames, requests only members may send; :mod:`tests.e2e.hostile`) from a DEALER on the
   control port.
 
-At most two nodes are out at a time. At a fifth and at two fifths of the rounds the console is
+Every console process is also flooded once as soon as it has started a round (a hostile peer
+that reconnects to a restarted console), so that the memory a burst costs it (see
+:mod:`bench.chaos_checks`, **rss**) is in its books before its RSS is measured. At most two
+nodes are out at a time. At a fifth and at two fifths of the rounds the console is
 SIGKILLed and started again with ``--resume``. Meanwhile the console's RSS (``VmRSS``), open
 file descriptors and the run directory's size are sampled against the round number. The fault
 draws are seeded; when they land depends on the machine, so two runs differ in detail.
@@ -153,11 +156,19 @@ class ChaosDriver:
         self.console_kills = [max(2, round(f * rounds)) for f in CONSOLE_KILLS]
         self.round = 0  # the last round started, as the current console logged it
         self.console_down_until: float | None = None
+        self.flooded: set[int] = set()  # consoles flooded once they served a round
 
     # -- bookkeeping
 
     def _note(self, kind: str, node: str = "", **extra: Any) -> None:
-        entry = {"kind": kind, "node": node, "t": time.monotonic(), "round": self.round, **extra}
+        entry = {
+            "kind": kind,
+            "node": node,
+            "t": time.monotonic(),
+            "round": self.round,
+            "console": self.run.console.number,
+            **extra,
+        }
         self.faults.append(entry)
         print(f"[chaos] round {self.round:>4}: {kind} {node}".rstrip(), flush=True)
 
@@ -169,10 +180,10 @@ class ChaosDriver:
 
     def _sample(self, with_disk: bool) -> None:
         console = self.run.console
-        if not console.alive:
-            return
+        if not console.alive or not console.log.of("server"):
+            return  # not serving yet (the first samples would be of the exec)
         rss, fds = proc_rss_kb(console.pid), proc_fds(console.pid)
-        if not rss or fds is None:  # not up yet (exec) or already gone
+        if not rss or fds is None:  # already gone
             return
         if console.log.of("state_changed", new="Finished"):
             return  # shutting down: not the run's steady state
@@ -187,6 +198,7 @@ class ChaosDriver:
         if with_disk:
             sample["disk_bytes"] = tree_bytes(self.run.directory)
             sample["checkpoint_bytes"] = tree_bytes(self.run.checkpoint_dir)
+            sample["node_log_bytes"] = tree_bytes(self.run.directory / "nodes")
         self.samples.append(sample)
 
     # -- faults
@@ -199,6 +211,9 @@ class ChaosDriver:
         up = self._up()
         if kind != "flood" and (len(self.out) >= MAX_OUT or not up):
             kind = "flood"
+        self._inject(kind, up)
+
+    def _inject(self, kind: str, up: list[str]) -> None:
         now = time.monotonic()
         if kind == "flood":
             count = self.rng.choice([200, 500, 2000])
@@ -236,8 +251,8 @@ class ChaosDriver:
         for _, action, name in due:
             if action == "cont":
                 self.run.nodes[name].cont()
-            elif action == "start":
-                self.run.start_node(name)
+            elif action == "start" and self.round < self.rounds - 2:
+                self.run.start_node(name)  # not in the last rounds: it would miss the end
             elif action == "console":
                 self.run.start_console(resume=True)
                 self.console_down_until = None
@@ -291,6 +306,11 @@ class ChaosDriver:
             ):
                 self._fault()
                 next_fault = time.monotonic() + self.rng.uniform(*self.interval)
+            if self.console_down_until is None and console.number not in self.flooded:
+                sampled = any(x["incarnation"] == console.number for x in self.samples)
+                if sampled and console.log.of("round_started"):  # serving, its nodes back
+                    self.flooded.add(console.number)
+                    self._inject("flood", [])
             self._sample(with_disk=now >= next_disk)
             if now >= next_disk:
                 next_disk = now + 2.0
@@ -309,7 +329,7 @@ def run(
     rounds: int = 300,
     seed: int = 17,
     directory: Path | None = None,
-    interval: tuple[float, float] = (2.0, 5.0),
+    interval: tuple[float, float] = (1.5, 4.0),
     time_limit: float = 3600.0,
 ) -> dict[str, Any]:
     """One chaos run in ``directory`` (a fresh temporary one when None); its figures."""

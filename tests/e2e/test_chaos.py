@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 def test_short_chaos_run_finishes_with_every_round_accounted_for_and_nothing_leaking(
     tmp_path: Path,
 ) -> None:
-    result = chaos.run(rounds=40, seed=5, directory=tmp_path, time_limit=180.0)
+    result = chaos.run(rounds=40, seed=5, directory=tmp_path, interval=(1.0, 2.5), time_limit=150.0)
     print(table(result))
     kinds = result["faults_by_kind"]
     # the storm happened: nodes killed or stopped, and the console killed twice
