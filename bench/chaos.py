@@ -157,6 +157,7 @@ class ChaosDriver:
         self.round = 0  # the last round started, as the current console logged it
         self.console_down_until: float | None = None
         self.flooded: set[int] = set()  # consoles flooded once they served a round
+        self.lingering: list[dict[str, Any]] = []  # nodes still running after the end
 
     # -- bookkeeping
 
@@ -317,12 +318,22 @@ class ChaosDriver:
             time.sleep(0.25)
 
     def wind_down(self) -> dict[str, int | None]:
-        """After the console's end: every stopped node continued, exits collected."""
+        """After the console's end: every stopped node continued, exits collected; a node
+        still running 30 s later is noted with its age and its log's last lines."""
+        ended = time.monotonic()
         for name, node in self.run.nodes.items():
             if node.stopped:
                 node.cont()
             self.out.pop(name, None)
-        return self.run.node_exits(30)
+        exits = self.run.node_exits(30)
+        for name, code in exits.items():
+            if code is None:
+                node = self.run.nodes[name]
+                tail = node.output().strip().splitlines()[-3:]
+                self.lingering.append(
+                    {"node": name, "started_s_before_end": ended - node.started, "log": tail}
+                )
+        return exits
 
 
 def run(
@@ -369,6 +380,7 @@ def run(
         wall_s=wall,
         directory=str(base) if keep else None,
         faults_by_kind=dict(Counter(f["kind"] for f in driver.faults)),
+        lingering_nodes=driver.lingering,
     )
     if not keep:
         import shutil

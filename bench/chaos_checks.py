@@ -79,7 +79,8 @@ def history_rounds(run: ControlledRun) -> tuple[list[dict[str, Any]], dict[str, 
 
 def lost_to_console_kills(run: ControlledRun) -> list[dict[str, Any]]:
     """Rounds a killed console accepted after its last saved checkpoint: the next console
-    resumed from that checkpoint, which holds them open, and records them ``abandoned``."""
+    resumed from that checkpoint and ran the round again under the same number, or (when the
+    checkpoint's state held the round open) recorded it ``abandoned``."""
     lost = []
     checkpointed = 0
     for inc in run.incarnations[:-1]:
@@ -357,8 +358,8 @@ def table(result: dict[str, Any]) -> str:
         f"chaos run: {result['rounds']} rounds, seed {result.get('seed')}, "
         f"wall {result.get('wall_s', 0):.0f} s, {result['consoles']} console processes",
         f"rounds: {result['rounds_started']} started in the final history, outcomes "
-        f"{result['outcomes']}; accepted by a killed console after its last checkpoint "
-        f"(abandoned by the resumed one): {[x['round'] for x in result['lost_to_console_kills']]}",
+        f"{result['outcomes']}; accepted by a killed console before its checkpoint "
+        f"was saved (lost: run again or abandoned by the resumed console): {[x['round'] for x in result['lost_to_console_kills']]}",
         "faults: "
         + ", ".join(f"{k} {v}" for k, v in sorted(result.get("faults_by_kind", {}).items())),
         f"floods: {result['floods']['bursts']} bursts, {result['floods']['sent']} messages "
@@ -366,6 +367,11 @@ def table(result: dict[str, Any]) -> str:
         f"{result['rejected_messages']} rejected messages (last console)",
         f"node exit codes at the end: {result['node_exits']}",
     ]
+    for n in result.get("lingering_nodes", []):
+        lines.append(
+            f"  {n['node']} still running 30 s after the end, started "
+            f"{n['started_s_before_end']:.1f} s before it; its log ends: {' | '.join(n['log'])}"
+        )
     for c in result["memory"].get("per_console", []):
         lines.append(
             f"console {c['console']}: rounds {c['rounds']}, RSS {c['rss_mb_first']:.1f} -> "
