@@ -14,8 +14,7 @@ draws a fault from its seeded generator:
   control port.
 
 Every console process is also flooded once as soon as it has started a round (a hostile peer
-that reconnects to a restarted console), so that the memory a burst costs it (see
-:mod:`bench.chaos_checks`, **rss**) is in its books before its RSS is measured. At most two
+that reconnects to a restarted console); the RSS jump across that flood is reported. At most two
 nodes are out at a time. At a fifth and at two fifths of the rounds the console is
 SIGKILLed and started again with ``--resume``. Meanwhile the console's RSS (``VmRSS``), open
 file descriptors and the run directory's size are sampled against the round number. The fault
