@@ -380,6 +380,7 @@ def run(
         directory=str(base) if keep else None,
         faults_by_kind=dict(Counter(f["kind"] for f in driver.faults)),
         lingering_nodes=driver.lingering,
+        samples=driver.samples,
     )
     if not keep:
         import shutil

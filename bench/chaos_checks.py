@@ -13,8 +13,9 @@ Checks, each ``{"ok": bool, "detail": str}``:
   in a short run) to the end, measured within the last console process's life (the pid
   changes with every restart): from the first samples at or after that round, and at least
   ``max(5, rounds // 30)`` rounds into the process's life so that start-up is not counted as
-  growth, to its last samples before Finished; each end is the median of five samples (one
-  every 0.25 s), so a sample taken while a flood is still being drained does not decide it.
+  growth, to its last samples before Finished. Samples taken within 1 s of a flood message's
+  refusal are left out (the burst is being processed: its transient is not the run's size),
+  and each end is the median of five samples (one every 0.25 s).
   The jump across the first flood each console took is reported per console: it was about
   60-100 MB, kept for good, before ``console.server.server.return_big_buffers``.
 - **fds**: the console's open file descriptors, over the same stretch, never more than 16
@@ -31,6 +32,7 @@ Checks, each ``{"ok": bool, "detail": str}``:
 
 from __future__ import annotations
 
+import bisect
 import json
 import statistics
 from collections import Counter
@@ -150,6 +152,22 @@ def _aggregates_check(
     )
 
 
+def flood_times(run: ControlledRun) -> list[float]:
+    """When the consoles refused a flood message (their clock is ours), sorted."""
+    times = []
+    for inc in run.incarnations:
+        inc.log.poll()
+        for e in inc.log.events:
+            if e.get("kind") == "reject" and "chaos-flood-" in e.get("text", ""):
+                times.append(float(e["t"]))
+    return sorted(times)
+
+
+def _near(times: list[float], t: float, within: float) -> bool:
+    i = bisect.bisect_left(times, t - within)
+    return i < len(times) and times[i] <= t + within
+
+
 def _first_flood(faults: list[dict[str, Any]], console: int) -> float | None:
     times = [f["t"] for f in faults if f["kind"] == "flood" and f.get("console") == console]
     return min(times) if times else None
@@ -186,7 +204,8 @@ def _memory_checks(
         figures["fds"] = _check(False, "no sample of the last console")
         return figures
     base_round = max(min(50, rounds // 6), life[0]["round"] + max(5, rounds // 30))
-    after = [s for s in life if s["round"] >= base_round]
+    busy = flood_times(run)
+    after = [s for s in life if s["round"] >= base_round and not _near(busy, s["t"], 1.0)]
     if len(after) < 2:
         figures["rss"] = _check(False, f"the last console never reached round {base_round}")
         figures["fds"] = figures["rss"]
