@@ -154,6 +154,8 @@ class ChaosDriver:
         self.samples: list[dict[str, Any]] = []
         self.console_kills = [max(2, round(f * rounds)) for f in CONSOLE_KILLS]
         self.round = 0  # the last round started, as the current console logged it
+        # no faults and no restarts from here: a node started now might miss the end
+        self.calm_from = rounds - max(2, rounds // 30)
         self.console_down_until: float | None = None
         self.flooded: set[int] = set()  # consoles flooded once they served a round
         self.lingering: list[dict[str, Any]] = []  # nodes still running after the end
@@ -251,7 +253,7 @@ class ChaosDriver:
         for _, action, name in due:
             if action == "cont":
                 self.run.nodes[name].cont()
-            elif action == "start" and self.round < self.rounds - 2:
+            elif action == "start" and self.round < self.calm_from:
                 self.run.start_node(name)  # not in the last rounds: it would miss the end
             elif action == "console":
                 self.run.start_console(resume=True)
@@ -297,7 +299,7 @@ class ChaosDriver:
                 self._maybe_kill_console()
             if next_fault is None and self.round >= 1:
                 next_fault = now + self.rng.uniform(*self.interval)
-            calm = self.round >= self.rounds - 2  # the last rounds: let the run end cleanly
+            calm = self.round >= self.calm_from  # the last rounds: let the run end cleanly
             if (
                 next_fault is not None
                 and now >= next_fault
