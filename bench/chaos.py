@@ -320,13 +320,13 @@ class ChaosDriver:
 
     def wind_down(self) -> dict[str, int | None]:
         """After the console's end: every stopped node continued, exits collected; a node
-        still running 30 s later is noted with its age and its log's last lines."""
+        still running 10 s later is noted with its age and its log's last lines."""
         ended = time.monotonic()
         for name, node in self.run.nodes.items():
             if node.stopped:
                 node.cont()
             self.out.pop(name, None)
-        exits = self.run.node_exits(30)
+        exits = self.run.node_exits(10)
         for name, code in exits.items():
             if code is None:
                 node = self.run.nodes[name]

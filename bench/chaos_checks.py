@@ -387,7 +387,7 @@ def table(result: dict[str, Any]) -> str:
     ]
     for n in result.get("lingering_nodes", []):
         lines.append(
-            f"  {n['node']} still running 30 s after the end, started "
+            f"  {n['node']} still running 10 s after the end, started "
             f"{n['started_s_before_end']:.1f} s before it; its log ends: {' | '.join(n['log'])}"
         )
     for c in result["memory"].get("per_console", []):
