@@ -333,9 +333,6 @@ class ConsoleServer(NodeRequests):
                     log.debug("reply to %r not delivered: %s", identity, exc)
                     break
             self.records.bytes_out(identity.decode("utf-8", "replace"), sent)
-            # A message already queued is received without yielding: under a flood this loop
-            # would hold the event loop (ticks, the end of a Finished run) for seconds.
-            await asyncio.sleep(0)
 
     # ----------------------------------------------------------------- ticking and broadcast
 
