@@ -141,7 +141,17 @@ def flood(endpoint: str, run_id: str, rng: random.Random, count: int) -> dict[st
 class ChaosDriver:
     """Drives one chaos run; :meth:`drive` returns when the console exits or time is up."""
 
-    def __init__(self, run: ControlledRun, rounds: int, seed: int, interval: tuple[float, float]):
+    def __init__(
+        self,
+        run: ControlledRun,
+        rounds: int,
+        seed: int,
+        interval: tuple[float, float],
+        floods: bool = True,
+        bursts: tuple[int, ...] = (200, 500, 2000),
+    ):
+        self.with_floods = floods
+        self.bursts = bursts
         self.run = run
         self.rounds = rounds
         self.rng = random.Random(seed)
@@ -213,12 +223,14 @@ class ChaosDriver:
         up = self._up()
         if kind != "flood" and (len(self.out) >= MAX_OUT or not up):
             kind = "flood"
+        if kind == "flood" and not self.with_floods:
+            return
         self._inject(kind, up)
 
     def _inject(self, kind: str, up: list[str]) -> None:
         now = time.monotonic()
         if kind == "flood":
-            count = self.rng.choice([200, 500, 2000])
+            count = self.rng.choice(self.bursts)
             result = flood(self.run.control, self.run.run_id, self.rng, count)
             self.floods.append(result)
             self._note("flood", **result)
@@ -308,7 +320,11 @@ class ChaosDriver:
             ):
                 self._fault()
                 next_fault = time.monotonic() + self.rng.uniform(*self.interval)
-            if self.console_down_until is None and console.number not in self.flooded:
+            if (
+                self.with_floods
+                and self.console_down_until is None
+                and console.number not in self.flooded
+            ):
                 sampled = any(x["incarnation"] == console.number for x in self.samples)
                 if sampled and console.log.of("round_started"):  # serving, its nodes back
                     self.flooded.add(console.number)
@@ -343,6 +359,8 @@ def run(
     directory: Path | None = None,
     interval: tuple[float, float] = (1.5, 4.0),
     time_limit: float = 3600.0,
+    floods: bool = True,
+    bursts: tuple[int, ...] = (200, 500, 2000),
 ) -> dict[str, Any]:
     """One chaos run in ``directory`` (a fresh temporary one when None); its figures."""
     import tempfile
@@ -352,7 +370,7 @@ def run(
     base.mkdir(parents=True, exist_ok=True)
     config = chaos_config(base, rounds, seed)
     run_ = ControlledRun(base, config)
-    driver = ChaosDriver(run_, rounds, seed, interval)
+    driver = ChaosDriver(run_, rounds, seed, interval, floods, bursts)
     started = time.monotonic()
     failure: str | None = None
     exits: dict[str, int | None] = {}
@@ -398,10 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="keep the run here (default: a temporary one)")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds")
+    parser.add_argument(
+        "--no-floods", action="store_true", help="no garbage floods (tells their memory apart)"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 10:
         parser.error(f"--rounds must be >= 10, got {args.rounds}")
-    result = run(args.rounds, args.seed, args.dir, time_limit=args.time_limit)
+    result = run(
+        args.rounds, args.seed, args.dir, time_limit=args.time_limit, floods=not args.no_floods
+    )
     print(table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, default=str))
