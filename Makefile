@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo headless test lint bench bench-wan clean
+.PHONY: demo headless test lint bench bench-wan soak clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # The network lab's full table: every codec x fanout over 20 Mbit/s links (root; ~15 min).
 bench-wan: $(STAMP)
 	$(PY) -m bench.wan_bench
+
+# The chaos run: 300 rounds of six nodes under seeded faults, two console kills, floods; its
+# checks and figures (docs/faults.md, "chaos run"). Exit 1 when a check fails (~10-20 min).
+soak: $(STAMP)
+	$(PY) -m bench chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

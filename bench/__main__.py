@@ -29,8 +29,11 @@ BENCHMARKS = (
     "wan_bench",
     "flood_bench",
 )
-# Named only: too long for the full run (learning quality, ~15-25 min): strategies_bench.
-EXTRA = ("strategies_bench",)
+# Run only when named (``python -m bench strategies_bench``, ``python -m bench chaos`` or
+# ``make soak``): long (learning quality ~15-25 min; the chaos run is a check, not a table of
+# baselines). Their figures are merged into results.json; the headline table is left alone.
+EXTRA = ("strategies_bench",)  # a table like the others, only too long for the full run
+ON_REQUEST = ("chaos",)  # a check: exits 1 when it fails, merges its figures into results.json
 # Lighter than each benchmark's own defaults where that keeps the whole run under 10 minutes.
 # wan_bench's full table (every codec x fanout, ~15 min) is `make bench-wan`; here its headline.
 RUN_OPTIONS: dict[str, dict[str, object]] = {
@@ -62,13 +65,24 @@ def machine() -> str:
 
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHMARKS)
-    unknown = [n for n in chosen if n not in BENCHMARKS + EXTRA]
+    unknown = [n for n in chosen if n not in BENCHMARKS + EXTRA + ON_REQUEST]
     if unknown:
         print(
-            f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS + EXTRA)}",
+            f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS + EXTRA + ON_REQUEST)}",
             file=sys.stderr,
         )
         return 2
+    if set(chosen) <= set(ON_REQUEST):
+        failed = 0
+        for name in chosen:
+            module = importlib.import_module(f"bench.{name}")
+            print(f"\n=== {name} ===", flush=True)
+            result = module.run(**RUN_OPTIONS.get(name, {}))
+            print(module.table(result))
+            report.save_result(name, result, report.RESULTS)
+            failed += not result.get("ok", True)
+        print(f"\nresults merged into {report.RESULTS}")
+        return 1 if failed else 0
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(),
