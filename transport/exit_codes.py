@@ -22,9 +22,25 @@ class ExitCode(IntEnum):
     OK = 0, "done: the run finished, the command succeeded, or a clean stop (Ctrl+C)"
     RUN_FAILED = 1, "the run ended before it was Finished, or the console crashed"
     USAGE = 2, "bad arguments, config or key file, or a port in use: nothing was started"
-    REJECTED = 3, "the console refused the join (wrong run id, kicked, a key not allowed)"
-    UNREACHABLE = 4, "the console or the data server did not answer in time (--join-timeout)"
+    REJECTED = (
+        3,
+        (
+            "the console refused: a node's join (wrong run id, kicked, a key not allowed), or a ctl "
+            "request (wrong state, unknown node, a setting the config rules refuse)"
+        ),
+    )
+    UNREACHABLE = (
+        4,
+        ("the console or the data server did not answer in time (--join-timeout, ctl --timeout)"),
+    )
     BIND = 5, "the data server cannot bind its address (e.g. the port is in use)"
+    DENIED = (
+        6,
+        (
+            "ctl: you may not act on this console (with CURVE your key is not in [security] "
+            "operators; without CURVE you are not on its machine)"
+        ),
+    )
 
 
 def exit_code_help(*codes: ExitCode) -> str:

@@ -44,6 +44,8 @@ class ErrorCode(StrEnum):
     WRONG_SENDER = "wrong_sender"
     KICKED = "kicked"
     UNAVAILABLE = "unavailable"
+    NOT_OPERATOR = "not_operator"  # an operator request from one who may not act
+    BAD_SETTING = "bad_setting"  # a ``set`` the config rules or the run's state refused
 
 
 Count = Annotated[int, Meta(ge=0, le=MAX_INT)]

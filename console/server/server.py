@@ -34,6 +34,7 @@ from console.server.checkpoint import (
     load_latest,
 )
 from console.server.history import RoundHistory
+from console.server.operator import OperatorRequests
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
 from transport import messages as m
@@ -75,7 +76,7 @@ FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's ag
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
-class ConsoleServer(NodeRequests):
+class ConsoleServer(NodeRequests, OperatorRequests):
     """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
 
     def __init__(
@@ -264,31 +265,38 @@ class ConsoleServer(NodeRequests):
 
     # ----------------------------------------------------------------- operator API
 
-    def pause(self) -> Outcome:
-        return self._operator("pause", self.coordinator.pause)
+    # ``who``: the operator, as the log names them ("console": this console's own keys; a
+    # CURVE key's short form or ctl@ADDRESS: fl-console ctl / attach).
 
-    def resume(self) -> Outcome:
-        return self._operator("resume", self.coordinator.resume)
+    def pause(self, *, who: str = "console") -> Outcome:
+        return self._operator("pause", self.coordinator.pause, who=who)
 
-    def end_phase(self) -> Outcome:
-        return self._operator("end phase", self.coordinator.end_phase)
+    def resume(self, *, who: str = "console") -> Outcome:
+        return self._operator("resume", self.coordinator.resume, who=who)
 
-    def kick(self, client_id: str) -> Outcome:
+    def end_phase(self, *, who: str = "console") -> Outcome:
+        return self._operator("end phase", self.coordinator.end_phase, who=who)
+
+    def kick(self, client_id: str, *, who: str = "console") -> Outcome:
         return self._operator(
-            f"kick {client_id}", lambda now: self.coordinator.kick(client_id, now)
+            f"kick {client_id}", lambda now: self.coordinator.kick(client_id, now), who=who
         )
 
-    def _operator(self, what: str, call: Callable[[float], Outcome]) -> Outcome:
+    def _operator(
+        self, what: str, call: Callable[[float], Outcome], *, who: str = "console"
+    ) -> Outcome:
         now = self.clock()
         outcome = call(now)
+        by = "operator" if who == "console" else f"operator {who}"
         if outcome.rejection is None:
-            self.events.write(now, "operator", f"operator: {what}")
+            self.events.write(now, "operator", f"{by}: {what}", who=who)
         else:
             self.events.write(
                 now,
                 "operator",
-                f"operator: {what} refused: {outcome.rejection.reason}",
+                f"{by}: {what} refused: {outcome.rejection.reason}",
                 level="warning",
+                who=who,
             )
         self._after(outcome, now)
         return outcome
