@@ -1,0 +1,204 @@
+"""``fl-console attach``: the console's screen on a console that runs elsewhere (Pilot).
+
+A real :class:`ConsoleServer` serves on its own loop thread (``ServerThread``: real sockets on
+127.0.0.1); the app under the pilot is attached to it over those sockets (``AttachBackend``), as
+another terminal would be. Its keys act on that server; quitting leaves it running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from console.app.app import ConsoleApp
+from console.app.screens import HelpScreen, KickConfirm
+from console.app.widgets import ClientsTable, RunHeader
+from console.remote.attach import AttachBackend
+from console.remote.client import Target
+from tests.console.pilot import run_console
+from tests.e2e.helpers import ServerThread, make_config
+from tests.e2e.test_ctl import _non_loopback_ipv4
+from tests.factories import free_ports
+from transport import messages as m
+from transport.codec import encode
+from transport.exit_codes import ExitCode
+from transport.net import with_host
+from transport.state import ClientStatus, RunState
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerThread]:
+    config = make_config(tmp_path, health_timeout=60.0, init_min_clients=3)
+    server = ServerThread(config, tmp_path / "run")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def join(server: ServerThread, node_id: str) -> None:
+    frames = encode(
+        m.Join(run_id=server.config.run_id, node_id=node_id, gossip_endpoint="tcp://127.0.0.1:9")
+    )
+    replies = server.call(lambda s: s.handle(node_id.encode(), frames, 64, address="127.0.0.1"))
+    assert isinstance(replies[0], m.JoinAck), replies
+
+
+def attached(server: ServerThread, control: str | None = None) -> tuple[AttachBackend, ConsoleApp]:
+    target = Target(control=control or server.endpoints.control, run_id=server.config.run_id)
+    backend = AttachBackend(target, interval=0.1, timeout=3.0)
+    return backend, ConsoleApp(backend, refresh_hz=10)
+
+
+async def until(pilot: Pilot, check: object, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def test_attached_screen_shows_the_run_and_its_keys_act_on_it(served: ServerThread) -> None:
+    join(served, "node-a")
+    join(served, "node-b")
+    backend, app = attached(served)
+
+    async def scenario(pilot: Pilot) -> None:
+        table = app.query_one(ClientsTable)
+        await until(pilot, lambda: table.row_count == 2, "the two clients' rows")
+        assert backend.operable and app.check_action("pause", ()) is True
+        header = str(app.query_one(RunHeader).render())
+        assert "attached: operator" in header and "WaitingForMembers" in header
+        await pilot.press("p")
+        await until(pilot, lambda: served.snapshot().state is RunState.PAUSED, "paused")
+        await until(pilot, lambda: "PAUSED" in str(app.query_one(RunHeader).render()), "header")
+        assert app.check_action("pause", ()) is False  # resume is offered instead
+        await pilot.press("r")
+        await until(
+            pilot, lambda: served.snapshot().state is RunState.WAITING_FOR_MEMBERS, "resumed"
+        )
+        await until(pilot, lambda: table.cursor_key is not None, "a selected row")
+        await pilot.press("down")
+        assert table.cursor_key == "node-b"
+        await pilot.press("k")
+        assert isinstance(app.screen, KickConfirm)
+        await pilot.press("y")
+        await until(
+            pilot,
+            lambda: served.snapshot().client("node-b").status is ClientStatus.KICKED,
+            "node-b kicked",
+        )
+        await until(pilot, lambda: table.get_cell("node-b", "state").plain == "kicked", "row")
+        events = [e["text"] for e in served.events("operator")]
+        assert "operator ctl@127.0.0.1: pause" in events
+        assert "operator ctl@127.0.0.1: kick node-b" in events
+        await pilot.press("e")  # refused while waiting for members: shown, not raised
+        await until(
+            pilot, lambda: any("refused" in n.message for n in app._notifications), "refusal"
+        )
+
+    run_console(app, scenario)
+
+
+def test_quitting_an_attached_screen_leaves_the_run_alone(served: ServerThread) -> None:
+    join(served, "node-a")
+    backend, app = attached(served)
+
+    async def scenario(pilot: Pilot) -> None:
+        await until(pilot, lambda: app.query_one(ClientsTable).row_count == 1, "the row")
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert any("the run and its console go on" in text for _, text in app.help_keys())
+        await pilot.press("escape")
+        await pilot.press("q")
+        await pilot.pause()
+
+    run_console(app, scenario)
+    assert app.return_code == 0
+    assert backend.client is None  # its sockets are closed
+    snap = served.snapshot()  # the console still serves, the client still there
+    assert snap.state is RunState.WAITING_FOR_MEMBERS
+    assert snap.client("node-a").status is ClientStatus.PENDING
+    assert served.call(lambda s: all(not t.done() for t in s._tasks))
+    assert not served.events("operator")
+
+
+def test_a_screen_that_may_not_act_hides_the_operator_keys(tmp_path: Path) -> None:
+    address = _non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    config = make_config(tmp_path, health_timeout=60.0)
+    config = replace(config, server=replace(config.server, host="0.0.0.0"))
+    server = ServerThread(config, tmp_path / "run")
+    server.start()
+    try:
+        join(server, "node-a")
+        backend, app = attached(server, with_host(server.endpoints.control, address))
+
+        async def scenario(pilot: Pilot) -> None:
+            await until(pilot, lambda: app.query_one(ClientsTable).row_count == 1, "the row")
+            assert backend.operable is False and "loopback" in backend.refusal
+            assert "attached: read only" in str(app.query_one(RunHeader).render())
+            for action in ("pause", "kick", "end_phase", "resume"):
+                assert app.check_action(action, ()) is False, action
+            assert not any(keys == "p" for keys, _ in app.help_keys())
+            await pilot.press("p")  # hidden: nothing is sent
+            await pilot.pause(0.3)
+
+        run_console(app, scenario)
+        assert server.snapshot().state is RunState.WAITING_FOR_MEMBERS
+    finally:
+        server.stop()
+
+
+def test_attaching_to_no_console_exits_4_saying_so(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    backend = AttachBackend(Target(control=f"tcp://127.0.0.1:{port}", run_id="r"), timeout=0.5)
+    app = ConsoleApp(backend, refresh_hz=10)
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.1)
+
+    run_console(app, scenario)
+    assert app.return_code == ExitCode.UNREACHABLE
+
+
+def test_attaching_with_a_wrong_run_id_exits_3(served: ServerThread) -> None:
+    target = Target(control=served.endpoints.control, run_id="another-run")
+    app = ConsoleApp(AttachBackend(target, timeout=3.0), refresh_hz=10)
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.1)
+
+    run_console(app, scenario)
+    assert app.return_code == ExitCode.REJECTED
+
+
+def test_the_attached_view_follows_the_broadcast(served: ServerThread) -> None:
+    """The state comes from the PUB at once, the rows with the next view request."""
+    backend = AttachBackend(
+        Target(control=served.endpoints.control, run_id=served.config.run_id), interval=30.0
+    )
+
+    async def main() -> None:
+        await backend.start_async()
+        try:
+            assert backend.view().run.state is RunState.WAITING_FOR_MEMBERS
+            served.call(lambda s: s.pause())
+            deadline = time.monotonic() + 5
+            while backend.view().run.state is not RunState.PAUSED:
+                assert time.monotonic() < deadline, "the broadcast's state never came"
+                await asyncio.sleep(0.02)
+        finally:
+            await backend.stop_async()
+
+    asyncio.run(main())
