@@ -219,6 +219,8 @@ class ConsoleApp(App[int]):
         if action == "end_phase":
             return state not in (RunState.PAUSED, RunState.FINISHED)
         if action == "save_checkpoint":
+            if not callable(getattr(self.backend, "save_checkpoint", None)):
+                return False  # e.g. an attached screen: not offered at all
             can = getattr(self.backend, "can_save_checkpoint", None)
             if can is None:
                 can = callable(getattr(self.backend, "save_checkpoint", None))

@@ -148,7 +148,8 @@ class AttachBackend:
         try:
             reply = await self.client.view()
         except (NoAnswer, DecodeError) as exc:
-            self._trouble = f"console not answering ({exc})"
+            log.info("view request: %s", exc)
+            self._trouble = f"no answer for {self.timeout:g} s"
         else:
             if isinstance(reply, m.ViewReply):
                 try:
@@ -220,10 +221,6 @@ class AttachBackend:
 
     async def kick(self, client_id: str) -> Answer:
         return await self._act("kick", node=client_id)
-
-    @property
-    def can_save_checkpoint(self) -> bool:
-        return False
 
 
 # ----------------------------------------------------------------------------- the command
