@@ -1,4 +1,4 @@
-"""``fl-console attach``: the console's screen on a console that runs elsewhere (Pilot).
+"""``fl-console attach`` (and ``ctl`` on an interactive console), under Textual's pilot.
 
 A real :class:`ConsoleServer` serves on its own loop thread (``ServerThread``: real sockets on
 127.0.0.1); the app under the pilot is attached to it over those sockets (``AttachBackend``), as
@@ -17,12 +17,14 @@ import pytest
 from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
+from console.app.backend import LiveBackend
 from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, RunHeader
 from console.remote.attach import AttachBackend
 from console.remote.client import Target
 from tests.console.pilot import run_console
 from tests.e2e.helpers import ServerThread, make_config
+from tests.e2e.operators import ctl, ctl_json
 from tests.e2e.test_ctl import _non_loopback_ipv4
 from tests.factories import free_ports
 from transport import messages as m
@@ -202,3 +204,23 @@ def test_the_attached_view_follows_the_broadcast(served: ServerThread) -> None:
             await backend.stop_async()
 
     asyncio.run(main())
+
+
+def test_ctl_acts_on_an_interactive_console_and_its_screen_shows_it(tmp_path: Path) -> None:
+    """``fl-console ctl`` (a real process) against the interactive console (the app, with its
+    server on the app's loop): the operator's screen shows the pause ctl asked for."""
+    config = make_config(tmp_path, health_timeout=60.0)
+    backend = LiveBackend(config, run_dir=tmp_path / "run")
+    app = ConsoleApp(backend, refresh_hz=10)
+
+    async def scenario(pilot: Pilot) -> None:
+        assert backend.server is not None
+        remote = ("--connect", backend.server.endpoints.control, "--run-id", config.run_id)
+        done = await asyncio.to_thread(ctl, None, *remote, "pause")
+        assert done.returncode == ExitCode.OK, done.stderr
+        await until(pilot, lambda: "PAUSED" in str(app.query_one(RunHeader).render()), "PAUSED")
+        assert app.check_action("resume", ()) is True
+        code, status = await asyncio.to_thread(ctl_json, None, *remote, "status")
+        assert code == ExitCode.OK and status["snapshot"]["state"] == "Paused"
+
+    run_console(app, scenario)
