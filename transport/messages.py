@@ -280,9 +280,14 @@ class OperatorReply(Message, tag="operator_reply"):
 
 
 class ViewRequest(Message, tag="view_request"):
-    """``fl-console attach``: the rows the broadcast does not carry (clients, rounds, log)."""
+    """``fl-console attach``: the rows the broadcast does not carry (clients, rounds, log).
+
+    ``rounds_from``: only the rows of the rounds numbered from it (0: every round's row), for
+    a screen that holds the older, settled ones already.
+    """
 
     run_id: Text
+    rounds_from: Count = 0
 
 
 class ViewReply(Message, tag="view_reply"):
@@ -290,6 +295,7 @@ class ViewReply(Message, tag="view_reply"):
     operator: bool  # whether this asker may act (the attached screen shows operator keys)
     view: ViewData
     refusal: Text = ""
+    rounds_from: Count = 0  # the view's rows start at this round (0: every round's row)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from console.record.replay import view_from_dict
-from console.record.view import ConsoleView
+from console.record.view import ConsoleView, RoundRow
 from console.remote.client import (
     DEFAULT_TIMEOUT,
     ClientKeyError,
@@ -43,6 +43,10 @@ from transport.keys import KeyFileError
 log = logging.getLogger(__name__)
 
 VIEW_INTERVAL = 0.5  # seconds between two view requests
+# A view request asks only for the rows of the latest rounds (older rows are settled), and
+# for every row once in a while, so that a late change to an older row shows too.
+RECENT_ROUNDS = 4
+FULL_EVERY = 20
 
 
 class AttachError(RuntimeError):
@@ -88,6 +92,8 @@ class AttachBackend:
         self.refusal = ""
         self.client: ConsoleClient | None = None
         self._view: ConsoleView | None = None
+        self._rows: dict[int, RoundRow] = {}  # round -> its row, as last received
+        self._requests = 0
         self._trouble = ""  # why the rows are stale ("" while the console answers)
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -145,8 +151,11 @@ class AttachBackend:
     async def _fetch_view(self) -> bool:
         """Ask for the rows; False (and ``_trouble`` says why) when no usable answer came."""
         assert self.client is not None
+        full = not self._rows or self._requests % FULL_EVERY == 0
+        rounds_from = 0 if full else max(1, max(self._rows) - RECENT_ROUNDS)
+        self._requests += 1
         try:
-            reply = await self.client.view()
+            reply = await self.client.view(rounds_from=rounds_from)
         except (NoAnswer, DecodeError) as exc:
             log.info("view request: %s", exc)
             self._trouble = f"no answer for {self.timeout:g} s"
@@ -159,6 +168,7 @@ class AttachBackend:
                 else:
                     self.operable, self.refusal = reply.operator, reply.refusal
                     self._trouble = ""
+                    view = replace(view, rounds=self._merge_rows(view.rounds, reply.rounds_from))
                     if self._view is not None and self._view.seq > view.seq:
                         view = replace(view, run=self._view.run, seq=self._view.seq)
                     self._view = self._note(view)
@@ -170,6 +180,13 @@ class AttachBackend:
         if self._view is not None:
             self._view = self._note(self._view)
         return False
+
+    def _merge_rows(self, rows: tuple[RoundRow, ...], rounds_from: int) -> tuple[RoundRow, ...]:
+        """Every round's row: the reply's, over the ones held from before ``rounds_from``."""
+        if rounds_from <= 1:
+            self._rows = {}
+        self._rows.update((row.round, row) for row in rows)
+        return tuple(self._rows[r] for r in sorted(self._rows))
 
     async def _poll_views(self) -> None:
         while True:

@@ -144,8 +144,8 @@ class ConsoleClient:
         )
         return await self.request(msg)
 
-    async def view(self) -> m.Message:
-        return await self.request(m.ViewRequest(run_id=self.target.run_id))
+    async def view(self, *, rounds_from: int = 0) -> m.Message:
+        return await self.request(m.ViewRequest(run_id=self.target.run_id, rounds_from=rounds_from))
 
     # ----------------------------------------------------------------- the state broadcast
 

@@ -66,7 +66,7 @@ class OperatorRequests:
     def kick(self, client_id: str, **how: Any) -> Outcome:
         raise NotImplementedError
 
-    def view(self) -> ConsoleView:
+    def view(self, *, rounds_from: int = 0) -> ConsoleView:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- who asks
@@ -107,7 +107,8 @@ class OperatorRequests:
                 seq=self.seq,
                 operator=refusal is None,
                 refusal=refusal or "",
-                view=self.view_data(),
+                view=self.view_data(rounds_from=msg.rounds_from),
+                rounds_from=msg.rounds_from,
             )
         if msg.verb == "status":
             return self._reply(msg, now, who, refusal, status_line(self._snapshot(now)))
@@ -125,9 +126,10 @@ class OperatorRequests:
         snap = self._snapshot(self.clock())
         return self._reply(msg, now, who, None, f"{what}: {status_line(snap)}")
 
-    def view_data(self) -> dict[str, Any]:
-        """The console's view as an attached screen gets it (the log's recent tail only)."""
-        view = self.view()
+    def view_data(self, *, rounds_from: int = 0) -> dict[str, Any]:
+        """The console's view as an attached screen gets it (the log's recent tail only;
+        ``rounds_from``: the rows of the rounds numbered from it only)."""
+        view = self.view(rounds_from=rounds_from)
         tail = view.log[-VIEW_LOG_LINES:]
         data = view_to_dict(view, with_log=False)
         data["log"] = [[line.t, line.kind, line.text, line.level] for line in tail]

@@ -249,15 +249,22 @@ class ConsoleServer(NodeRequests, OperatorRequests):
 
     # ----------------------------------------------------------------- what the console shows
 
-    def view(self) -> ConsoleView:
+    def view(self, *, rounds_from: int = 0) -> ConsoleView:
+        """What the console shows; ``rounds_from``: only the rows of rounds numbered from it
+        (an attached screen that holds the older ones)."""
         now = self.clock()
         snap = self.coordinator.snapshot(now)
+        rounds = (
+            self.coordinator.rounds
+            if rounds_from <= 1
+            else self.coordinator.rounds_after(rounds_from - 1)
+        )
         return ConsoleView(
             run=snap,
             address=self.endpoints.control,
             seq=self.seq,
             clients=self.records.client_rows(snap),
-            rounds=tuple(self.records.round_row(v) for v in self.coordinator.rounds),
+            rounds=tuple(self.records.round_row(v) for v in rounds),
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
             checkpoint_dir=str(self.checkpoint_dir),

@@ -14,16 +14,18 @@ from textual.pilot import Pilot
 
 from console.app.app import ConsoleApp
 from console.app.widgets import ClientsTable, RoundsTable
-from console.remote.attach import AttachBackend
+from console.record.replay import view_from_dict
+from console.remote.attach import RECENT_ROUNDS, AttachBackend
 from console.remote.client import Target
 from tests.console.pilot import run_console
 from tests.e2e.operators import control_endpoint, run_id_of
 from tests.e2e.runs import HeadlessConsole
 from tests.factories import write_config
+from transport import messages as m
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-ROUNDS = 12
+ROUNDS = 16
 
 
 def test_quitting_an_attached_screen_mid_run_leaves_the_run_to_finish(tmp_path: Path) -> None:
@@ -43,10 +45,20 @@ def test_quitting_an_attached_screen_mid_run_leaves_the_run_to_finish(tmp_path: 
         async def scenario(pilot: Pilot) -> None:
             deadline = time.monotonic() + 120
             rounds = app.query_one(RoundsTable)
-            while rounds.row_count < 2:  # watch until two rounds show, then quit mid-run
-                assert time.monotonic() < deadline, "the attached screen never showed 2 rounds"
+            while rounds.row_count < 7:  # watch until 7 rounds show, then quit mid-run
+                assert time.monotonic() < deadline, "the attached screen never showed 7 rounds"
                 assert console.alive, console.output()[-2000:]
                 await pilot.pause(0.1)
+            # Its rows came mostly as deltas (the latest rounds' rows); the settled ones are
+            # those a full view has.
+            held = {row.round: row for row in backend.view().rounds}
+            assert backend.client is not None and backend._requests > 2
+            full = await backend.client.view()
+            assert isinstance(full, m.ViewReply) and full.rounds_from == 0
+            fresh = {row.round: row for row in view_from_dict(full.view).rounds}
+            assert sorted(held) == list(range(1, len(held) + 1))
+            settled = [r for r in held if r <= max(held) - RECENT_ROUNDS - 1]
+            assert settled and all(held[r] == fresh[r] for r in settled)
             seen["clients"] = app.query_one(ClientsTable).row_count
             seen["accepted"] = backend.view().run.accepted_rounds
             await pilot.press("q")
