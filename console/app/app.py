@@ -149,6 +149,10 @@ class ConsoleApp(App[int]):
                 self.exit(code, return_code=code, message=f"fl-console could not start: {exc}")
                 return
         self.refresh_view()
+        # Bindings refreshed during on_mount are dropped (the app is not mounted yet): the
+        # footer would keep the keys of before the backend started (an attached screen's
+        # operator keys appear only once the console says this screen may act).
+        self.call_after_refresh(self.refresh_bindings)
         if self.refresh_hz > 0:
             self._timer = self.set_interval(1 / self.refresh_hz, self.refresh_view, name="refresh")
 

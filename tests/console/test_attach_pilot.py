@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Footer
 
 from console.app.app import ConsoleApp
 from console.app.backend import LiveBackend
@@ -222,5 +223,31 @@ def test_ctl_acts_on_an_interactive_console_and_its_screen_shows_it(tmp_path: Pa
         assert app.check_action("resume", ()) is True
         code, status = await asyncio.to_thread(ctl_json, None, *remote, "status")
         assert code == ExitCode.OK and status["snapshot"]["state"] == "Paused"
+
+    run_console(app, scenario)
+
+
+class _SlowAttach(AttachBackend):
+    """Attaching takes a while (a busy machine, a far console): the footer must catch up."""
+
+    async def start_async(self) -> None:
+        await asyncio.sleep(1.5)
+        await super().start_async()
+
+
+def test_the_footer_shows_the_operator_keys_once_a_slow_attach_is_allowed(
+    served: ServerThread,
+) -> None:
+    target = Target(control=served.endpoints.control, run_id=served.config.run_id)
+    backend = _SlowAttach(target, interval=5.0)
+    app = ConsoleApp(backend, refresh_hz=10)
+
+    def footer_keys() -> list[str]:
+        return [key.key for key in app.query_one(Footer).query("FooterKey")]  # type: ignore[attr-defined]
+
+    async def scenario(pilot: Pilot) -> None:
+        await until(pilot, lambda: backend.operable, "the console's answer")
+        await until(pilot, lambda: "p" in footer_keys(), "the pause key in the footer", 3.0)
+        assert {"p", "k", "e"} <= set(footer_keys())
 
     run_console(app, scenario)
