@@ -236,8 +236,8 @@ class AttachBackend:
     async def end_phase(self) -> Answer:
         return await self._act("end_phase")
 
-    async def kick(self, client_id: str) -> Answer:
-        return await self._act("kick", node=client_id)
+    async def kick(self, client_id: str, *, ban: bool = False) -> Answer:
+        return await self._act("kick", node=client_id, ban=ban)
 
 
 # ----------------------------------------------------------------------------- the command

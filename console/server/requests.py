@@ -68,8 +68,8 @@ class NodeRequests:
     seq: int
     rejected_messages: int
     _stored: StoredCheckpoint | None
-    # fl-console ctl / attach: console.server.operator.OperatorRequests.operator_request
-    operator_request: Callable[..., m.Message]
+    # fl-console ctl / attach: console.server.remote.RemoteRequests.remote_request
+    remote_request: Callable[..., m.Message]
 
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         raise NotImplementedError
@@ -92,7 +92,7 @@ class NodeRequests:
             return [self._reject(now, sender, "?", exc.code, exc.reason)]
         if isinstance(msg, m.OperatorRequest | m.ViewRequest):  # fl-console ctl, attach
             try:
-                return [self.operator_request(msg, key=key, address=address)]
+                return [self.remote_request(msg, key=key, address=address)]
             except Exception as exc:  # an operator's request never stops the control loop
                 log.exception("operator request %s failed", msg)
                 return [m.Error(ref=msg.TYPE, code=ErrorCode.UNAVAILABLE, reason=f"failed: {exc}")]

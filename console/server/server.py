@@ -34,7 +34,7 @@ from console.server.checkpoint import (
     load_latest,
 )
 from console.server.history import RoundHistory
-from console.server.operator import OperatorRequests
+from console.server.remote import RemoteRequests
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
 from transport import messages as m
@@ -76,7 +76,7 @@ FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's ag
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
-class ConsoleServer(NodeRequests, OperatorRequests):
+class ConsoleServer(NodeRequests, RemoteRequests):
     """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
 
     def __init__(
@@ -294,14 +294,14 @@ class ConsoleServer(NodeRequests, OperatorRequests):
     ) -> Outcome:
         now = self.clock()
         outcome = call(now)
-        by = "operator" if who == "console" else f"operator {who}"
+        by = "" if who == "console" else f" ({who})"
         if outcome.rejection is None:
-            self.events.write(now, "operator", f"{by}: {what}", who=who)
+            self.events.write(now, "operator", f"operator{by}: {what}", who=who)
         else:
             self.events.write(
                 now,
                 "operator",
-                f"{by}: {what} refused: {outcome.rejection.reason}",
+                f"operator{by}: {what} refused: {outcome.rejection.reason}",
                 level="warning",
                 who=who,
             )

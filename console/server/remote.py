@@ -1,6 +1,6 @@
-"""Operator requests on the console's control ROUTER: ``fl-console ctl`` and ``fl-console attach``.
+"""Remote operators on the console's control ROUTER: ``fl-console ctl`` and ``fl-console attach``.
 
-:class:`OperatorRequests` is a base of :class:`~console.server.server.ConsoleServer`, beside
+:class:`RemoteRequests` is a base of :class:`~console.server.server.ConsoleServer`, beside
 :class:`~console.server.requests.NodeRequests`, whose ``handle`` hands it every ``operator``
 and ``view_request`` message. Who may do what:
 
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 VIEW_LOG_LINES = 200  # log lines an attached screen gets with each view
 
 
-class OperatorRequests:
-    """The operator side of the console server; see the module docstring."""
+class RemoteRequests:
+    """The remote operators' side of the console server; see the module docstring."""
 
     config: Config
     events: EventLog
@@ -86,7 +86,7 @@ class OperatorRequests:
 
     # ----------------------------------------------------------------- requests
 
-    def operator_request(
+    def remote_request(
         self, msg: m.OperatorRequest | m.ViewRequest, *, key: str = "", address: str = ""
     ) -> m.Message:
         """The one reply to an operator's request (``handle`` calls it)."""
@@ -189,7 +189,12 @@ class OperatorRequests:
         self, now: float, who: str, verb: str, code: str, reason: str, *, ref: str = "operator"
     ) -> m.Error:
         self.events.write(
-            now, "operator", f"{who}: {verb} refused: {reason}", level="warning", code=code
+            now,
+            "operator",
+            f"operator ({who}): {verb} refused: {reason}",
+            level="warning",
+            code=code,
+            who=who,
         )
         return m.Error(ref=ref, code=code, reason=reason)
 
