@@ -24,22 +24,18 @@ class ExitCode(IntEnum):
     USAGE = 2, "bad arguments, config or key file, or a port in use: nothing was started"
     REJECTED = (
         3,
-        (
-            "the console refused: a node's join (wrong run id, kicked, a key not allowed), or a ctl "
-            "request (wrong state, unknown node, a setting the config rules refuse)"
-        ),
+        "refused or removed by the console (wrong run id, kicked, banned, a key not allowed), "
+        "or a ctl request refused (wrong state, unknown node, a setting the rules refuse)",
     )
     UNREACHABLE = (
         4,
-        ("the console or the data server did not answer in time (--join-timeout, ctl --timeout)"),
+        "the console or the data server did not answer in time (--join-timeout, ctl --timeout)",
     )
     BIND = 5, "the data server cannot bind its address (e.g. the port is in use)"
     DENIED = (
         6,
-        (
-            "ctl: you may not act on this console (with CURVE your key is not in [security] "
-            "operators; without CURVE you are not on its machine)"
-        ),
+        "ctl: you may not act on this console (with CURVE your key is not in [security] "
+        "operators; without CURVE you are not on its machine)",
     )
 
 

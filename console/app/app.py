@@ -208,6 +208,10 @@ class ConsoleApp(App[int]):
     def command_allowed(self, action: str) -> bool | None:
         """Whether ``action`` applies to the run shown (False: hidden, None: greyed out)."""
         if action in OPERATOR_ACTIONS:
+            # A backend may offer only some (an attached screen: what ctl can ask for).
+            offered = getattr(self.backend, "operator_actions", OPERATOR_ACTIONS)
+            if action not in offered:
+                return False
             return self.operable and self._operator_allowed(action)
         if action in REPLAY_ACTIONS:
             return self.replaying
@@ -223,8 +227,6 @@ class ConsoleApp(App[int]):
         if action == "end_phase":
             return state not in (RunState.PAUSED, RunState.FINISHED)
         if action == "save_checkpoint":
-            if not callable(getattr(self.backend, "save_checkpoint", None)):
-                return False  # e.g. an attached screen: not offered at all
             can = getattr(self.backend, "can_save_checkpoint", None)
             if can is None:
                 can = callable(getattr(self.backend, "save_checkpoint", None))

@@ -75,6 +75,7 @@ class AttachBackend:
     """A console running elsewhere, as the app sees it; see the module docstring."""
 
     leaves_run = True  # quitting leaves the run alone (the app's help says so)
+    operator_actions = frozenset({"pause", "resume", "end_phase", "kick"})  # the keys it offers
 
     def __init__(
         self,

@@ -53,21 +53,13 @@ class RemoteRequests:
     clock: Callable[[], float]
     _snapshot: Callable[[float], RunSnapshot]  # NodeRequests': the snapshot nodes get
 
-    # The server's operator API (console/server/server.py) and its view.
-    def pause(self, *, who: str = "console") -> Outcome:
-        raise NotImplementedError
-
-    def resume(self, *, who: str = "console") -> Outcome:
-        raise NotImplementedError
-
-    def end_phase(self, *, who: str = "console") -> Outcome:
-        raise NotImplementedError
-
-    def kick(self, client_id: str, **how: Any) -> Outcome:
-        raise NotImplementedError
-
-    def view(self, *, rounds_from: int = 0) -> ConsoleView:
-        raise NotImplementedError
+    # The server's operator API (the console's own keys call it too) and its view: declared
+    # here, defined by the server (no stubs: they would shadow the real ones in the MRO).
+    pause: Callable[..., Outcome]
+    resume: Callable[..., Outcome]
+    end_phase: Callable[..., Outcome]
+    kick: Callable[..., Outcome]
+    view: Callable[..., ConsoleView]
 
     # ----------------------------------------------------------------- who asks
 

@@ -54,9 +54,10 @@ def test_set_changes_a_coordinator_setting_live_and_in_the_file(waiting_console:
     differ = [(a, b) for a, b in lines if a != b]
     assert differ == [("init_min_clients = 2", "init_min_clients = 3")]
     assert (config.parent / "data.toml.bak").read_text() == before
-    human = ctl(config, "set", "coordinator.min_clients=1")
+    human = ctl(config, "set", "coordinator.min_clients=3", "coordinator.witness_nodes=3")
     assert human.returncode == ExitCode.OK, human.stderr
-    assert "coordinator.min_clients: 2 -> 1" in human.stdout
+    assert "coordinator.min_clients: 2 -> 3" in human.stdout
+    assert "coordinator.witness_nodes: 2 -> 3" in human.stdout
     texts = " ".join(e.get("text", "") for e in console.events_seen())
     assert "init_min_clients" in texts and "ctl@127.0.0.1" in texts
 
