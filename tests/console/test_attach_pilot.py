@@ -21,8 +21,9 @@ from console.app.app import ConsoleApp
 from console.app.backend import LiveBackend
 from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, RunHeader
+from console.config import SecurityConfig
 from console.remote.attach import AttachBackend
-from console.remote.client import Target
+from console.remote.client import Target, client_curve
 from tests.console.pilot import run_console
 from tests.e2e.helpers import ServerThread, make_config
 from tests.e2e.operators import ctl, ctl_json
@@ -31,6 +32,7 @@ from tests.factories import free_ports
 from transport import messages as m
 from transport.codec import encode
 from transport.exit_codes import ExitCode
+from transport.keys import read_keypair, write_keypair
 from transport.net import with_host
 from transport.state import ClientStatus, RunState
 
@@ -251,3 +253,46 @@ def test_the_footer_shows_the_operator_keys_once_a_slow_attach_is_allowed(
         assert {"p", "k", "e"} <= set(footer_keys())
 
     run_console(app, scenario)
+
+
+def test_with_curve_an_operator_key_may_act_and_another_admitted_key_only_watch(
+    tmp_path: Path,
+) -> None:
+    console_public, console_secret = write_keypair(tmp_path / "keys", "console")
+    _, operator_secret = write_keypair(tmp_path / "keys", "alice")
+    _, reader_secret = write_keypair(tmp_path / "keys", "bob")
+    operator_key, reader_key = read_keypair(operator_secret)[0], read_keypair(reader_secret)[0]
+    config = make_config(tmp_path, health_timeout=60.0)
+    security = SecurityConfig(
+        curve=True,
+        server_key=console_secret,
+        allowed=(reader_key.decode(),),
+        operators=(operator_key.decode(),),
+    )
+    server = ServerThread(replace(config, security=security), tmp_path / "run")
+    server.start()
+    try:
+        join(server, "node-a")
+        for secret, may_act in ((operator_secret, True), (reader_secret, False)):
+            target = Target(
+                control=server.endpoints.control,
+                run_id=config.run_id,
+                curve=client_curve(secret, console_public),
+            )
+            # No view request after the first: a newer seq can only come over the CURVE SUB.
+            backend = AttachBackend(target, interval=60.0, timeout=3.0)
+            app = ConsoleApp(backend, refresh_hz=10)
+
+            async def scenario(
+                pilot: Pilot, app: ConsoleApp = app, may_act: bool = may_act
+            ) -> None:
+                await until(pilot, lambda: app.query_one(ClientsTable).row_count == 1, "row")
+                assert app.check_action("pause", ()) is may_act
+                before = app.backend.view().seq
+                server.call(lambda s: s._broadcast())
+                await until(pilot, lambda: app.backend.view().seq > before, "the broadcast")
+
+            run_console(app, scenario)
+            assert backend.operable is may_act, secret.name
+    finally:
+        server.stop()
