@@ -295,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    if not args.timeout > 0:
+        err.print(f"fl-console attach: --timeout must be > 0 seconds, not {args.timeout:g}")
+        return ExitCode.USAGE
     try:
         target = target_of(args)
     except (ClientKeyError, KeyFileError) as exc:

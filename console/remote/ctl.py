@@ -159,7 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = _request(args)
     except (Usage, ClientKeyError, KeyFileError) as exc:
         return fail(ExitCode.USAGE, "usage", str(exc))
-    timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    timeout = getattr(args, "timeout", None)
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    if not timeout > 0:
+        return fail(ExitCode.USAGE, "usage", f"--timeout must be > 0 seconds, not {timeout:g}")
     try:
         reply = asyncio.run(_ask(target, request, timeout))
     except NoAnswer as exc:

@@ -23,6 +23,7 @@ from console.app.screens import HelpScreen, KickConfirm
 from console.app.widgets import ClientsTable, RunHeader
 from console.config import SecurityConfig
 from console.remote.attach import AttachBackend
+from console.remote.attach import main as attach_main
 from console.remote.client import Target, client_curve
 from tests.console.pilot import run_console
 from tests.e2e.helpers import ServerThread, make_config
@@ -296,3 +297,14 @@ def test_with_curve_an_operator_key_may_act_and_another_admitted_key_only_watch(
             assert backend.operable is may_act, secret.name
     finally:
         server.stop()
+
+
+def test_attach_without_a_console_to_name_or_with_a_bad_timeout_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert attach_main([]) == ExitCode.USAGE
+    assert "--connect and --run-id" in capsys.readouterr().err
+    assert attach_main(["--connect", "tcp://127.0.0.1:9", "--run-id", "r", "--timeout", "0"]) == 2
+    assert "--timeout must be > 0" in capsys.readouterr().err
+    assert attach_main(["--connect", "tcp://127.0.0.1:9", "--run-id", "r", "--key", "nope"]) == 2
+    assert "--server-key" in capsys.readouterr().err

@@ -106,6 +106,8 @@ def test_bad_arguments_and_a_wrong_run_id_are_refused_with_the_reason(
     assert "node id must be" in bad_id.stderr
     bad_set = ctl(config, "set", "learning_rate")
     assert bad_set.returncode == ExitCode.USAGE and "SECTION.KEY=VALUE" in bad_set.stderr
+    no_wait = ctl(config, "status", "--timeout", "0")
+    assert no_wait.returncode == ExitCode.USAGE and "--timeout must be > 0" in no_wait.stderr
     no_verb = ctl(config, "reboot")
     assert no_verb.returncode == ExitCode.USAGE and "invalid choice" in no_verb.stderr
     control = control_endpoint(config)
