@@ -39,6 +39,7 @@ from transport.codec import DecodeError, decode
 from transport.exit_codes import ExitCode, exit_code_help
 from transport.fields import ErrorCode
 from transport.keys import KeyFileError
+from transport.state import RunSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,9 @@ class AttachBackend:
                     self.operable, self.refusal = reply.operator, reply.refusal
                     self._trouble = ""
                     view = replace(view, rounds=self._merge_rows(view.rounds, reply.rounds_from))
-                    if self._view is not None and self._view.seq > view.seq:
-                        view = replace(view, run=self._view.run, seq=self._view.seq)
+                    held = self._view
+                    if held is not None and not _fresher(view.run, view.seq, held):
+                        view = replace(view, run=held.run, seq=held.seq)  # the SUB's is newer
                     self._view = self._note(view)
                     return True
             elif isinstance(reply, m.Error):
@@ -207,7 +209,11 @@ class AttachBackend:
                 log.debug("broadcast not decoded: %s", exc)
                 continue
             view = self._view
-            if isinstance(msg, m.StateUpdate) and view is not None and msg.seq > view.seq:
+            if (
+                isinstance(msg, m.StateUpdate)
+                and view is not None
+                and _fresher(msg.snapshot, msg.seq, view)
+            ):
                 self._view = replace(view, run=msg.snapshot, seq=msg.seq)
                 if msg.snapshot.state != view.run.state:  # new rows likely: ask for them now
                     self._wake.set()
@@ -239,6 +245,17 @@ class AttachBackend:
 
     async def kick(self, client_id: str, *, ban: bool = False) -> Answer:
         return await self._act("kick", node=client_id, ban=ban)
+
+
+def _fresher(snapshot: RunSnapshot, seq: int, than: ConsoleView) -> bool:
+    """Whether ``snapshot`` (broadcast as ``seq``) is newer than the one ``than`` shows.
+
+    By the console's clock first: a console restarted at the same address starts its ``seq``
+    again, but on one machine its monotonic clock goes on.
+    """
+    if snapshot.now != than.run.now:
+        return snapshot.now > than.run.now
+    return seq > than.seq
 
 
 # ----------------------------------------------------------------------------- the command

@@ -308,3 +308,39 @@ def test_attach_without_a_console_to_name_or_with_a_bad_timeout_is_a_usage_error
     assert "--timeout must be > 0" in capsys.readouterr().err
     assert attach_main(["--connect", "tcp://127.0.0.1:9", "--run-id", "r", "--key", "nope"]) == 2
     assert "--server-key" in capsys.readouterr().err
+
+
+def test_an_attached_screen_follows_a_console_restarted_at_the_same_address(
+    tmp_path: Path,
+) -> None:
+    """The new console's seq starts again; its state and rows still replace the old ones."""
+    state_port, control_port = free_ports(2)
+    config = make_config(
+        tmp_path, health_timeout=60.0, state_port=state_port, control_port=control_port
+    )
+    first = ServerThread(config, tmp_path / "run-1")
+    first.start()
+    servers = [first]
+    try:
+        join(first, "node-a")
+        first.call(lambda s: [s._broadcast() for _ in range(50)])  # the old seq runs ahead
+        backend, app = attached(first)
+        backend.timeout = 1.0
+
+        async def scenario(pilot: Pilot) -> None:
+            table = app.query_one(ClientsTable)
+            await until(pilot, lambda: table.row_count == 1, "node-a's row")
+            await asyncio.to_thread(first.stop)
+            await until(pilot, lambda: "no answer" in backend.view().notes["attached"], "stale")
+            second = ServerThread(config, tmp_path / "run-2")
+            servers.append(second)
+            await asyncio.to_thread(second.start)
+            await asyncio.to_thread(second.call, lambda s: s.pause())
+            await until(pilot, lambda: backend.view().run.state is RunState.PAUSED, "Paused")
+            await until(pilot, lambda: table.row_count == 0, "the new console's rows")
+            assert "no answer" not in backend.view().notes["attached"]
+
+        run_console(app, scenario)
+    finally:
+        for server in servers:
+            server.stop()
