@@ -27,8 +27,7 @@ from console.remote.attach import main as attach_main
 from console.remote.client import Target, client_curve
 from tests.console.pilot import run_console
 from tests.e2e.helpers import ServerThread, make_config
-from tests.e2e.operators import ctl, ctl_json
-from tests.e2e.test_ctl import _non_loopback_ipv4
+from tests.e2e.operators import ctl, ctl_json, non_loopback_ipv4
 from tests.factories import free_ports
 from transport import messages as m
 from transport.codec import encode
@@ -139,7 +138,7 @@ def test_quitting_an_attached_screen_leaves_the_run_alone(served: ServerThread) 
 
 
 def test_a_screen_that_may_not_act_hides_the_operator_keys(tmp_path: Path) -> None:
-    address = _non_loopback_ipv4()
+    address = non_loopback_ipv4()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to connect from")
     config = make_config(tmp_path, health_timeout=60.0)

@@ -1,8 +1,10 @@
-"""``fl-console ctl`` as a child process, for the operator tests (test_ctl*.py, test_attach.py)."""
+"""Helpers of the operator tests (test_ctl*.py, attach): ``fl-console ctl`` as a child process,
+a console that waits for members, an address of this machine that is not loopback."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +12,11 @@ from typing import Any
 
 import tomlkit
 
+from tests.e2e.runs import HeadlessConsole
 from tests.factories import REPO
 
+# A run that waits for members as long as a test needs (no spawned nodes, no health drops).
+WAITING = {"init_min_clients": 2, "min_clients": 2, "health_timeout": 120.0}
 CTL_TIMEOUT = 60.0  # seconds one ctl process may take, start-up included, before the test fails
 
 
@@ -39,3 +44,20 @@ def control_endpoint(config: Path) -> str:
 
 def run_id_of(config: Path) -> str:
     return str(tomlkit.parse(config.read_text())["run_id"])
+
+
+def serving(console: HeadlessConsole) -> None:
+    console.wait_for_event(lambda e: "serving run" in e.get("text", ""), timeout=60)
+
+
+def non_loopback_ipv4() -> str | None:
+    """An address of this machine that is not loopback (where the test can reach itself)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address

@@ -7,7 +7,6 @@ raw DEALER joins as ``site-a`` (a real wire client) to give ``kick`` someone to 
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,19 +16,21 @@ import pytest
 import tomlkit
 
 from console.server import ConsoleServer
-from tests.e2e.operators import control_endpoint, ctl, ctl_json, run_id_of
+from tests.e2e.operators import (
+    WAITING,
+    control_endpoint,
+    ctl,
+    ctl_json,
+    non_loopback_ipv4,
+    run_id_of,
+    serving,
+)
 from tests.e2e.runs import HeadlessConsole
 from tests.factories import free_ports, write_config
 from transport.exit_codes import ExitCode
 from transport.keys import read_keypair, write_keypair
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-WAITING = {"init_min_clients": 2, "min_clients": 2, "health_timeout": 120.0}
-
-
-def serving(console: HeadlessConsole) -> None:
-    console.wait_for_event(lambda e: "serving run" in e.get("text", ""), timeout=60)
 
 
 @pytest.fixture
@@ -139,21 +140,8 @@ def test_no_console_is_a_clear_timeout(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
 
 
-def _non_loopback_ipv4() -> str | None:
-    """An address of this machine that is not loopback (where the test can reach itself)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-        address = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return None if address.startswith("127.") else address
-
-
 def test_without_curve_only_loopback_may_act_and_anyone_may_read(tmp_path: Path) -> None:
-    address = _non_loopback_ipv4()
+    address = non_loopback_ipv4()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to connect from")
     config = write_config(

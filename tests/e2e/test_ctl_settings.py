@@ -14,9 +14,16 @@ import pytest
 import tomlkit
 
 from console.server import ConsoleServer
-from tests.e2e.operators import control_endpoint, ctl, ctl_json, run_id_of
+from tests.e2e.operators import (
+    WAITING,
+    control_endpoint,
+    ctl,
+    ctl_json,
+    non_loopback_ipv4,
+    run_id_of,
+    serving,
+)
 from tests.e2e.runs import HeadlessConsole
-from tests.e2e.test_ctl import WAITING, _non_loopback_ipv4, serving
 from tests.factories import write_config
 from transport.exit_codes import ExitCode
 from transport.messages import Error
@@ -97,7 +104,7 @@ def test_set_refuses_coordinator_settings_outside_waiting_and_paused(
 
 
 def test_set_from_a_non_operator_is_denied(tmp_path: Path) -> None:
-    address = _non_loopback_ipv4()
+    address = non_loopback_ipv4()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to connect from")
     config = write_config(
