@@ -3,7 +3,8 @@
 Each benchmark module exposes ``run() -> dict`` and prints its own table; every figure in it
 is compared with a baseline measured in the same run, because this machine is shared and
 noisy. A full run also writes the headline table (``bench/report.py``) to ``bench/RESULTS.md``
-and into the README. ``python -m bench NAME ...`` runs only the named ones.
+and into the README. ``python -m bench NAME ...`` runs only the named ones (and the long ones in ``EXTRA``,
+which a full run leaves out).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ BENCHMARKS = (
     "tui_bench",
     "wan_bench",
 )
+# Named only: too long for the full run (learning quality, ~15-25 min): strategies_bench.
+EXTRA = ("strategies_bench",)
 # Lighter than each benchmark's own defaults where that keeps the whole run under 10 minutes.
 # wan_bench's full table (every codec x fanout, ~15 min) is `make bench-wan`; here its headline.
 RUN_OPTIONS: dict[str, dict[str, object]] = {
@@ -58,9 +61,12 @@ def machine() -> str:
 
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHMARKS)
-    unknown = [n for n in chosen if n not in BENCHMARKS]
+    unknown = [n for n in chosen if n not in BENCHMARKS + EXTRA]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS + EXTRA)}",
+            file=sys.stderr,
+        )
         return 2
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -239,6 +239,8 @@ def summary(config: Config) -> list[tuple[str, str]]:
         ("data", _data(config)),
         ("learning", _learning(config)),
         ("gossip", _gossip(config)),
+        ("device", _device(config)),
+        ("privacy", _privacy(config)),
         ("nodes", _nodes(config)),
         ("security", _security(config)),
         ("checkpoints", str(config.checkpoint.dir)),
@@ -323,6 +325,23 @@ def _gossip(config: Config) -> str:
     if learning.gossip_fanout == 0:
         return f"{codec}, each trainer pushes to every peer"
     return f"{codec}, each trainer uploads to {learning.gossip_fanout}, peers relay"
+
+
+def _device(config: Config) -> str:
+    device = config.learning.device
+    where = "auto: each node's GPU if it has one, else its CPU" if device == "auto" else device
+    return f"{where} (fl-node --device overrides it)"
+
+
+def _privacy(config: Config) -> str:
+    p = config.privacy
+    if not p.dp:
+        return "off"
+    limit = f"target epsilon {p.target_epsilon:g}" if p.target_epsilon > 0 else "no epsilon limit"
+    return (
+        f"DP-SGD: noise multiplier {p.noise_multiplier:g}, max grad norm {p.max_grad_norm:g}, "
+        f"epsilon at delta {p.delta:g}, {limit}"
+    )
 
 
 def _nodes(config: Config) -> str:

@@ -54,7 +54,22 @@ def build_summary(
         "refused_connections": server.security.refused if server.security is not None else 0,
         "rounds": rounds,
         "clients": clients,
+        "privacy": privacy_summary(server),
         "spawned_pids": nodes.pids if nodes else [],
+    }
+
+
+def privacy_summary(server: ConsoleServer) -> dict[str, Any] | None:
+    """[privacy] dp: the worst epsilon any node spent, at the run's delta (None: DP off)."""
+    privacy = server.config.privacy
+    if not privacy.dp:
+        return None
+    return {
+        "epsilon": server.records.worst_epsilon(),
+        "delta": privacy.delta,
+        "noise_multiplier": privacy.noise_multiplier,
+        "max_grad_norm": privacy.max_grad_norm,
+        "target_epsilon": privacy.target_epsilon,
     }
 
 
@@ -91,6 +106,7 @@ async def run_headless(
     try:
         nodes.control_endpoint = connect_address(endpoints.control)
         nodes.node_args = server.spawn_args
+        server.watch_children(nodes.reap)
         if config.data.serve:
             data_server = start_data_server(
                 config.run_spec(),

@@ -27,14 +27,17 @@ import zmq.asyncio
 
 from node.attacks import parse_attack
 from node.datafetch import DataFetchError
+from node.device import DeviceError
 from node.gossip import GossipService
 from node.link import ConsoleLink, ConsoleUnreachable, JoinRejected
+from node.privacy import PrivacyError
 from node.security import NodeSecurity, load_node_keys
 from node.stages import StartLearningStage, follow_gossip
 from node.workflow import LearningWorkflow, NodeContext
 from transport.exit_codes import ExitCode, exit_code_help
 from transport.keys import KeyFileError
 from transport.net import LOOPBACK, is_wildcard
+from transport.spec import DEVICES, is_device
 
 log = logging.getLogger("fl-node")
 
@@ -43,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fl-node",
         description="Join a federated run as a node.",
-        epilog=exit_code_help(ExitCode.OK, ExitCode.USAGE, ExitCode.REJECTED, ExitCode.UNREACHABLE),
+        epilog=exit_code_help(
+            ExitCode.OK,
+            ExitCode.USAGE,
+            ExitCode.REJECTED,
+            ExitCode.UNREACHABLE,
+            ExitCode.CANNOT_TRAIN,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -83,8 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="scale:S|signflip[:S]",
         help="robustness testing only: send a corrupted update (a byzantine trainer)",
     )
+    p.add_argument(
+        "--device",
+        type=_device,
+        metavar="auto|cpu|cuda|cuda:N|mps",
+        help="train on this device instead of the run's [learning] device (aggregation, "
+        "hashing and checkpoints stay on the CPU in float32)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _device(value: str) -> str:
+    if not is_device(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: must be one of {' | '.join(DEVICES)} (N: the GPU's index)"
+        )
+    return value
 
 
 def _from_config(path: Path) -> tuple[str, str]:
@@ -131,6 +155,7 @@ async def run_node(
         security=security,
     )
     link: ConsoleLink | None = None
+    leave_reason = "shutdown"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -165,6 +190,7 @@ async def run_node(
             data_path=args.data,
             rng=random.Random(seed),
             attack=args.attack,
+            device_name=args.device,
         )
         follow_gossip(gossip, nctx)
         import torch
@@ -172,9 +198,22 @@ async def run_node(
         torch.set_num_threads(spec.learning.torch_threads)
         workflow = asyncio.create_task(LearningWorkflow(nctx, StartLearningStage()).run())
         stopping = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({workflow, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        removed = asyncio.create_task(link.removed.wait())
+        done, _ = await asyncio.wait(
+            {workflow, stopping, removed}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in (stopping, removed):
+            waiter.cancel()
+        if removed in done and workflow not in done:  # kicked or banned: leave at once
+            await _cancelled(workflow)
+            raise JoinRejected(f"removed from the run by the console: {link.removal}")
         if workflow in done:
-            workflow.result()  # re-raise a crash
+            try:
+                workflow.result()  # re-raise a crash
+            except (DeviceError, PrivacyError) as exc:  # at warmup: tell the operator why
+                print(f"fl-node: cannot train: {exc}", file=sys.stderr)
+                leave_reason = f"cannot train: {exc}"
+                return ExitCode.CANNOT_TRAIN
             log.info("run finished; stages: %s", " ".join(nctx.history[-8:]))
             return ExitCode.OK
         log.info("stopping on signal")
@@ -195,7 +234,7 @@ async def run_node(
             signal.signal(sig, signal.SIG_IGN)
         if link is not None:
             finished = link.latest is not None and link.latest.snapshot.state.value == "Finished"
-            await link.close(leave=not finished)
+            await link.close(leave=not (finished or link.removed.is_set()), reason=leave_reason)
         await gossip.close()
         ctx.destroy(linger=0)
 

@@ -46,8 +46,16 @@ SILENCE_MIN = 2.0
 JOIN_BACKOFF = Backoff(first=0.1, cap=5.0)  # joining again while the console is unreachable
 # refusals of a join that joining again cannot change
 _FATAL_JOIN_CODES = frozenset(
-    {ErrorCode.WRONG_RUN_ID, ErrorCode.KICKED, ErrorCode.MALFORMED, ErrorCode.WRONG_STATE}
+    {
+        ErrorCode.WRONG_RUN_ID,
+        ErrorCode.KICKED,
+        ErrorCode.BANNED,
+        ErrorCode.MALFORMED,
+        ErrorCode.WRONG_STATE,
+    }
 )
+# refusals of any request that end this node's part in the run: the operator removed it
+_FATAL_REQUEST_CODES = frozenset({ErrorCode.KICKED, ErrorCode.BANNED})
 
 
 class JoinRejected(RuntimeError):
@@ -103,6 +111,7 @@ class ConsoleLink:
         self._changed = asyncio.Condition()
         self.latest: Received | None = None
         self.spec: RunSpec | None = None
+        self.spec_version = 0  # the version of ``spec`` (the broadcast's spec_version then)
         self.stage = "joining"
         self.round = 0
         self.gossip_stats: GossipStats | None = None  # reported with every heartbeat
@@ -110,6 +119,9 @@ class ConsoleLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.on_snapshot: list[Callable[[RunSnapshot], None]] = []
+        # set when the console answered kicked or banned: the node must leave (exit 3)
+        self.removed = asyncio.Event()
+        self.removal = ""
 
     # ----------------------------------------------------------------- joining
 
@@ -188,6 +200,7 @@ class ConsoleLink:
         if not isinstance(reply, m.JoinAck):
             raise ConsoleUnreachable(f"unexpected reply to join: {reply.TYPE}")
         self.spec, snapshot = reply.spec, reply.snapshot
+        self.spec_version = snapshot.spec_version
         # A console bound on every interface announces tcp://0.0.0.0:PORT: use its real host.
         state_endpoint = connectable(reply.state_endpoint, self.control_endpoint)
         if self._sub is None or self._sub_endpoint != state_endpoint:
@@ -225,6 +238,12 @@ class ConsoleLink:
         """Send one request and return its reply; rejoin if the console forgot us."""
         await asyncio.wait_for(self.connected.wait(), timeout or self.request_timeout)
         reply = await self._request_raw(msg, timeout=timeout, watch_silence=True)
+        if isinstance(reply, m.Error) and reply.code in _FATAL_REQUEST_CODES:
+            if not self.removed.is_set():
+                self.removal = f"{msg.TYPE} refused ({reply.code}): {reply.reason}"
+                log.error("the console removed this node: %s", self.removal)
+                self.removed.set()
+            return reply
         if (
             isinstance(reply, m.Error)
             and reply.code == ErrorCode.NOT_MEMBER
@@ -374,9 +393,8 @@ class ConsoleLink:
 
     async def _heartbeat(self) -> None:
         assert self.spec is not None
-        interval = self.spec.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
+        while not self.removed.is_set():
+            await asyncio.sleep(self.spec.heartbeat_interval)  # a new spec may change it
             try:
                 await self.request(
                     self._heartbeat_message(), timeout=max(1.0, self.spec.health_timeout)
@@ -425,14 +443,12 @@ class ConsoleLink:
 
     # ----------------------------------------------------------------- leaving
 
-    async def close(self, *, leave: bool = True) -> None:
+    async def close(self, *, leave: bool = True, reason: str = "shutdown") -> None:
         self._closing = True
         await cancel_and_wait(self._tasks)
         if leave and self.connected.is_set():
             try:
-                await self._request_raw(
-                    m.Leave(node_id=self.node_id, reason="shutdown"), timeout=1.0
-                )
+                await self._request_raw(m.Leave(node_id=self.node_id, reason=reason), timeout=1.0)
             except (ConsoleUnreachable, zmq.ZMQError):
                 pass
         if self._watch is not None:

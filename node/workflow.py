@@ -24,7 +24,9 @@ from node.compression import UpdateEncoder
 from node.data import Dataset, Shard
 from node.gossip import GossipService, ReceivedModel
 from node.link import ConsoleLink
+from node.privacy import PrivacyBudget
 from node.relay import plan_routes
+from node.server_optimizers import ServerOptimizer
 from transport.spec import RunSpec
 from transport.state import ClientStatus, RunSnapshot
 
@@ -67,12 +69,16 @@ class NodeContext:
     warmed_up_in: float | None = None  # phase_started of the Warmup we last reported for
     checkpoint_acked: str = ""  # hash of the last global model the console acked as checkpoint
     encoder: UpdateEncoder | None = None  # encodes this node's updates (keeps top-k's residual)
+    server_optimizer: ServerOptimizer | None = None  # [learning] server_optimizer; None: "none"
     round_members: dict[int, tuple[str, ...]] = field(default_factory=dict)  # at round start
     round_uploader: dict[int, str | None] = field(default_factory=dict)  # checkpoint, at start
     relay_plans: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     stale_since: int | None = None  # an accepted round this node could not aggregate
     reports: asyncio.Task[None] | None = None  # a round's reports still on their way, in order
     finished: bool = False
+    device_name: str | None = None  # --device: overrides [learning] device for this node
+    device: torch.device | None = None  # where this node trains, resolved at its first warmup
+    privacy: PrivacyBudget | None = None  # [privacy] dp: what this node has spent so far
 
     @property
     def snapshot(self) -> RunSnapshot:

@@ -32,8 +32,9 @@ class ExitCode(IntEnum):
         "the console or the data server did not answer in time (--join-timeout, ctl --timeout)",
     )
     BIND = 5, "the data server cannot bind its address (e.g. the port is in use)"
+    CANNOT_TRAIN = 6, "the node cannot train as asked (a device it lacks, a model DP-SGD refuses)"
     DENIED = (
-        6,
+        7,
         "ctl: you may not act on this console (with CURVE your key is not in [security] "
         "operators; without CURVE you are not on its machine)",
     )

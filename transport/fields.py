@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     HASH_MISMATCH = "hash_mismatch"
     WRONG_SENDER = "wrong_sender"
     KICKED = "kicked"
+    BANNED = "banned"  # the operator banned this node id: its joins are refused
     UNAVAILABLE = "unavailable"
     NOT_OPERATOR = "not_operator"  # an operator request from one who may not act
     BAD_SETTING = "bad_setting"  # a ``set`` the config rules or the run's state refused

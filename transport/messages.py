@@ -117,6 +117,7 @@ class Vote(Message, tag="vote"):
     node_id: NodeId
     round: Count
     candidates: Candidates
+    declines: Text = ""  # why the voter will not train any more ("": it will); it still witnesses
 
 
 class Commit(Message, tag="commit"):
@@ -163,6 +164,18 @@ class ModelReply(Message, tag="model_reply"):
     round: Count
     hash: Hash
     tensors: Tensors
+
+
+class SpecRequest(Message, tag="spec_request"):
+    """A node whose run spec is older than the broadcast's ``spec_version`` asks for the new
+    one (live settings reach the nodes at a Warmup)."""
+
+    node_id: NodeId
+
+
+class SpecReply(Message, tag="spec_reply"):
+    version: Count
+    spec: RunSpec
 
 
 class DataRequest(Message, tag="data_request"):

@@ -8,6 +8,8 @@ data, declared once: msgspec checks it when the join reply is decoded.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -19,6 +21,17 @@ BUILTIN_MODELS = ("mlp", "cnn")
 BUILTIN_DATA = ("digits", "synthetic")
 PARTITIONS = ("iid", "dirichlet")
 COMPRESSIONS = ("none", "fp16", "int8", "topk")  # how a trainer's update is encoded for gossip
+SERVER_OPTIMIZERS = ("none", "avgm", "adam", "yogi", "adagrad")  # applied to the aggregate
+# server_learning_rate = 0 means this default (Reddi et al. 2021's usual choices)
+SERVER_LR_DEFAULTS = {"none": 1.0, "avgm": 1.0, "adam": 0.01, "yogi": 0.01, "adagrad": 0.01}
+LR_SCHEDULES = ("constant", "cosine", "step")  # the trainers' learning rate over rounds
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # where a node trains; "cuda:N" is a pattern
+_CUDA_INDEX = re.compile(r"^cuda:\d+$")
+
+
+def is_device(value: str) -> bool:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: a device a node may train on."""
+    return value in ("auto", "cpu", "cuda", "mps") or bool(_CUDA_INDEX.match(value))
 
 
 class SpecError(ValueError):
@@ -64,6 +77,59 @@ class LearningSpec(_Section):
     compression: str = "none"  # none | fp16 | int8 | topk: how trainers encode their update
     topk_fraction: float = 0.1  # topk: share of each tensor's entries sent per round
     gossip_fanout: int = 0  # 0: a trainer pushes to every peer; K: to K peers, who relay
+    # server optimiser (node/server_optimizers.py), applied by every node to the aggregate
+    server_optimizer: str = "none"  # none | avgm | adam | yogi | adagrad
+    server_learning_rate: float = 0.0  # 0: the optimiser's default (SERVER_LR_DEFAULTS)
+    server_momentum: float = 0.9  # avgm
+    server_beta1: float = 0.9  # adam, yogi, adagrad
+    server_beta2: float = 0.99  # adam, yogi
+    server_tau: float = 1e-3  # adam, yogi, adagrad
+    proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2 added to the local loss
+    lr_schedule: str = "constant"  # constant | cosine | step (see round_learning_rate)
+    lr_min: float = 0.0  # cosine: the rate it decays to
+    lr_step_rounds: int = 10  # step: rounds between decays
+    lr_gamma: float = 0.5  # step: factor of each decay
+    # where training runs (auto: the accelerator when there is one); aggregation, hashing and
+    # checkpoints stay on the CPU in fp32, so nodes on different hardware agree bit for bit
+    device: str = "auto"
+
+    def server_lr(self) -> float:
+        """The server learning rate eta in use: ``server_learning_rate``, or with 0 the
+        optimiser's default (1.0 for avgm, 0.01 for adam, yogi and adagrad)."""
+        if self.server_learning_rate > 0:
+            return self.server_learning_rate
+        return SERVER_LR_DEFAULTS.get(self.server_optimizer, 1.0)
+
+    def round_learning_rate(self, round: int, total_rounds: int) -> float:
+        """The trainers' learning rate in round ``round`` (1-based) of a ``total_rounds`` run.
+
+        - constant: ``learning_rate``;
+        - cosine: ``lr_min + (learning_rate - lr_min) * (1 + cos(pi * t / T)) / 2`` with
+          ``t = min(round - 1, T)`` and ``T = total_rounds``: round 1 trains at
+          ``learning_rate``, the rate falls along half a cosine and would reach ``lr_min``
+          after the last round (PyTorch's CosineAnnealingLR over rounds); later rounds (a
+          run with rounds that were not accepted) stay at ``lr_min``;
+        - step: ``learning_rate * lr_gamma ** floor((round - 1) / lr_step_rounds)``.
+        """
+        r = max(1, round)
+        if self.lr_schedule == "cosine":
+            total = max(1, total_rounds)
+            t = min(r - 1, total)
+            cosine = (1.0 + math.cos(math.pi * t / total)) / 2.0
+            return self.lr_min + (self.learning_rate - self.lr_min) * cosine
+        if self.lr_schedule == "step":
+            return self.learning_rate * self.lr_gamma ** ((r - 1) // max(1, self.lr_step_rounds))
+        return self.learning_rate
+
+
+class PrivacySpec(_Section):
+    """Sample-level DP-SGD at every trainer (node/privacy.py), with an RDP accountant."""
+
+    dp: bool = False
+    noise_multiplier: float = 1.0  # sigma: noise std is noise_multiplier * max_grad_norm
+    max_grad_norm: float = 1.0  # C: each sample's gradient is clipped to this L2 norm
+    delta: float = 1e-5  # the delta epsilon is reported at
+    target_epsilon: float = 0.0  # 0: no limit; else a node stops training before exceeding it
 
 
 class RunSpec(_Section):
@@ -72,6 +138,7 @@ class RunSpec(_Section):
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     learning: LearningSpec = LearningSpec()
+    privacy: PrivacySpec = PrivacySpec()
     heartbeat_interval: float = 0.5
     health_timeout: float = 3.0
     data_endpoint: str = ""  # data.serve: the data server's ROUTER ("" when nodes load locally)

@@ -124,6 +124,9 @@ class RunSnapshot(_Data):
     checkpoint: CheckpointRef | None = None
     checkpoint_uploader: str | None = None  # the node asked to upload the last accepted aggregate
     data_server: str | None = None  # data.serve: where epoch clients fetch their shard
+    # the run spec's version: it grows when live settings reach the nodes (at a Warmup); a node
+    # holding an older one asks for the new spec (spec_request) before it warms up
+    spec_version: Count = 0
 
     def client(self, client_id: str) -> ClientView | None:
         for c in self.clients:

@@ -25,6 +25,7 @@ from textual.widgets import DataTable, Footer
 from console.app.backend import ActionResult, ConsoleBackend
 from console.app.commands import OperatorCommands
 from console.app.screens import HelpScreen, KeyHelp, KickConfirm
+from console.app.settings import SettingsScreen
 from console.app.widgets import (
     ClientsTable,
     EventLogView,
@@ -39,7 +40,7 @@ from transport.state import RunState
 
 log = logging.getLogger(__name__)
 
-OPERATOR_ACTIONS = frozenset({"pause", "resume", "kick", "save_checkpoint", "end_phase"})
+OPERATOR_ACTIONS = frozenset({"pause", "resume", "kick", "settings", "end_phase"})
 REPLAY_ACTIONS = frozenset({"replay_toggle", "replay_step", "replay_seek", "replay_speed"})
 _KEY_NAMES = {"question_mark": "?", "space": "space", "right": "→", "left": "←"}
 
@@ -83,7 +84,7 @@ class ConsoleApp(App[int]):
         Binding("p", "pause", "Pause", id="pause"),
         Binding("r", "resume", "Resume", id="resume"),
         Binding("k", "kick", "Kick", id="kick"),
-        Binding("s", "save_checkpoint", "Checkpoint", id="save_checkpoint"),
+        Binding("o", "settings", "Settings", id="settings"),
         Binding("e", "end_phase", "End phase", id="end_phase"),
         Binding("space", "replay_toggle", "Play/Stop", priority=True, id="replay_toggle"),
         Binding("right,n", "replay_step(1)", "Step", priority=True, id="replay_next"),
@@ -226,11 +227,8 @@ class ConsoleApp(App[int]):
             return state is RunState.PAUSED
         if action == "end_phase":
             return state not in (RunState.PAUSED, RunState.FINISHED)
-        if action == "save_checkpoint":
-            can = getattr(self.backend, "can_save_checkpoint", None)
-            if can is None:
-                can = callable(getattr(self.backend, "save_checkpoint", None))
-            return True if can else None
+        if action == "settings":
+            return True if callable(getattr(self.backend, "settings", None)) else None
         return state is not RunState.FINISHED  # kick
 
     def help_keys(self) -> list[KeyHelp]:
@@ -297,12 +295,22 @@ class ConsoleApp(App[int]):
     def action_end_phase(self) -> None:
         self._operate("end phase", self.backend.end_phase)
 
-    def action_save_checkpoint(self) -> None:
-        save = getattr(self.backend, "save_checkpoint", None)
-        if save is None:
-            self.notify("this server cannot save a checkpoint on demand", severity="warning")
+    def action_settings(self) -> None:
+        rows = getattr(self.backend, "settings", None)
+        if rows is None:
+            self.notify("this console has no settings to change", severity="warning")
             return
-        self._operate("save checkpoint", save)
+        if not isinstance(self.screen, SettingsScreen):
+            self.push_screen(SettingsScreen(rows, self._apply_setting))
+
+    def _apply_setting(self, key: str, value: str) -> tuple[bool, str]:
+        try:
+            result = self.backend.set_settings({key: value})  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - an operator action never kills the console
+            log.exception("changing %s failed", key)
+            return False, f"{key} not changed: {exc}"
+        self.refresh_view()
+        return result.ok, result.message
 
     def action_kick(self) -> None:
         client = self.query_one(ClientsTable).selected
@@ -314,9 +322,11 @@ class ConsoleApp(App[int]):
             return
         self.push_screen(KickConfirm(client), partial(self._kick_confirmed, client.id))
 
-    def _kick_confirmed(self, client_id: str, confirmed: bool | None) -> None:
-        if confirmed:
+    def _kick_confirmed(self, client_id: str, choice: str | None) -> None:
+        if choice == "kick":
             self._operate(f"kick {client_id}", partial(self.backend.kick, client_id))
+        elif choice == "ban":
+            self._operate(f"ban {client_id}", partial(self.backend.kick, client_id, ban=True))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -362,8 +372,8 @@ class ConsoleApp(App[int]):
 _HELP = {
     "pause": "Pause the run (at once while waiting or warming up, else after Cooldown)",
     "resume": "Resume a paused run",
-    "kick": "Kick the selected client (asks for confirmation)",
-    "save_checkpoint": "Save a checkpoint of the global model now",
+    "kick": "Kick (or kick and ban) the selected client; asks first",
+    "settings": "Settings: every data.toml value, its help; change one live",
     "end_phase": "End the current phase now, as if its deadline had passed",
     "replay_toggle": "Play / stop the replay",
     "replay_next": "Step to the next recorded view",

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from console.config import Config
+from console.config.edit import Setting, settings
 from console.coordinator.events import Outcome, Rejection
 from console.record.view import ConsoleView
 from transport.fields import ErrorCode
 from transport.net import connect_address
 
 if TYPE_CHECKING:
-    from console.server import ConsoleServer
+    from console.server import ConsoleServer, SettingsResult
     from console.server.spawn import LocalNodes
 
 
@@ -50,7 +51,7 @@ class ConsoleBackend(Protocol):
 
     def end_phase(self) -> MaybeLater: ...
 
-    def kick(self, client_id: str) -> MaybeLater: ...
+    def kick(self, client_id: str, *, ban: bool = False) -> MaybeLater: ...
 
 
 class StaticBackend:
@@ -82,11 +83,8 @@ class StaticBackend:
     def end_phase(self) -> Outcome:
         return self._call("end_phase")
 
-    def kick(self, client_id: str) -> Outcome:
-        return self._call("kick", client_id)
-
-    def save_checkpoint(self) -> Outcome:
-        return self._call("save_checkpoint")
+    def kick(self, client_id: str, *, ban: bool = False) -> Outcome:
+        return self._call("kick", client_id, *(("ban",) if ban else ()))
 
 
 NodesFactory = Callable[[str], "LocalNodes"]  # control endpoint -> the nodes to start
@@ -138,6 +136,7 @@ class LiveBackend:
                 log_dir=self.run_dir / "nodes",
                 node_args=self.server.spawn_args,  # [security] curve: each node's fresh keys
             )
+        self.server.watch_children(self.nodes.reap)
         if self.spawn:
             self.nodes.start(self.spawn)
 
@@ -167,19 +166,13 @@ class LiveBackend:
     def end_phase(self) -> ActionResult:
         return self._server().end_phase()
 
-    def kick(self, client_id: str) -> ActionResult:
-        return self._server().kick(client_id)
+    def kick(self, client_id: str, *, ban: bool = False) -> ActionResult:
+        return self._server().kick(client_id, ban=ban)
 
-    def save_checkpoint(self) -> ActionResult:
-        save = getattr(self._server(), "save_checkpoint", None)
-        if save is None:
-            return Outcome(
-                rejection=Rejection(
-                    ErrorCode.UNAVAILABLE, "this server cannot save a checkpoint on demand"
-                )
-            )
-        return save()
+    def settings(self) -> list[Setting]:
+        """Every data.toml setting with its value now and the file's comment above it."""
+        server = self._server()
+        return settings(server.config, server.config_file.text or "")
 
-    @property
-    def can_save_checkpoint(self) -> bool:
-        return self.server is None or hasattr(self.server, "save_checkpoint")
+    def set_settings(self, changes: Mapping[str, str]) -> SettingsResult:
+        return self._server().set_settings(changes, who="console")

@@ -50,6 +50,7 @@ ROUND_COLUMNS: tuple[Column, ...] = (
     Column("loss", "loss", 6, right=True, priority=2),
     Column("accuracy", "acc", 6, right=True, priority=3),
     Column("busiest_uplink", "max up", 6, right=True, priority=6),  # the busiest node's bytes
+    Column("learning_rate", "lr", 7, right=True, priority=10),  # the round's scheduled rate
 )
 
 _STAGE_STYLE = {
@@ -109,6 +110,13 @@ def percent(value: float | None) -> str:
     if not math.isfinite(value):
         return "nan"
     return f"{value * 100:.1f}%"
+
+
+def rate(value: float | None) -> str:
+    """A learning rate in at most 7 characters: 0.01, 0.00707, 1e-05."""
+    if value is None or not math.isfinite(value):
+        return "·"
+    return f"{value:.3g}"
 
 
 def seconds(value: float | None) -> str:
@@ -194,6 +202,8 @@ def client_cells(row: ClientRow) -> tuple[Cell, ...]:
         extra.append(f"{row.rejected} rejected")
     if row.gossip_refused:
         extra.append(f"refused {row.gossip_refused} push{'es' if row.gossip_refused != 1 else ''}")
+    if row.epsilon is not None:  # [privacy] dp: what this node has spent
+        extra.append(f"ε {row.epsilon:.2f}")
     note = "; ".join([note, *extra] if note else extra)
     return (
         (row.id, "bold" if live else "dim"),
@@ -237,6 +247,7 @@ def round_cells(row: RoundRow) -> tuple[Cell, ...]:
         (number(row.loss), ""),
         (percent(row.accuracy), "bold" if row.accuracy is not None else ""),
         optional_size(row.busiest_uplink),
+        (rate(row.learning_rate), "dim"),
     )
 
 

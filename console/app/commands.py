@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("pause", "Pause the run", "Pause now, or after the epoch's Cooldown if a round is running"),
     ("resume", "Resume the run", "Leave Paused and wait for members again"),
-    ("kick", "Kick the selected client", "Remove the client under the cursor (asks first)"),
-    ("save_checkpoint", "Save a checkpoint now", "Write the current global model to disk"),
+    ("kick", "Kick the selected client", "Remove (or ban) the client under the cursor; asks first"),
+    ("settings", "Settings", "Every data.toml setting with its help; change one live"),
     ("end_phase", "End the current phase now", "Act as if the phase's deadline were reached"),
     ("replay_toggle", "Replay: play / pause", "Play the recorded run, or stop playing"),
     ("replay_step(1)", "Replay: step forward", "Show the next recorded view"),

@@ -54,13 +54,15 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class KickConfirm(ModalScreen[bool]):
-    """Asks before kicking a client: y confirms, n or escape cancels (the focus starts on Cancel)."""
+class KickConfirm(ModalScreen[str | None]):
+    """Asks before kicking a client: y kicks, b kicks and bans, n or escape cancels (the focus
+    starts on Cancel). Dismissed with "kick", "ban" or None."""
 
     DEFAULT_CSS = """
     KickConfirm { align: center middle; }
     KickConfirm > Vertical {
-        width: 64; height: auto; border: thick $error; background: $surface; padding: 1 2;
+        width: 76; max-width: 100%; height: auto; border: thick $error; background: $surface;
+        padding: 1 2;
     }
     KickConfirm #kick-question { margin-bottom: 1; }
     KickConfirm Horizontal { height: auto; align-horizontal: right; }
@@ -68,6 +70,7 @@ class KickConfirm(ModalScreen[bool]):
     """
     BINDINGS = [
         Binding("y", "confirm", "Kick", show=False),
+        Binding("b", "ban", "Kick and ban", show=False),
         Binding("n,escape", "cancel", "Cancel", show=False),
     ]
 
@@ -81,23 +84,28 @@ class KickConfirm(ModalScreen[bool]):
             "Kick ",
             (client.id, "bold"),
             f" ({client.address or 'no address'})?\n\n",
-            "It is removed from the run at once and may not join again. "
-            "A round it trains or witnesses carries on without it.",
+            "It is removed from the run at once and its node exits; a round it trains or "
+            "witnesses carries on without it. A ban also refuses its joins, after a restart "
+            "too, until it is unbanned.",
         )
         with Vertical():
             yield Static(question, id="kick-question")
             with Horizontal():
                 yield Button("Cancel (n)", id="cancel", variant="default")
-                yield Button(f"Kick {client.id} (y)", id="kick", variant="error")
+                yield Button("Kick (y)", id="kick", variant="error")
+                yield Button("Kick and ban (b)", id="ban", variant="error")
 
     def on_mount(self) -> None:
         self.query_one("#cancel", Button).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "kick")
+        self.dismiss(event.button.id if event.button.id in ("kick", "ban") else None)
 
     def action_confirm(self) -> None:
-        self.dismiss(True)
+        self.dismiss("kick")
+
+    def action_ban(self) -> None:
+        self.dismiss("ban")
 
     def action_cancel(self) -> None:
-        self.dismiss(False)
+        self.dismiss(None)

@@ -4,7 +4,7 @@
 ``load`` reads a file with tomlkit and ``lines`` finds each key's line.
 """
 
-from console.config.load import ConfigError, ConfigIssue, format_issues, load_config
+from console.config.load import ConfigError, ConfigIssue, format_issues, load_config, parse_config
 from console.config.settings import (
     CheckpointConfig,
     Config,
@@ -25,4 +25,5 @@ __all__ = [
     "ServerConfig",
     "format_issues",
     "load_config",
+    "parse_config",
 ]

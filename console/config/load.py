@@ -129,7 +129,13 @@ BY_KEY: dict[str, Key] = {k.key: k for keys in KEYS.values() for k in keys.value
 def load_config(path: PathLike) -> Config:
     """Read, check and type a config file. Raises :class:`ConfigError` listing every problem."""
     file = Path(path).expanduser()
-    text = _read_text(file, path)
+    return parse_config(_read_text(file, path), file, shown=path)
+
+
+def parse_config(text: str, file: Path, *, shown: PathLike | None = None) -> Config:
+    """:func:`load_config` of ``text``, as if read from ``file`` (relative paths resolve against
+    its directory): the live settings check an edited file with it before writing it."""
+    path = file if shown is None else shown
     raw = _parse(text, path)
     issues = _Issues(key_lines(text))
     given = _read_keys(raw, issues)

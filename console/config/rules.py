@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transport.keys import is_z85_key
-from transport.spec import BUILTIN_DATA, BUILTIN_MODELS
+from transport.spec import BUILTIN_DATA, BUILTIN_MODELS, DEVICES, is_device
 
 Check = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
 Between = Callable[[Any, Mapping[str, Any]], str | None]  # (own value, every value by key) -> ...
@@ -117,6 +117,12 @@ def data_source(v: str) -> str | None:
         f'must be {_quoted(BUILTIN_DATA)}, an import path "package.module:loader" '
         'or a path to a .safetensors file ("data/train.safetensors")'
     )
+
+
+def device_name(v: str) -> str | None:
+    if is_device(v):
+        return None
+    return f'must be {_quoted(DEVICES)} (N: the GPU\'s index, e.g. "cuda:1")'
 
 
 def curve_public_keys(v: tuple[str, ...]) -> str | None:

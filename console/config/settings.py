@@ -18,11 +18,14 @@ import console.config.rules as r
 from transport.spec import (
     AGGREGATORS,
     COMPRESSIONS,
+    LR_SCHEDULES,
     OPTIMIZERS,
     PARTITIONS,
+    SERVER_OPTIMIZERS,
     DataSpec,
     LearningSpec,
     ModelSpec,
+    PrivacySpec,
     RunSpec,
 )
 
@@ -111,6 +114,26 @@ SPEC_RULES: dict[type, dict[str, tuple[r.Rule, ...]]] = {
         "compression": (r.one_of(*COMPRESSIONS),),
         "topk_fraction": (r.between(0, 1, open_low=True),),
         "gossip_fanout": (r.at_least(0),),
+        "server_optimizer": (r.one_of(*SERVER_OPTIMIZERS),),
+        "server_learning_rate": (
+            r.at_least(0, " (0: the optimiser's default, 1.0 for avgm, 0.01 otherwise)"),
+        ),
+        "server_momentum": (r.between(0, 1, open_high=True),),
+        "server_beta1": (r.between(0, 1, open_high=True),),
+        "server_beta2": (r.between(0, 1, open_high=True),),
+        "server_tau": (r.above(0),),
+        "proximal_mu": (r.at_least(0, " (0: FedProx off)"),),
+        "lr_schedule": (r.one_of(*LR_SCHEDULES),),
+        "lr_min": (r.at_least(0), r.at_most("learning.learning_rate")),
+        "lr_step_rounds": (r.COUNT,),
+        "lr_gamma": (r.between(0, 1, open_low=True),),
+        "device": (r.device_name,),
+    },
+    PrivacySpec: {
+        "noise_multiplier": (r.above(0),),
+        "max_grad_norm": (r.above(0),),
+        "delta": (r.between(0, 1, open_low=True, open_high=True),),
+        "target_epsilon": (r.at_least(0, " (0: no limit)"),),
     },
     ModelSpec: {
         "name": (r.model_name,),
@@ -138,6 +161,7 @@ class Config:
     learning: LearningSpec = field(default_factory=LearningSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     local: LocalConfig = field(default_factory=LocalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -152,6 +176,7 @@ class Config:
             model=self.model,
             data=self.data,
             learning=self.learning,
+            privacy=self.privacy,
             heartbeat_interval=self.coordinator.heartbeat_interval,
             health_timeout=self.coordinator.health_timeout,
             data_endpoint=self.server.endpoint(self.server.data_port) if self.data.serve else "",

@@ -24,6 +24,7 @@ REJECTION_CODES = frozenset(
         ErrorCode.WRONG_STATE,
         ErrorCode.DUPLICATE,
         ErrorCode.KICKED,
+        ErrorCode.BANNED,
         ErrorCode.MALFORMED,
         ErrorCode.UNAVAILABLE,
     }
@@ -135,12 +136,36 @@ class ClientKicked(Event):
 
 
 @dataclass(frozen=True)
-class ClientLeft(Event):
-    kind: ClassVar[str] = "client_left"
+class ClientBanned(Event):
+    """The operator banned an id: its joins are refused (``banned``) until it is unbanned."""
+
+    kind: ClassVar[str] = "client_banned"
+    client_id: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.client_id} banned: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ClientUnbanned(Event):
+    """A ban (or a kick) lifted: the id may join again."""
+
+    kind: ClassVar[str] = "client_unbanned"
     client_id: str
 
     def describe(self) -> str:
-        return f"{self.client_id} left"
+        return f"{self.client_id} may join again (unbanned)"
+
+
+@dataclass(frozen=True)
+class ClientLeft(Event):
+    kind: ClassVar[str] = "client_left"
+    client_id: str
+    reason: str = ""  # what the node said (e.g. a device it lacks at warmup)
+
+    def describe(self) -> str:
+        return f"{self.client_id} left" + (f": {self.reason}" if self.reason else "")
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,20 @@ class EpochEnded(Event):
 
     def describe(self) -> str:
         return f"epoch {self.epoch} {'abandoned' if self.abandoned else 'ended'}"
+
+
+@dataclass(frozen=True)
+class TrainingDeclined(Event):
+    """A client says it will not train any more (e.g. its privacy budget is spent). It still
+    witnesses and aggregates; it is no longer elected to the train set."""
+
+    kind: ClassVar[str] = "training_declined"
+    round: int  # the round its vote was for
+    client_id: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.client_id} stops training from round {self.round}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -343,6 +382,8 @@ class Resumed(Event):
 class RunFinished(Event):
     kind: ClassVar[str] = "run_finished"
     accepted_rounds: int
+    reason: str = ""  # why it ended early ("" when total_rounds were accepted)
 
     def describe(self) -> str:
-        return f"run finished after {self.accepted_rounds} accepted rounds"
+        why = f": {self.reason}" if self.reason else ""
+        return f"run finished after {self.accepted_rounds} accepted rounds{why}"

@@ -36,6 +36,7 @@ contract; the notes below record the choices it leaves open.
 
 from __future__ import annotations
 
+from console.config import CoordinatorConfig
 from console.coordinator.committee import (
     MAX_AUTO_WITNESSES,
     VoteTally,
@@ -63,7 +64,7 @@ from console.coordinator.events import (
     StateChanged,
     WitnessesReplaced,
 )
-from console.coordinator.messages import Messages, reject
+from console.coordinator.messages import Messages, no_trainer_left, reject
 from console.coordinator.records import Round
 from console.coordinator.state import DURATION
 from transport.fields import ErrorCode
@@ -125,10 +126,38 @@ class Coordinator(Messages):
             return reject(ErrorCode.WRONG_STATE, f"{s} has no phase to end")
         missing = self._members_needed() - len(self._pending)
         if s is _S.WAITING_FOR_MEMBERS and missing > 0:
-            return reject(ErrorCode.WRONG_STATE, f"waiting for {missing} more members")
+            more = f"{missing} more member{'s' if missing != 1 else ''}"
+            return reject(
+                ErrorCode.WRONG_STATE,
+                f"waiting for {more}; lower coordinator.init_min_clients in the settings to go on",
+            )
         ev: list[Event] = []
         self._tick_state(now, ev, _OPERATOR)
         self._settle(now, ev)
+        return Outcome(tuple(ev))
+
+    def reconfigure(
+        self,
+        now: float,
+        *,
+        config: CoordinatorConfig | None = None,
+        train_set_size: int | None = None,
+    ) -> Outcome:
+        """The operator's live settings (Psyche: the owner changes the config while the run
+        waits for members or is paused). ``config``: the new [coordinator] settings, taken at
+        once, only in WaitingForMembers and Paused (a phase's length or a round count changed
+        under a running epoch would move its deadlines and counts mid-way). ``train_set_size``:
+        a learning setting, taken in any state; the next round's tally uses it. The values are
+        the config rules' business (console/config); this only keeps its own invariants."""
+        why = self.settings_refused(config, train_set_size)
+        if why is not None:
+            return reject(self._refusal_code(config), why)
+        if train_set_size is not None:
+            self._train_set_size = train_set_size
+        ev: list[Event] = []
+        if config is not None and config != self._cfg:
+            self._cfg = config
+            self._settle(now, ev)  # e.g. fewer members needed: the wait may be over
         return Outcome(tuple(ev))
 
     def tick(self, now: float) -> Outcome:
@@ -236,11 +265,16 @@ class Coordinator(Messages):
 
     def _to_round_train(self, now: float, ev: list[Event], reason: str) -> None:
         """A new round: the votes elect its train set, the seed its witnesses."""
+        eligible = self._epoch_live.difference(self._declined)
+        if not eligible:  # every live client declines to train: the run ends after Cooldown
+            self._finish_reason = no_trainer_left(self._declined, self._epoch_sorted)
+            self._to_cooldown(now, ev, self._finish_reason)
+            return
         live = self._epoch_sorted
         self._round += 1
         self._epoch_rounds += 1
         seed = round_seed(self._seed, self._round)
-        train = tuple(sorted(self._votes.top(self._epoch_live, self._train_set_size, seed)))
+        train = tuple(sorted(self._votes.top(eligible, self._train_set_size, seed)))
         witnesses = tuple(sorted(elect_witnesses(live, seed, self._wanted(), presorted=True)))
         q = quorum(len(witnesses))
         view = RoundView(
@@ -416,10 +450,11 @@ class Coordinator(Messages):
         else:
             why = "no live client left to upload the checkpoint"
         self._end_epoch(ev, abandoned=False)
-        if self._accepted_rounds >= self._cfg.total_rounds:
+        if self._accepted_rounds >= self._cfg.total_rounds or self._finish_reason is not None:
             self._pending_pause = False
-            self._change(now, ev, _S.FINISHED, why)
-            ev.append(RunFinished(self._accepted_rounds))
+            early = self._finish_reason or ""
+            self._change(now, ev, _S.FINISHED, f"{why}; {early}" if early else why)
+            ev.append(RunFinished(self._accepted_rounds, early))
         elif self._pending_pause:
             self._to_paused(now, ev, f"{why}; pause requested")
         else:

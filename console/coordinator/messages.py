@@ -11,31 +11,43 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from console.coordinator.events import (
     AggregateReported,
     CheckpointSaved,
+    ClientBanned,
     ClientDropped,
     ClientJoined,
     ClientKicked,
     ClientLeft,
+    ClientUnbanned,
     ClientWarmedUp,
     Event,
     Outcome,
     Rejection,
     ResultCommitted,
+    TrainingDeclined,
     VoteCast,
     WitnessReported,
 )
 from console.coordinator.records import Client, Round, is_id, is_int
 from console.coordinator.state import ROUND_STATES, CoordinatorState
-from transport.fields import ErrorCode
+from transport.fields import ErrorCode, NodeId
 from transport.state import CheckpointRef, ClientStatus, ResultRef, RoundOutcome
 from transport.state import RunState as S
 
 _LIVE = (ClientStatus.PENDING, ClientStatus.ACTIVE)
+_NODE_ID = re.compile(NodeId.__metadata__[0].pattern)  # what a node's join may name
+
+
+def no_trainer_left(declined: dict[str, str], live: list[str]) -> str:
+    """Why the run ends when every live client declines to train (the first one's reason)."""
+    first = live[0] if live else ""
+    why = f" ({first}: {declined[first]})" if first in declined else ""
+    return f"no client left to train: every live client stopped training{why}"
 
 
 def reject(code: ErrorCode, reason: str) -> Outcome:
@@ -135,6 +147,8 @@ class Messages(CoordinatorState):
             )
         if self._state is S.FINISHED:
             return reject(ErrorCode.WRONG_STATE, "the run is finished")
+        if client_id in self._bans:
+            return reject(ErrorCode.BANNED, f"{client_id} is banned: {self._bans[client_id]}")
         c = self._clients.get(client_id)
         if c is not None and c.status is ClientStatus.KICKED:
             return reject(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
@@ -167,10 +181,13 @@ class Messages(CoordinatorState):
         return _OK
 
     @message
-    def leave(self, client_id: str, now: float) -> Outcome:
+    def leave(self, client_id: str, now: float, reason: str = "") -> Outcome:
+        if not isinstance(reason, str):
+            raise Refused(ErrorCode.MALFORMED, "a leave reason must be a string")
         self._sender(client_id, member=False)
+        status = f"left: {reason}" if reason else "left"
         return self._remove_and_settle(
-            client_id, ClientStatus.LEFT, "left", ClientLeft(client_id), now
+            client_id, ClientStatus.LEFT, status, ClientLeft(client_id, reason), now
         )
 
     @message
@@ -182,21 +199,60 @@ class Messages(CoordinatorState):
         return self._remove_and_settle(client_id, ClientStatus.DROPPED, reason, event, now)
 
     @message
-    def kick(self, client_id: str, now: float) -> Outcome:
-        c = self._clients.get(client_id) if isinstance(client_id, str) else None
-        if c is None:
-            raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}")
-        if c.status is ClientStatus.KICKED:
-            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already kicked")
-        reason = "kicked by the operator"
-        if c.status in _LIVE:
-            return self._remove_and_settle(
-                client_id, ClientStatus.KICKED, reason, ClientKicked(client_id), now
+    def kick(self, client_id: str, now: float, *, ban: bool = False, reason: str = "") -> Outcome:
+        """Take a client out of the run; its requests are refused (``kicked``) from now on, in
+        this console. ``ban``: also refuse its joins (``banned``, with ``reason``) until
+        :meth:`unban`, across console restarts (bans are in :meth:`to_state`). An id that never
+        joined may be banned too."""
+        if not isinstance(reason, str):
+            raise Refused(ErrorCode.MALFORMED, "a ban reason must be a string")
+        if not (isinstance(client_id, str) and _NODE_ID.search(client_id)):
+            raise Refused(
+                ErrorCode.MALFORMED,
+                f"{client_id!r} is not a client id (1-64 letters, digits, '.', '_' or '-')",
             )
-        c.status = ClientStatus.KICKED
-        c.drop_reason = reason
-        self._client_changed(c)
-        ev: list[Event] = [ClientKicked(client_id)]
+        c = self._clients.get(client_id)
+        if c is None and not ban:
+            raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}")
+        if client_id in self._bans:
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already banned")
+        if c is not None and c.status is ClientStatus.KICKED and not ban:
+            raise Refused(ErrorCode.DUPLICATE, f"{client_id} is already kicked")
+        why = reason or "banned by the operator"
+        ev: list[Event] = []
+        if c is None:
+            c = Client(client_id, ClientStatus.KICKED, "", now)
+            c.drop_reason = why
+            self._clients[client_id] = c
+            bisect.insort(self._sorted_ids, client_id)
+            self._views = None
+        elif c.status in _LIVE:
+            self._remove(client_id, ClientStatus.KICKED, why if ban else "kicked by the operator")
+            ev.append(ClientKicked(client_id))
+        elif c.status is not ClientStatus.KICKED:
+            c.status = ClientStatus.KICKED
+            c.drop_reason = why if ban else "kicked by the operator"
+            self._client_changed(c)
+            ev.append(ClientKicked(client_id))
+        if ban:
+            self._bans[client_id] = why
+            c.drop_reason = why
+            self._client_changed(c)
+            ev.append(ClientBanned(client_id, why))
+        self._settle(now, ev)
+        return Outcome(tuple(ev))
+
+    def unban(self, client_id: str, now: float) -> Outcome:
+        """Lift a ban or a kick: the id may join again (as a new pending client)."""
+        c = self._clients.get(client_id) if isinstance(client_id, str) else None
+        if client_id not in self._bans and (c is None or c.status is not ClientStatus.KICKED):
+            return reject(ErrorCode.NOT_MEMBER, f"{client_id!r} is neither banned nor kicked")
+        self._bans.pop(client_id, None)
+        if c is not None:
+            c.status = ClientStatus.LEFT
+            c.drop_reason = "unbanned by the operator"
+            self._client_changed(c)
+        ev: list[Event] = [ClientUnbanned(client_id)]
         self._settle(now, ev)
         return Outcome(tuple(ev))
 
@@ -217,8 +273,15 @@ class Messages(CoordinatorState):
 
     @message
     def vote(
-        self, client_id: str, round: int, candidates: Sequence[tuple[str, int]], now: float
+        self,
+        client_id: str,
+        round: int,
+        candidates: Sequence[tuple[str, int]],
+        now: float,
+        declines: str = "",
     ) -> Outcome:
+        """A vote for round ``round``'s train set. ``declines``: why the voter will not train
+        (its privacy budget is spent); it is then never elected, but still witnesses."""
         _check_round(round)
         c = self._sender(client_id, member=True)
         if self._state not in (S.WARMUP, *ROUND_STATES):
@@ -229,9 +292,20 @@ class Messages(CoordinatorState):
             )
         if client_id in self._votes:
             raise Refused(ErrorCode.DUPLICATE, f"{client_id} already voted for round {round}")
+        if not isinstance(declines, str):
+            raise Refused(ErrorCode.MALFORMED, "a vote's declines must be a string")
         self._votes.add(client_id, parse_candidates(candidates, self._epoch_size))
         self._vote_waiting.discard(client_id)
-        return self._touch_and_settle(c, VoteCast(round, client_id), now)
+        ev: list[Event] = [VoteCast(round, client_id)]
+        if declines and client_id not in self._declined:
+            ev.append(TrainingDeclined(round, client_id, declines))
+        if declines:
+            self._declined[client_id] = declines
+        else:
+            self._declined.pop(client_id, None)
+        self._touch(c, now)
+        self._settle(now, ev)
+        return Outcome(tuple(ev))
 
     @message
     def commit(self, client_id: str, round: int, result: ResultRef, now: float) -> Outcome:
@@ -343,6 +417,8 @@ class Messages(CoordinatorState):
         c = self._clients.get(client_id) if isinstance(client_id, str) else None
         if c is None:
             raise Refused(ErrorCode.NOT_MEMBER, f"unknown client {client_id!r}; join first")
+        if client_id in self._bans:
+            raise Refused(ErrorCode.BANNED, f"{client_id} is banned: {self._bans[client_id]}")
         if c.status is ClientStatus.KICKED:
             raise Refused(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
         if c.status is ClientStatus.DROPPED:

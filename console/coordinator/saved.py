@@ -1,7 +1,8 @@
 """A run's saved progress: what ``Coordinator.to_state`` writes and ``restore`` reads back.
 
 Plain JSON-able data, enough for a new console process to resume the run: counters, the
-checkpoint, the rounds (in the broadcast's form, :func:`round_to_dict`) and the kicked ids.
+checkpoint, the rounds (in the broadcast's form, :func:`round_to_dict`) and the banned ids
+(with why; a plain kick lasts only as long as the console process).
 Parsing validates everything and names what is wrong; no file I/O here (the server and
 ``console/server/history.py`` store it).
 """
@@ -28,7 +29,7 @@ class Progress:
     accepted_rounds: int
     checkpoint: CheckpointRef | None
     rounds: list[Round]
-    kicked: list[str]
+    banned: dict[str, str]  # id -> why
 
     @property
     def last_accepted(self) -> Round | None:
@@ -45,7 +46,7 @@ class Progress:
             "accepted_rounds": self.accepted_rounds,
             "checkpoint": msgspec.to_builtins(self.checkpoint),
             "rounds": [r.as_dict() for r in self.rounds],
-            "kicked": self.kicked,
+            "banned": self.banned,
         }
 
 
@@ -78,8 +79,22 @@ def load_progress(raw: dict[str, Any], *, run_id: str, seed: int) -> Progress:
         accepted_rounds=raw["accepted_rounds"],
         checkpoint=cp,
         rounds=rounds,
-        kicked=[str(cid) for cid in raw.get("kicked", [])],
+        banned=_banned(raw),
     )
+
+
+def _banned(raw: dict[str, Any]) -> dict[str, str]:
+    """``banned``: {id: why}. A state written before bans existed lists ``kicked`` ids, which
+    were refused for good then: they stay refused, as bans."""
+    banned = raw.get("banned", {})
+    if not isinstance(banned, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in banned.items()
+    ):
+        raise ValueError("saved state: banned must map client ids to reasons")
+    legacy = raw.get("kicked", [])
+    if not isinstance(legacy, list):
+        raise ValueError("saved state: kicked must be a list of client ids")
+    return {**{str(cid): "kicked by the operator" for cid in legacy}, **banned}
 
 
 def round_from_dict(raw: Any) -> RoundView:

@@ -19,6 +19,7 @@ from console.config import CoordinatorConfig
 from console.coordinator.committee import VoteTally
 from console.coordinator.records import Client, Round
 from console.coordinator.saved import Progress, load_progress
+from transport.fields import ErrorCode
 from transport.state import (
     CheckpointRef,
     ClientStatus,
@@ -107,11 +108,15 @@ class CoordinatorState:
         self._commit_waiting: set[str] = set()
         self._vote_waiting: set[str] = set()
         self._votes = VoteTally()  # for round + 1
+        # clients that said in their vote they will not train any more, with why
+        self._declined: dict[str, str] = {}
+        self._finish_reason: str | None = None  # no client left to train: Finished after Cooldown
         self._rounds: list[Round] = []
         self._last_accepted: Round | None = None
         self._checkpoint: CheckpointRef | None = None
         self._checkpoint_round: int | None = None  # the accepted round still to be saved
         self._uploader: str | None = None
+        self._bans: dict[str, str] = {}  # banned id -> why (kick --ban; kept in to_state)
         if restore is not None:
             self._restore(restore)
 
@@ -120,6 +125,11 @@ class CoordinatorState:
     @property
     def state(self) -> RunState:
         return self._state
+
+    @property
+    def bans(self) -> dict[str, str]:
+        """Banned ids and why (a copy)."""
+        return dict(self._bans)
 
     @property
     def rounds(self) -> tuple[RoundView, ...]:
@@ -192,6 +202,38 @@ class CoordinatorState:
             best = expiry if best is None else min(best, expiry)
         return best
 
+    def settings_refused(
+        self, config: CoordinatorConfig | None = None, train_set_size: int | None = None
+    ) -> str | None:
+        """Why :meth:`reconfigure` would refuse these settings now (None: it would take them):
+        coordinator settings outside WaitingForMembers and Paused, or values that break the
+        machine's invariants (the config rules check the rest)."""
+        if config is not None and config != self._cfg and not self._settings_state_ok():
+            then = "" if self._state is _S.FINISHED else "; pause the run first"
+            return (
+                f"coordinator settings change only in WaitingForMembers or Paused, not in "
+                f"{self._state}{then}"
+            )
+        size = self._train_set_size if train_set_size is None else train_set_size
+        problems = _config_problems(config or self._cfg, size)
+        if (
+            config is not None
+            and config != self._cfg
+            and config.total_rounds <= self._accepted_rounds
+        ):
+            problems.append(
+                f"total_rounds must be > the {self._accepted_rounds} rounds already accepted"
+            )
+        return "; ".join(problems) or None
+
+    def _settings_state_ok(self) -> bool:
+        return self._state in (_S.WAITING_FOR_MEMBERS, _S.PAUSED)
+
+    def _refusal_code(self, config: CoordinatorConfig | None) -> ErrorCode:
+        if config is not None and config != self._cfg and not self._settings_state_ok():
+            return ErrorCode.WRONG_STATE
+        return ErrorCode.MALFORMED
+
     def _members_needed(self) -> int:
         return max(self._cfg.init_min_clients, self._cfg.min_clients, 1)
 
@@ -215,7 +257,6 @@ class CoordinatorState:
         ``since``: leave out the rounds numbered up to it (the caller keeps them elsewhere and
         hands them back to ``restore``), so the state's size does not grow with the run.
         """
-        kicked = [cid for cid, c in self._clients.items() if c.status is ClientStatus.KICKED]
         return Progress(
             # a console resumed from this state starts a new epoch
             epoch=self._epoch + (1 if self._state in _EPOCH_STATES else 0),
@@ -223,7 +264,7 @@ class CoordinatorState:
             accepted_rounds=self._accepted_rounds,
             checkpoint=self._checkpoint,
             rounds=self._rounds_after(since),
-            kicked=sorted(kicked),
+            banned=dict(sorted(self._bans.items())),
         ).to_state(self._run_id, self._seed)
 
     def _restore(self, raw: dict[str, Any]) -> None:
@@ -234,11 +275,12 @@ class CoordinatorState:
         self._rounds = saved.rounds
         self._last_accepted = saved.last_accepted
         self._checkpoint = saved.checkpoint
-        for cid in saved.kicked:
+        for cid, why in saved.banned.items():
             c = Client(cid, ClientStatus.KICKED, "", 0.0)
-            c.drop_reason = "kicked by the operator"
+            c.drop_reason = why
             self._clients[c.id] = c
             bisect.insort(self._sorted_ids, c.id)
+        self._bans = dict(saved.banned)
         if self._accepted_rounds >= self._cfg.total_rounds:
             self._state = _S.FINISHED  # nothing left to do; raise total_rounds to go on
 

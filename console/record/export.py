@@ -15,7 +15,8 @@ that committed, attested or reported an aggregate or metrics for it. Columns
   ``round_bytes_down`` (its gossip bytes for this round: pushes, relays, fetches);
   ``update_bytes`` and ``compression_ratio`` (a trainer's encoded update: its size, and raw
   fp32 bytes over it); ``duplicates`` and ``fetches`` (running counts: pushes of an update it
-  already held, updates it fetched because a relay on its path died).
+  already held, updates it fetched because a relay on its path died); ``epsilon`` (``[privacy]
+  dp``: the privacy the node had spent by then, at the run's delta).
 
 A value the client did not report, or one that is not finite, is an empty cell.
 """
@@ -53,6 +54,7 @@ COLUMNS = (
     "duplicates",
     "fetches",
     "aggregate_hash",
+    "epsilon",
 )
 HASH_DIGITS = 12
 
@@ -121,6 +123,7 @@ def _row(view: RoundView, record: RoundRecord, client: str) -> dict[str, Any]:
         "duplicates": _count(reported.get("duplicates")),
         "fetches": _count(reported.get("fetches")),
         "aggregate_hash": aggregate_hash[:HASH_DIGITS],
+        "epsilon": _number(reported.get("epsilon", commit.get("epsilon"))),
     }
 
 

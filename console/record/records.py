@@ -40,6 +40,12 @@ class ClientRecord:
     update_bytes: int | None = None  # size of its last encoded update (trainers only)
     duplicates: int | None = None  # running counts: pushes of an update it already held,
     fetches: int | None = None  # and updates it fetched because a relay on its path died
+    epsilon: float | None = None  # [privacy] dp: the most the node said it has spent
+
+    def spent(self, epsilon: float | None) -> None:
+        """A reported epsilon; it only grows (a late report of an older round changes nothing)."""
+        if epsilon is not None and math.isfinite(epsilon):
+            self.epsilon = max(epsilon, self.epsilon or 0.0)
 
 
 @dataclass
@@ -71,6 +77,15 @@ class RoundRecord:
         """Gossip bytes sent this round, summed over the nodes that reported them."""
         sent = self.round_bytes_up()
         return sum(sent.values()) if sent else None
+
+    def learning_rate(self) -> float | None:
+        """The learning rate the round's trainers reported training at (the schedule's rate
+        for the round; the lowest id's when they differ), or None before any commit."""
+        for _, metrics in sorted(self.commits.items()):
+            rate = metrics.get("learning_rate")
+            if rate is not None and math.isfinite(rate):
+                return rate
+        return None
 
     def global_metrics(self) -> dict[str, float]:
         """Mean over nodes of what they measured on their aggregate (all should agree)."""
@@ -133,6 +148,7 @@ class RunRecords:
         record = self._client(client_id)
         record.rounds_trained += 1
         record.last_loss = metrics.get("train_loss", record.last_loss)
+        record.spent(metrics.get("epsilon"))
         entry = self.rounds[round]
         entry.commits[client_id] = dict(metrics)
         entry.version += 1
@@ -155,6 +171,7 @@ class RunRecords:
         entry.version += 1
         if "update_norm" in metrics:
             record.update_norm = metrics["update_norm"]
+        record.spent(metrics.get("epsilon"))
         record.node_bytes_sent = int(metrics.get("bytes_sent", record.node_bytes_sent))
         record.node_bytes_received = int(metrics.get("bytes_received", record.node_bytes_received))
         if round < record.metrics_round:
@@ -170,6 +187,11 @@ class RunRecords:
         record.update_bytes = _newer(metrics.get("update_bytes"), record.update_bytes)
         record.duplicates = _newer(metrics.get("duplicates"), record.duplicates)
         record.fetches = _newer(metrics.get("fetches"), record.fetches)
+
+    def worst_epsilon(self) -> float | None:
+        """The most privacy any node said it has spent (None: no node reported any)."""
+        spent = [c.epsilon for c in self.clients.values() if c.epsilon is not None]
+        return max(spent) if spent else None
 
     def on_event(self, event: object, now: float) -> None:
         """Hook for coordinator events (nothing to keep yet beyond the event log)."""
@@ -222,6 +244,7 @@ class RunRecords:
                     round_bytes_up=record.round_bytes_up,
                     round_bytes_down=record.round_bytes_down,
                     compression_ratio=record.compression_ratio,
+                    epsilon=record.epsilon,
                 )
             )
         return tuple(rows)
@@ -274,6 +297,7 @@ class RunRecords:
             busiest_uplink=None if busiest is None else busiest[1],
             busiest_node="" if busiest is None else busiest[0],
             gossip_bytes=record.gossip_bytes(),
+            learning_rate=record.learning_rate(),
         )
 
     def summary_clients(self, snap: RunSnapshot) -> list[dict[str, Any]]:
@@ -304,6 +328,7 @@ class RunRecords:
                     "update_bytes": record.update_bytes,
                     "duplicates": record.duplicates,
                     "fetches": record.fetches,
+                    "epsilon": record.epsilon,
                 }
             )
         return out
@@ -335,6 +360,7 @@ class RunRecords:
                     if row.busiest_uplink is None
                     else {"node": row.busiest_node, "bytes": row.busiest_uplink},
                     "gossip_bytes": row.gossip_bytes,
+                    "learning_rate": row.learning_rate,
                 }
             )
         return out

@@ -33,6 +33,7 @@ class ClientRow:
     round_bytes_up: int | None = None
     round_bytes_down: int | None = None
     compression_ratio: float | None = None  # raw fp32 update bytes / encoded update bytes
+    epsilon: float | None = None  # [privacy] dp: the epsilon the node has spent (None: off)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class RoundRow:
     busiest_uplink: int | None = None  # most gossip bytes one node sent this round
     busiest_node: str = ""  # the node that sent them
     gossip_bytes: int | None = None  # gossip bytes sent this round, summed over the nodes
+    learning_rate: float | None = None  # the trainers' rate this round ([learning] lr_schedule)
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,6 @@ class ConsoleView:
     rejected_messages: int = 0
     checkpoint_dir: str = ""
     notes: dict[str, str] = field(default_factory=dict)
+    # [privacy] dp: the worst epsilon any node reported and the delta it is at (None: DP off)
+    epsilon: float | None = None
+    delta: float | None = None

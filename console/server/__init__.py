@@ -6,9 +6,11 @@
 - ``security.py``: CURVE for the console: its keys, the node allowlist, refusals logged.
 - ``checkpoint.py``: safetensors weights + coordinator state, written atomically, read back verified.
 - ``history.py``: settled rounds stored once in round-history files the saved state lists.
+- ``settings.py``: live settings: data.toml edited with tomlkit, checked, written (``.bak``).
 - ``spawn.py``: the local child processes (``[local] spawn`` nodes, the data server).
 """
 
 from console.server.server import ConsoleServer
+from console.server.settings import SettingsResult
 
-__all__ = ["ConsoleServer"]
+__all__ = ["ConsoleServer", "SettingsResult"]

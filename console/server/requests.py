@@ -33,7 +33,14 @@ from transport.codec import DecodeError, Limits, decode
 from transport.fields import ErrorCode
 from transport.net import announced_from
 from transport.spec import RunSpec
-from transport.state import CheckpointRef, ResultRef, RoundOutcome, RunSnapshot, RunState
+from transport.state import (
+    CheckpointRef,
+    ClientStatus,
+    ResultRef,
+    RoundOutcome,
+    RunSnapshot,
+    RunState,
+)
 from transport.tensors import model_hash
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,8 @@ class NodeRequests:
     """
 
     config: Config
+    spec_config: Config  # the config whose run spec nodes build this epoch with
+    spec_version: int
     coordinator: Coordinator
     records: RunRecords
     events: EventLog
@@ -163,7 +172,7 @@ class NodeRequests:
         )
 
     def _run_spec(self) -> RunSpec:
-        spec = self.config.run_spec()
+        spec = self.spec_config.run_spec()
         if self.data_server is not None and spec.data_endpoint != self.data_server:
             spec = msgspec.structs.replace(spec, data_endpoint=self.data_server)
         return spec
@@ -171,8 +180,10 @@ class NodeRequests:
     def _snapshot(self, now: float) -> RunSnapshot:
         """The coordinator's snapshot as nodes get it: with the data server's address."""
         snap = self.coordinator.snapshot(now)
-        if self.data_server is not None:
-            snap = msgspec.structs.replace(snap, data_server=self.data_server)
+        if self.data_server is not None or self.spec_version:
+            snap = msgspec.structs.replace(
+                snap, data_server=self.data_server, spec_version=self.spec_version
+            )
         return snap
 
     def _on_heartbeat(self, msg: m.Heartbeat, now: float) -> m.Message:
@@ -200,7 +211,7 @@ class NodeRequests:
         return self.coordinator.state is RunState.FINISHED and node_id in self.records.clients
 
     def _on_leave(self, msg: m.Leave, now: float) -> m.Message:
-        return self._answer(msg, self.coordinator.leave(msg.node_id, now), now)
+        return self._answer(msg, self.coordinator.leave(msg.node_id, now, msg.reason), now)
 
     def _on_warmed_up(self, msg: m.WarmedUp, now: float) -> m.Message:
         expected = self.coordinator.snapshot(now).checkpoint
@@ -216,7 +227,9 @@ class NodeRequests:
         return self._answer(msg, outcome, now)
 
     def _on_vote(self, msg: m.Vote, now: float) -> m.Message:
-        outcome = self.coordinator.vote(msg.node_id, msg.round, list(msg.candidates), now)
+        outcome = self.coordinator.vote(
+            msg.node_id, msg.round, list(msg.candidates), now, msg.declines
+        )
         return self._answer(msg, outcome, now)
 
     def _on_commit(self, msg: m.Commit, now: float) -> m.Message:
@@ -291,6 +304,15 @@ class NodeRequests:
         except CheckpointError as exc:
             return self._reject(now, msg.node_id, msg.TYPE, ErrorCode.UNAVAILABLE, str(exc))
         return m.ModelReply(round=stored.round, hash=stored.hash, tensors=payloads)
+
+    def _on_spec_request(self, msg: m.SpecRequest, now: float) -> m.Message:
+        """The run spec nodes build this epoch with, and its version (live settings)."""
+        client = self.coordinator.snapshot(now).client(msg.node_id)
+        if client is None or client.status not in (ClientStatus.PENDING, ClientStatus.ACTIVE):
+            return self._reject(
+                now, msg.node_id, msg.TYPE, ErrorCode.NOT_MEMBER, "join the run first"
+            )
+        return m.SpecReply(version=self.spec_version, spec=self._run_spec())
 
     def _on_checkpoint_upload(self, msg: m.CheckpointUpload, now: float) -> m.Message:
         snap = self.coordinator.snapshot(now)

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from console.config import Config
 from console.coordinator import Coordinator, Outcome
-from console.coordinator.events import ClientJoined
+from console.coordinator.events import ClientJoined, StateChanged
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
@@ -34,9 +34,11 @@ from console.server.checkpoint import (
     load_latest,
 )
 from console.server.history import RoundHistory
+from console.server.operator import OperatorRequests
 from console.server.remote import RemoteRequests
 from console.server.requests import Endpoints, NodeRequests
 from console.server.security import ConsoleSecurity
+from console.server.settings import ConfigFile
 from transport import messages as m
 from transport.codec import encode
 from transport.net import is_loopback
@@ -61,7 +63,10 @@ URGENT_EVENTS = frozenset(
         "witnesses_replaced",
         "client_dropped",
         "client_kicked",
+        "client_banned",
+        "client_unbanned",
         "client_left",
+        "training_declined",
         "epoch_started",
         "checkpoint_requested",
         "checkpoint_saved",
@@ -76,7 +81,7 @@ FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's ag
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
-class ConsoleServer(NodeRequests, RemoteRequests):
+class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
     """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
 
     def __init__(
@@ -121,6 +126,10 @@ class ConsoleServer(NodeRequests, RemoteRequests):
         # may correct it once the data server has bound, e.g. port 0).
         self.data_server: str | None = config.run_spec().data_endpoint or None
         self.coordinator = self._make_coordinator()
+        # live settings: the file as read, and the config whose spec nodes build epochs with
+        self.config_file = ConfigFile(config.source)
+        self.spec_config = config
+        self.spec_version = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -268,45 +277,9 @@ class ConsoleServer(NodeRequests, RemoteRequests):
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
             checkpoint_dir=str(self.checkpoint_dir),
+            epsilon=self.records.worst_epsilon() if self.config.privacy.dp else None,
+            delta=self.config.privacy.delta if self.config.privacy.dp else None,
         )
-
-    # ----------------------------------------------------------------- operator API
-
-    # ``who``: the operator, as the log names them ("console": this console's own keys; a
-    # CURVE key's short form or ctl@ADDRESS: fl-console ctl / attach).
-
-    def pause(self, *, who: str = "console") -> Outcome:
-        return self._operator("pause", self.coordinator.pause, who=who)
-
-    def resume(self, *, who: str = "console") -> Outcome:
-        return self._operator("resume", self.coordinator.resume, who=who)
-
-    def end_phase(self, *, who: str = "console") -> Outcome:
-        return self._operator("end phase", self.coordinator.end_phase, who=who)
-
-    def kick(self, client_id: str, *, who: str = "console") -> Outcome:
-        return self._operator(
-            f"kick {client_id}", lambda now: self.coordinator.kick(client_id, now), who=who
-        )
-
-    def _operator(
-        self, what: str, call: Callable[[float], Outcome], *, who: str = "console"
-    ) -> Outcome:
-        now = self.clock()
-        outcome = call(now)
-        by = "" if who == "console" else f" ({who})"
-        if outcome.rejection is None:
-            self.events.write(now, "operator", f"operator{by}: {what}", who=who)
-        else:
-            self.events.write(
-                now,
-                "operator",
-                f"operator{by}: {what} refused: {outcome.rejection.reason}",
-                level="warning",
-                who=who,
-            )
-        self._after(outcome, now)
-        return outcome
 
     # ----------------------------------------------------------------- control socket
 
@@ -350,6 +323,8 @@ class ConsoleServer(NodeRequests, RemoteRequests):
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         """Log what happened, broadcast at once if anything did, wake the ticker."""
         for event in outcome.events:
+            if isinstance(event, StateChanged) and event.new is RunState.WARMUP:
+                self._activate_spec(now)
             fields = _fields(event)
             if isinstance(event, ClientJoined) and event.client_id in self.records.clients:
                 record = self.records.clients[event.client_id]  # the process behind the id

@@ -78,6 +78,7 @@ class LocalNodes:
         self.use_fork_server = fork_server_available() if fork_server is None else fork_server
         self.fork_server: ForkServer | None = None
         self.nodes: list[LocalNode] = []
+        self._reaped: set[int] = set()  # the nodes reap() reported (by id: names may repeat)
 
     def prepare(self) -> None:
         """Start the fork server now (it imports torch and the node's modules, ~1-2 s)."""
@@ -147,6 +148,18 @@ class LocalNodes:
                 node.process.wait(timeout=5)
         if self.fork_server is not None:
             self.fork_server.stop(timeout)
+
+    def reap(self) -> list[LocalNode]:
+        """The nodes that ended since the last call (each once), reaped: a node the operator
+        kicked exits 3 and must not linger as a zombie while the run goes on."""
+        ended = []
+        for node in self.nodes:
+            if id(node) in self._reaped or not _has_pid(node.process):
+                continue
+            if node.process.poll() is not None:
+                self._reaped.add(id(node))
+                ended.append(node)
+        return ended
 
     @property
     def pids(self) -> list[int]:

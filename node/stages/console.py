@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from node.privacy import round_cost
 from node.workflow import NodeContext
 from transport import messages as m
 from transport.state import RoundView, RunSnapshot, RunState
@@ -28,6 +29,14 @@ def phase_remaining(ctx: NodeContext, default: float = WAIT_SLICE) -> float:
     if deadline is None:
         return default
     return max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+def training_refusal(ctx: NodeContext) -> str:
+    """Why this node must not train another round ("" when it may): its privacy budget."""
+    if ctx.privacy is None or ctx.shard is None:
+        return ""
+    q, steps = round_cost(ctx.shard.samples, ctx.spec.learning)
+    return "" if ctx.privacy.allows(q, steps) else ctx.privacy.refusal(q, steps)
 
 
 async def send(ctx: NodeContext, msg: m.Message, what: str) -> bool:

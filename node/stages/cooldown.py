@@ -7,6 +7,7 @@ import asyncio
 import torch
 
 from node import weights
+from node.server_optimizers import global_state
 from node.stages import start
 from node.stages.console import WAIT_SLICE, send
 from node.workflow import NodeContext, Stage
@@ -55,10 +56,12 @@ def asked_to_upload(ctx: NodeContext, snap: RunSnapshot) -> bool:
 async def upload_checkpoint(
     ctx: NodeContext, snap: RunSnapshot, state: dict[str, torch.Tensor] | None = None
 ) -> bool:
-    """Send the global model (the last accepted round's aggregate) for the checkpoint:
-    ``state`` when given, else the model's weights (not training: Cooldown)."""
+    """Send the global state (the last accepted round's aggregate and the server optimiser's
+    state) for the checkpoint: ``state`` when given, else the model's (not training: Cooldown)."""
     assert ctx.model is not None
-    payloads = weights.to_payloads(ctx.model if state is None else state)
+    if state is None:
+        state = global_state(ctx.model.state_dict(), ctx.server_optimizer)
+    payloads = weights.to_payloads(state)
     digest = model_hash(payloads)
     if digest != ctx.global_hash:
         return False

@@ -11,6 +11,7 @@ import torch
 from node import weights
 from node.aggregators import Update, aggregate, update_norm
 from node.compression import apply_update
+from node.server_optimizers import global_hash, global_state, load_global
 from node.stages import cooldown, vote
 from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, round_view, send
 from node.training import evaluate
@@ -108,9 +109,9 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         trim_fraction=learning.trim_fraction,
         byzantine_f=learning.byzantine_f,
     )
-    state = apply_update(base, delta)
+    state = step_global(ctx, base, delta)
     weights.load_into(ctx.model, state)
-    digest = weights.model_hash_of(ctx.model)
+    digest = global_hash(ctx.model, ctx.server_optimizer)
     result = await asyncio.to_thread(evaluate, ctx.model, ctx.dataset.x_test, ctx.dataset.y_test)
     ctx.global_hash, ctx.global_round = digest, r
     work.aggregated = True
@@ -125,6 +126,8 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
         "duplicates": float(stats.duplicates),
         "fetches": float(stats.fetches),
     }
+    if ctx.privacy is not None:  # every node reports what it has spent, trainer or not
+        extra["epsilon"] = ctx.privacy.epsilon
     if work.trained_state is not None:
         extra["update_norm"] = update_norm(work.trained_state, state)
         for key in ("train_time", "update_bytes", "compression_ratio"):
@@ -139,7 +142,17 @@ async def aggregate_round(ctx: NodeContext, r: int, view: RoundView) -> None:
     # The next round trains at once: the reports (and the round's checkpoint, if this node is
     # asked for it) travel meanwhile. ``state`` is the aggregate itself; training changes the
     # model's own tensors, never these.
-    ctx.report_in_background(_report_round(ctx, aggregate_report, state, extra))
+    uploaded = global_state(state, ctx.server_optimizer)  # the optimiser state of this round
+    ctx.report_in_background(_report_round(ctx, aggregate_report, uploaded, extra))
+
+
+def step_global(
+    ctx: NodeContext, base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The new global model: ``base + delta``, or the server optimiser's step with ``delta``."""
+    if ctx.server_optimizer is None:
+        return apply_update(base, delta)
+    return ctx.server_optimizer.step(base, delta)
 
 
 async def resync_global(ctx: NodeContext, r: int) -> bool:
@@ -170,8 +183,7 @@ async def resync_global(ctx: NodeContext, r: int) -> bool:
             r - 1,
         )
         return False
-    state = weights.from_payloads(reply.tensors, ctx.model.state_dict())
-    weights.load_into(ctx.model, state)
+    load_global(ctx.model, ctx.server_optimizer, reply.tensors)  # the optimiser state too
     ctx.global_hash, ctx.global_round = reply.hash, reply.round
     log.info(
         "round %d: took round %d's checkpoint as the base (missed round %d)",

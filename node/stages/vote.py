@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.stages import cooldown, finished, start, train, wait
-from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send
+from node.stages.console import ACTIVE_ROUND, WAIT_SLICE, send, training_refusal
 from node.workflow import NodeContext, RoundStage, Stage
 from transport import messages as m
 from transport.state import ClientStatus, RunSnapshot, RunState
@@ -59,8 +59,8 @@ async def vote_for(ctx: NodeContext, round: int) -> None:
         return
     ctx.voted.add(round)
     snap = ctx.snapshot
-    await send(
-        ctx,
-        m.Vote(node_id=ctx.node_id, round=round, candidates=make_vote(ctx, snap)),
-        f"vote for round {round}",
+    declines = training_refusal(ctx)  # its privacy budget is spent: never elected again
+    vote = m.Vote(
+        node_id=ctx.node_id, round=round, candidates=make_vote(ctx, snap), declines=declines
     )
+    await send(ctx, vote, f"vote for round {round}")

@@ -177,3 +177,19 @@ def test_compression_ratios_read_as_short_factors() -> None:
     assert shown == ["1.0×", "2.0×", "3.9×", "5.0×", "50×", "1.2k×"]
     assert ratio(1.0)[1] == "dim"  # no compression
     assert ratio(None) == ("·", "dim") and ratio(float("nan")) == ("·", "dim")
+
+
+def test_the_round_row_and_the_summary_show_the_rate_the_trainers_trained_at() -> None:
+    from console.app.cells import ROUND_COLUMNS, round_cells
+
+    records = RunRecords()
+    assert records.round_row(_round(2)).learning_rate is None  # before any commit
+    records.committed("n2", 2, {"train_loss": 0.5, "learning_rate": 0.00707})
+    records.committed("n1", 2, {"train_loss": 0.4, "learning_rate": 0.00707})
+
+    row = records.round_row(_round(2))
+    assert row.learning_rate == 0.00707
+    cells = dict(zip((c.key for c in ROUND_COLUMNS), round_cells(row), strict=True))
+    assert cells["learning_rate"][0] == "0.00707"
+    (summary,) = records.summary_rounds((_round(2),))
+    assert summary["learning_rate"] == 0.00707

@@ -57,7 +57,7 @@ def long_run_state(config: Config) -> dict:
         "accepted_rounds": ROUNDS,
         "checkpoint": None,
         "rounds": [round_to_dict(v) for v in rounds],
-        "kicked": [],
+        "banned": {},
     }
 
 

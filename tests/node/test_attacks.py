@@ -59,6 +59,7 @@ class _FakeLink:
         self.sent: list[m.Message] = []
         self.on_snapshot: list[Any] = []
         self.latest = None
+        self.snapshot = SimpleNamespace(epoch=0, total_rounds=2)  # Train reads total_rounds
 
     async def request(self, msg: m.Message, *, timeout: float | None = None) -> m.Message:
         self.sent.append(msg)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from console.app.app import ConsoleApp
 from console.app.backend import StaticBackend
+from console.config import load_config
+from console.config.edit import Setting, settings
 from console.record.replay import RecordedView, Recording, ReplayBackend
 from console.record.view import ConsoleView
 from console.remote.attach import AttachBackend
 from console.remote.client import Target
+from console.server import SettingsResult
+from tests.factories import REPO
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
 
 WIDE = (120, 40)
@@ -87,3 +91,21 @@ def test_attached_read_only_screen_shows_no_operator_keys(snap_compare) -> None:
 def test_attached_operator_screen_shows_the_operator_keys(snap_compare) -> None:
     app = ConsoleApp(_FixedAttach(mid_round_view(), operable=True), clock=lambda: 0.0)
     assert snap_compare(app, terminal_size=WIDE)
+
+
+class SettingsBackend(StaticBackend):
+    """A fixed snapshot plus the repository's data.toml as the settings screen lists it."""
+
+    def settings(self) -> list[Setting]:
+        path = REPO / "data.toml"
+        return settings(load_config(path), path.read_text())
+
+    def set_settings(self, changes: dict[str, str]) -> SettingsResult:
+        self.calls.append(("set_settings", *changes))
+        return SettingsResult(False, "coordinator.min_clients = 9: must be <= ...")
+
+
+def test_settings_screen_lists_values_with_the_files_comments(snap_compare) -> None:
+    app = ConsoleApp(SettingsBackend(waiting_view()), clock=lambda: 0.0)
+    # o opens it; the cursor goes to coordinator.init_min_clients (5 server/top keys first)
+    assert snap_compare(app, terminal_size=WIDE, press=["o", *["down"] * 6])

@@ -16,6 +16,8 @@ _LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as s
     "client_joined": "join",
     "client_dropped": "drop",
     "client_kicked": "kick",
+    "client_banned": "ban",
+    "client_unbanned": "unban",
     "client_left": "leave",
     "client_warmed_up": "warmed up",
     "epoch_started": "epoch",
@@ -35,13 +37,19 @@ _LABEL = {  # the coordinator's event kinds (console/coordinator/events.py) as s
     "paused": "pause",
     "resumed": "resume",
     "run_finished": "finished",
+    "training_declined": "privacy",
+    "setting_changed": "setting",  # the server's (console/server/operator.py), not events.py
+    "spec_changed": "spec",
 }
 _STYLE = {
     "state": "bold cyan",
     "operator": "bold magenta",
     "drop": "red",
     "kick": "bold red",
+    "ban": "bold red",
+    "setting": "bold magenta",
     "leave": "yellow",
+    "privacy": "bold magenta",
     "reject": "yellow",
     "rejected": "red",
     "join": "green",

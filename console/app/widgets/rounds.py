@@ -11,6 +11,7 @@ from textual.widgets import Static
 
 from console.app.cells import (
     ROUND_COLUMNS,
+    rate,
     reference_hashes,
     round_cells,
     round_traffic,
@@ -73,7 +74,10 @@ class WitnessPanel(Static):
         else:
             title = f"round {row.round} witnesses · quorum {row.quorum} of {row.witnesses_elected}"
             traffic = round_traffic(row)
-            self.border_title = f"{title} · {traffic}" if traffic else title
+            title = f"{title} · {traffic}" if traffic else title
+            if row.learning_rate is not None:  # the lr column is the first a narrow table drops
+                title += f" · lr {rate(row.learning_rate)}"
+            self.border_title = title
         self.update(render_witnesses(row))
 
 

@@ -1294,7 +1294,10 @@ def test_end_phase_in_waiting_skips_the_extra_time_only_with_enough_members() ->
     run = Run()
     run.join("c0", "c1", "c2")
     out = run.c.end_phase(run.now)
-    assert out.rejection == Rejection("wrong_state", "waiting for 1 more members")
+    assert out.rejection == Rejection(
+        "wrong_state",
+        "waiting for 1 more member; lower coordinator.init_min_clients in the settings to go on",
+    )
     run.join("c3")
     run.ok(run.c.end_phase(run.now))
     assert run.state is S.WARMUP
@@ -1368,10 +1371,10 @@ def test_snapshot_is_unchanged_by_later_calls() -> None:
     assert snap == copy
 
 
-def test_restore_round_trip_keeps_progress_and_kicks() -> None:
+def test_restore_round_trip_keeps_progress_and_bans() -> None:
     run = Run()
     run.start_epoch()
-    run.ok(run.c.kick("c5", run.now))
+    run.ok(run.c.kick("c5", run.now, ban=True, reason="banned by the operator (test)"))
     run.to_round_train()
     run.honest_round()
     run.honest_round()
@@ -1384,7 +1387,9 @@ def test_restore_round_trip_keeps_progress_and_kicks() -> None:
     assert snap.checkpoint == run.snap().checkpoint
     assert back.rounds == run.c.rounds
     assert back.to_state() == saved
-    assert back.join("c5", RUN, 500.0).rejection.code == "kicked"  # type: ignore[union-attr]
+    refused = back.join("c5", RUN, 500.0).rejection
+    assert refused is not None and refused.code == "banned"
+    assert refused.reason == "c5 is banned: banned by the operator (test)"
     for cid in IDS[:4]:
         back.join(cid, RUN, 500.0)
     back.tick(500.1)

@@ -30,6 +30,7 @@ from console.coordinator.events import (
     EpochStarted,
     Outcome,
     RoundStarted,
+    RunFinished,
     StateChanged,
     WitnessesReplaced,
 )
@@ -128,6 +129,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.finished = False
         self.max_round = 0
         self.votes: dict[str, list[tuple[str, int]]] = {}  # our own record of accepted votes
+        self.declined: set[str] = set()  # voters whose last accepted vote declined to train
 
     @property
     def now(self) -> float:
@@ -147,6 +149,10 @@ class CoordinatorMachine(RuleBasedStateMachine):
             return out
         if fn == self.c.vote:
             self.votes[args[0]] = list(args[2])  # type: ignore[index,call-overload]
+            if len(args) > 4 and args[4]:
+                self.declined.add(args[0])  # type: ignore[arg-type]
+            else:
+                self.declined.discard(args[0])  # type: ignore[arg-type]
         for event in out.events:
             if isinstance(event, EpochStarted):
                 self.votes = {}
@@ -160,6 +166,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 assert 0 < len(event.new) <= wanted and not set(event.new) & set(event.gone)
                 assert set(event.new) <= self.joined and event.quorum == quorum(len(event.new))
                 hypothesis.event("witnesses replaced")  # see --hypothesis-show-statistics
+            elif isinstance(event, RunFinished) and event.reason:
+                assert event.reason.startswith("no client left to train")
+                hypothesis.event("finished: no client left to train")
         return out
 
     def check_round_start(self, event: RoundStarted) -> None:
@@ -167,7 +176,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
         active = sorted(v.id for v in self.snap().epoch_clients)  # as at the round start
         seed = round_seed(self.seed, event.round)
         live_votes = {v: c for v, c in self.votes.items() if v in active}
-        trainers = tally_votes(live_votes, active, self.train_set_size, seed)
+        eligible = [c for c in active if c not in self.declined]  # declining voters never train
+        assert eligible, "a round started with every live client declining to train"
+        trainers = tally_votes(live_votes, eligible, self.train_set_size, seed)
         assert event.train_set == tuple(sorted(trainers))
         wanted = self.cfg.witness_nodes or 32
         witnesses = elect_witnesses(active, seed, min(wanted, len(active)))
@@ -254,7 +265,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         if out.ok:
             self.joined.add(cid)
         else:
-            assert not good or out.rejection.code in ("kicked", "wrong_state")  # type: ignore[union-attr]
+            assert not good or out.rejection.code in ("kicked", "banned", "wrong_state")  # type: ignore[union-attr]
 
     @rule(cid=ids, kind=st.sampled_from(["heartbeat", "warmed_up", "aggregate"]), offset=offsets)
     def chatter(self, cid: str, kind: str, offset: int) -> None:
@@ -270,9 +281,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         cid=ids,
         offset=offsets,
         candidates=st.lists(st.tuples(ids, st.integers(0, 3)), max_size=4),
+        declines=st.sampled_from(["", "", "", "privacy budget spent"]),
     )
-    def vote(self, cid: str, offset: int, candidates: list[tuple[str, int]]) -> None:
-        self.call(self.c.vote, cid, self.snap().round + 1 + offset, candidates, self.now)
+    def vote(self, cid: str, offset: int, candidates: list[tuple[str, int]], declines: str) -> None:
+        r = self.snap().round + 1 + offset
+        self.call(self.c.vote, cid, r, candidates, self.now, declines)
 
     @rule(cid=ids, offset=offsets, honest=st.booleans())
     def commit(self, cid: str, offset: int, honest: bool) -> None:
@@ -351,6 +364,36 @@ class CoordinatorMachine(RuleBasedStateMachine):
             if view.outcome is not RoundOutcome.OPEN:
                 return
 
+    @rule(cid=ids, ban=st.booleans())
+    def ban_or_unban(self, cid: str, ban: bool) -> None:
+        """The operator bans an id (joined or not) or lifts a ban or kick: a banned id is never
+        live, and its joins are refused ``banned`` until it is unbanned."""
+        if ban:
+            out = self.call(self.c.kick, cid, self.now, ban=True, reason="r")
+            if out.ok:
+                self.joined.add(cid)  # a banned id is listed as a (kicked) client
+        else:
+            self.call(self.c.unban, cid, self.now)
+        if cid in self.c.bans:
+            assert self.snap().client(cid).status is ClientStatus.KICKED  # type: ignore[union-attr]
+            refused = self.call(self.c.join, cid, RUN, self.now).rejection
+            assert refused is not None and refused.code == "banned"
+
+    @rule(cfg=st.sampled_from(CONFIGS))
+    def reconfigure(self, cfg: CoordinatorConfig) -> None:
+        """The operator's live coordinator settings: taken in WaitingForMembers and Paused
+        (the wait for members re-judged at once), refused elsewhere, changing nothing."""
+        state, old = self.c.state, self.cfg
+        self.cfg = cfg
+        out = self.call(self.c.reconfigure, self.now, config=cfg)
+        if out.rejection is not None:
+            self.cfg = old
+            wrong_state = state not in (S.WAITING_FOR_MEMBERS, S.PAUSED)
+            assert (cfg != old and wrong_state) or cfg.total_rounds <= self.snap().accepted_rounds
+        else:
+            assert cfg == old or state in (S.WAITING_FOR_MEMBERS, S.PAUSED)
+            assert self.snap().init_min_clients == cfg.init_min_clients
+
     @rule()
     def restart_console(self) -> None:
         """The console restarts from its saved state: clients must join again."""
@@ -365,8 +408,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
         )
         assert self.c.to_state()["accepted_rounds"] == saved["accepted_rounds"]
         assert self.c.rounds[-1:] == () or self.c.rounds[-1].outcome is not RoundOutcome.OPEN
-        self.joined = set(saved["kicked"])
+        self.joined = set(saved["banned"])  # a plain kick ends with the console process
         self.votes = {}
+        self.declined = set()  # declines are not saved: nodes say so again in their next vote
         assert self.c.state in (S.WAITING_FOR_MEMBERS, S.FINISHED)
 
     # ------------------------------------------------------------------ invariants
