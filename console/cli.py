@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fl-console",
         description="Run and watch a federated learning run described by a data.toml file.",
-        epilog="fl-console keygen DIR [--nodes N]: make CURVE keys for [security] curve = true\n\n"
+        epilog="fl-console keygen DIR [--nodes N]: make CURVE keys for [security] curve = true\n"
+        "fl-console ctl data.toml VERB: status, pause, resume, end-phase, kick, unban, set\n"
+        "fl-console attach data.toml: the console's screen for a run that is already running\n\n"
         + exit_code_help(ExitCode.OK, ExitCode.RUN_FAILED, ExitCode.USAGE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -97,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from console.keygen import main as keygen
 
         return keygen(argv[1:])
+    if argv[:1] == ["ctl"]:
+        from console.remote.ctl import main as ctl
+
+        return ctl(argv[1:])
+    if argv[:1] == ["attach"]:
+        from console.remote.attach import main as attach
+
+        return attach(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or bad arguments (argparse has printed why)

@@ -1,5 +1,8 @@
 """``fl-console keygen DIR [--name NAME] [--nodes N]``: CURVE key pairs for ``[security]``.
 
+``fl-console keygen DIR --operator NAME`` writes an operator's key pair instead (for
+``fl-console ctl`` and ``attach``) and prints the line for the console's ``[security] operators``.
+
 Writes the console's key pair and N node key pairs into DIR (secret files readable by their
 owner only), copies the node public keys into ``DIR/authorized`` (the console's
 ``authorized_keys``), and prints what to put in ``data.toml`` and what to copy to each node's
@@ -77,7 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--nodes", type=int, default=0, metavar="N", help="also make N node key pairs"
     )
+    parser.add_argument(
+        "--operator",
+        metavar="NAME",
+        help="only write an operator's key pair NAME.key(_secret), for fl-console ctl / attach",
+    )
     return parser
+
+
+def write_operator_key(directory: Path, name: str, out: Console) -> None:
+    """An operator's key pair in ``directory`` and what to do with it (never overwrites)."""
+    if any((directory / f"{name}{suffix}").exists() for suffix in (".key", ".key_secret")):
+        raise KeyFileError(f"{directory / name}.key(_secret) exists already: pick another name")
+    public, secret = write_keypair(directory, name)
+    key, _ = read_keypair(secret)
+    out.print(f"wrote {secret} (secret: stays with the operator) and {public}", markup=False)
+    out.print(
+        "\nin the console's data.toml, let this key act (a list of keys):\n"
+        f'    [security]\n    operators = ["{key.decode()}"]\n'
+        "\nthen, with the console's public key file (console.key):\n"
+        f"    fl-console ctl data.toml status --key {secret} --server-key console.key",
+        markup=False,
+    )
 
 
 def main(argv: Sequence[str]) -> int:
@@ -89,6 +113,13 @@ def main(argv: Sequence[str]) -> int:
     if args.nodes < 0:
         errors.print("fl-console keygen: --nodes must be >= 0", markup=False)
         return ExitCode.USAGE
+    if args.operator is not None:
+        try:
+            write_operator_key(args.dir, args.operator, Console(soft_wrap=True, highlight=False))
+        except (KeyFileError, OSError) as exc:
+            errors.print(f"fl-console keygen: {exc}", markup=False)
+            return ExitCode.USAGE
+        return ExitCode.OK
     try:
         keys = generate_keys(args.dir, name=args.name, nodes=args.nodes)
     except (KeyFileError, OSError) as exc:

@@ -24,11 +24,20 @@ class ExitCode(IntEnum):
     USAGE = 2, "bad arguments, config or key file, or a port in use: nothing was started"
     REJECTED = (
         3,
-        "refused or removed by the console (wrong run id, kicked, banned, a key not allowed)",
+        "refused or removed by the console (wrong run id, kicked, banned, a key not allowed), "
+        "or a ctl request refused (wrong state, unknown node, a setting the rules refuse)",
     )
-    UNREACHABLE = 4, "the console or the data server did not answer in time (--join-timeout)"
+    UNREACHABLE = (
+        4,
+        "the console or the data server did not answer in time (--join-timeout, ctl --timeout)",
+    )
     BIND = 5, "the data server cannot bind its address (e.g. the port is in use)"
     CANNOT_TRAIN = 6, "the node cannot train as asked (a device it lacks, a model DP-SGD refuses)"
+    DENIED = (
+        7,
+        "ctl: you may not act on this console (with CURVE your key is not in [security] "
+        "operators; without CURVE you are not on its machine)",
+    )
 
 
 def exit_code_help(*codes: ExitCode) -> str:

@@ -46,6 +46,8 @@ class ErrorCode(StrEnum):
     BANNED = "banned"  # the operator banned this node id: its joins are refused
     UNAVAILABLE = "unavailable"
     RATE_LIMITED = "rate_limited"  # too many refusals: ignored for a while (transport/flood.py)
+    NOT_OPERATOR = "not_operator"  # an operator request from one who may not act
+    BAD_SETTING = "bad_setting"  # a ``set`` the config rules or the run's state refused
 
 
 Count = Annotated[int, Meta(ge=0, le=MAX_INT)]

@@ -10,9 +10,9 @@ carries which message.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from transport.fields import (
     Attestations,
@@ -61,6 +61,11 @@ __all__ = [
     "ModelPush",
     "ModelAck",
     "ModelFetch",
+    "OPERATOR_VERBS",
+    "OperatorRequest",
+    "OperatorReply",
+    "ViewRequest",
+    "ViewReply",
 ]
 
 Tensors = tuple[TensorPayload, ...]  # metadata in the header, each tensor's bytes in a frame
@@ -238,6 +243,72 @@ class ModelFetch(Message, tag="model_fetch"):
     sender: NodeId
     round: Count
     trainer: NodeId
+
+
+# ----------------------------------------------------------------- operators (ctl, attach)
+
+# What ``fl-console ctl`` asks of a running console; "status" reads, the others act.
+OPERATOR_VERBS = ("status", "pause", "resume", "end_phase", "kick", "unban", "set")
+OperatorVerb = Literal[OPERATOR_VERBS]  # type: ignore[valid-type]
+MAX_SETTINGS = 64  # settings one ``set`` may change
+# "section.key" as data.toml names it (a top-level key has no dot)
+SettingKey = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64}){0,3}\Z")]
+SettingChanges = Annotated[dict[SettingKey, Text], Meta(max_length=MAX_SETTINGS)]
+Changed = Annotated[tuple[tuple[Text, Text, Text], ...], Meta(max_length=MAX_SETTINGS)]
+# A console view as ``console.record.replay.view_to_dict`` writes it; the console's own
+# declaration of the view is its schema (``view_from_dict`` checks it on arrival).
+ViewData = dict[str, Any]
+
+
+class OperatorRequest(Message, tag="operator"):
+    """An operator's request over the console's control ROUTER (``fl-console ctl``, ``attach``).
+
+    ``node``: the client a ``kick`` (``ban``: and bans it) or ``unban`` names; ``changes``: what
+    a ``set`` changes, "section.key" -> the value as typed in data.toml (TOML syntax). Answered
+    ``operator_reply``, or ``error`` (``not_operator``: the asker may not act; ``wrong_state``
+    and others: the console refused the action, with the reason).
+    """
+
+    run_id: Text
+    verb: OperatorVerb
+    node: NodeId | None = None
+    ban: bool = False
+    changes: SettingChanges = {}
+
+
+class OperatorReply(Message, tag="operator_reply"):
+    """What an operator request did. ``operator``: whether this asker may act (``refusal``
+    says why not); ``snapshot`` (status): the run as broadcast; ``changed`` (set): each
+    setting changed as (key, old, new)."""
+
+    verb: OperatorVerb
+    message: Text  # one line: what happened
+    who: Text  # how the console names the asker in its log
+    operator: bool
+    refusal: Text = ""
+    seq: Count = 0
+    state_endpoint: Text = ""  # the state PUB, for an attached screen's SUB
+    snapshot: RunSnapshot | None = None
+    changed: Changed = ()
+
+
+class ViewRequest(Message, tag="view_request"):
+    """``fl-console attach``: the rows the broadcast does not carry (clients, rounds, log).
+
+    ``rounds_from``: only the rows of the rounds numbered from it (0: every round's row), for
+    a screen that holds the older, settled ones already.
+    """
+
+    run_id: Text
+    rounds_from: Count = 0
+
+
+class ViewReply(Message, tag="view_reply"):
+    seq: Count
+    operator: bool  # whether this asker may act (the attached screen shows operator keys)
+    view: ViewData
+    refusal: Text = ""
+    rounds_from: Count = 0  # the view's rows start at this round (0: every round's row)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}

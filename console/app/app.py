@@ -9,9 +9,10 @@ and is also a command in the palette. Quit, or any other exit, stops the backend
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from textual.app import App, ComposeResult
@@ -110,7 +111,6 @@ class ConsoleApp(App[int]):
         self.clock = clock
         self.refresh_hz = refresh_hz
         self.nodes = nodes  # extra children to stop on exit (anything with ``stop()``)
-        self.operable = bool(getattr(backend, "operable", True))
         self.replaying = callable(getattr(backend, "step", None))
         self.view: ConsoleView | None = None
         self.last_refresh_s = 0.0
@@ -118,6 +118,11 @@ class ConsoleApp(App[int]):
         self._stopped = False
         self._view_error = ""
         self._timer: Timer | None = None
+
+    @property
+    def operable(self) -> bool:
+        """Whether operator keys apply (not in a replay; in an attached screen, if allowed)."""
+        return bool(getattr(self.backend, "operable", True))
 
     # ------------------------------------------------------------------ layout
 
@@ -141,13 +146,14 @@ class ConsoleApp(App[int]):
             except Exception as exc:  # noqa: BLE001 - shown to the operator, then exit
                 log.exception("the console could not start")
                 await self._stop_backend()
-                self.exit(
-                    ExitCode.USAGE,
-                    return_code=ExitCode.USAGE,
-                    message=f"fl-console could not start: {exc}",
-                )
+                code = getattr(exc, "exit_code", ExitCode.USAGE)  # e.g. attach: unreachable
+                self.exit(code, return_code=code, message=f"fl-console could not start: {exc}")
                 return
         self.refresh_view()
+        # Bindings refreshed during on_mount are dropped (the app is not mounted yet): the
+        # footer would keep the keys of before the backend started (an attached screen's
+        # operator keys appear only once the console says this screen may act).
+        self.call_after_refresh(self.refresh_bindings)
         if self.refresh_hz > 0:
             self._timer = self.set_interval(1 / self.refresh_hz, self.refresh_view, name="refresh")
 
@@ -180,7 +186,7 @@ class ConsoleApp(App[int]):
                 self.query_one(WitnessPanel).show(rounds.selected)
                 self.query_one(MetricsChart).show(view.rounds)
                 self.query_one(EventLogView).show(view.log)
-            key = (view.run.state, view.run.pending_pause)
+            key = (view.run.state, view.run.pending_pause, self.operable)
             if key != self._bindings_key:
                 self._bindings_key = key
                 self.refresh_bindings()
@@ -203,6 +209,10 @@ class ConsoleApp(App[int]):
     def command_allowed(self, action: str) -> bool | None:
         """Whether ``action`` applies to the run shown (False: hidden, None: greyed out)."""
         if action in OPERATOR_ACTIONS:
+            # A backend may offer only some (an attached screen: what ctl can ask for).
+            offered = getattr(self.backend, "operator_actions", OPERATOR_ACTIONS)
+            if action not in offered:
+                return False
             return self.operable and self._operator_allowed(action)
         if action in REPLAY_ACTIONS:
             return self.replaying
@@ -231,7 +241,10 @@ class ConsoleApp(App[int]):
             if action in REPLAY_ACTIONS and not self.replaying:
                 continue
             names = ", ".join(_KEY_NAMES.get(k, k) for k in binding.key.split(","))
-            keys.append((names, _HELP.get(binding.id or "", binding.description)))
+            help_id = binding.id or ""
+            if help_id == "quit" and getattr(self.backend, "leaves_run", False):
+                help_id = "quit_attached"
+            keys.append((names, _HELP.get(help_id, binding.description)))
         keys += [
             ("↑ ↓, pgup, pgdn", "Move the cursor in the focused table"),
             ("tab", "Switch between the clients and the rounds table"),
@@ -241,13 +254,32 @@ class ConsoleApp(App[int]):
 
     # ------------------------------------------------------------------ operator actions
 
-    def _operate(self, what: str, call: Callable[[], ActionResult]) -> ActionResult | None:
+    def _operate(
+        self, what: str, call: Callable[[], ActionResult | Awaitable[ActionResult]]
+    ) -> ActionResult | None:
+        """Call the backend; a remote backend (attach) answers later: its answer is awaited
+        in a worker and shown when it comes (the return value is then None)."""
         try:
             result = call()
         except Exception as exc:  # noqa: BLE001 - an operator action never kills the console
             log.exception("operator action %s failed", what)
             self.notify(f"{what} failed: {exc}", severity="error")
             return None
+        if inspect.isawaitable(result):
+            self.run_worker(self._settle(what, result), group="operator")
+            return None
+        return self._settled(what, result)
+
+    async def _settle(self, what: str, pending: Awaitable[ActionResult]) -> None:
+        try:
+            result = await pending
+        except Exception as exc:  # noqa: BLE001 - an operator action never kills the console
+            log.exception("operator action %s failed", what)
+            self.notify(f"{what} failed: {exc}", severity="error")
+            return
+        self._settled(what, result)
+
+    def _settled(self, what: str, result: ActionResult) -> ActionResult:
         rejection = getattr(result, "rejection", None)
         if rejection is not None:
             self.notify(f"{what} refused: {rejection.reason}", severity="warning")
@@ -352,4 +384,5 @@ _HELP = {
     "replay_slower": "Play half as fast",
     "help": "This help",
     "quit": "Quit: stops the spawned nodes and the server",
+    "quit_attached": "Quit this screen: the run and its console go on",
 }

@@ -3,14 +3,16 @@
 The app never imports zmq. :class:`LiveBackend` wraps the real :class:`ConsoleServer` and the
 spawned local nodes (imported lazily, on start); :class:`StaticBackend` serves one fixed
 snapshot for snapshot tests and the benchmark; ``console.record.replay.ReplayBackend`` plays a
-recorded event log.
+recorded event log; ``console.remote.attach.AttachBackend`` follows a console running elsewhere
+(``fl-console attach``: its operator calls are coroutines, answered over the network, and its
+``operable`` says whether that console lets this screen act).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -33,19 +35,23 @@ class ActionResult(Protocol):
     def rejection(self) -> Any: ...
 
 
+# What an operator call gives back: the result, or (a remote backend) a coroutine of it.
+MaybeLater = ActionResult | Awaitable[ActionResult]
+
+
 @runtime_checkable
 class ConsoleBackend(Protocol):
     """The app's only view of the run. ``start_async``/``stop_async`` are optional."""
 
     def view(self) -> ConsoleView: ...
 
-    def pause(self) -> ActionResult: ...
+    def pause(self) -> MaybeLater: ...
 
-    def resume(self) -> ActionResult: ...
+    def resume(self) -> MaybeLater: ...
 
-    def end_phase(self) -> ActionResult: ...
+    def end_phase(self) -> MaybeLater: ...
 
-    def kick(self, client_id: str, *, ban: bool = False) -> ActionResult: ...
+    def kick(self, client_id: str, *, ban: bool = False) -> MaybeLater: ...
 
 
 class StaticBackend:

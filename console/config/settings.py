@@ -103,6 +103,8 @@ class SecurityConfig:
     # a directory of node public key files (*.key)
     authorized_keys: Path | None = key(None, r.not_empty)
     allowed: tuple[str, ...] = key((), r.curve_public_keys)  # more node public keys, as Z85 text
+    # operators' public keys, as Z85 text: who may act with fl-console ctl / attach under CURVE
+    operators: tuple[str, ...] = key((), r.curve_public_keys)
 
 
 SPEC_RULES: dict[type, dict[str, tuple[r.Rule, ...]]] = {

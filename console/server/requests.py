@@ -10,6 +10,7 @@ server's loops receive the frames and send the replies; no socket is touched her
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,8 @@ class NodeRequests:
     flood: FloodGuard  # per-peer refusal accounting of the control socket
     _address: str = ""  # the peer address of the request being handled
     _stored: StoredCheckpoint | None
+    # fl-console ctl / attach: console.server.remote.RemoteRequests.remote_request
+    remote_request: Callable[..., m.Message]
 
     def _after(self, outcome: Outcome, now: float, *, force_broadcast: bool = False) -> None:
         raise NotImplementedError
@@ -104,11 +107,18 @@ class NodeRequests:
         now = self.clock()
         sender = identity.decode("utf-8", "replace")
         self._address = address
-        self.records.bytes_in(sender, size)
         try:
             msg = decode(frames, CONTROL_LIMITS)
         except DecodeError as exc:
+            self.records.bytes_in(sender, size)
             return [self._reject(now, sender, "?", exc.code, exc.reason)]
+        if isinstance(msg, m.OperatorRequest | m.ViewRequest):  # fl-console ctl, attach
+            try:
+                return [self.remote_request(msg, key=key, address=address)]
+            except Exception as exc:  # an operator's request never stops the control loop
+                log.exception("operator request %s failed", msg)
+                return [m.Error(ref=msg.TYPE, code=ErrorCode.UNAVAILABLE, reason=f"failed: {exc}")]
+        self.records.bytes_in(sender, size)
         ref = msg.TYPE
         node_id = getattr(msg, "node_id", None)
         if node_id is None:

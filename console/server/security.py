@@ -82,6 +82,10 @@ class ConsoleSecurity:
                 self.names.setdefault(key, file.name)
         for i, text in enumerate(config.allowed):
             self.names.setdefault(text.encode("ascii"), f"[security] allowed[{i}]")
+        # Operators (fl-console ctl, attach) are admitted too; only they may act.
+        self.operators = frozenset(config.operators)
+        for i, text in enumerate(config.operators):
+            self.names.setdefault(text.encode("ascii"), f"[security] operators[{i}]")
         self.allowlist = KeyAllowlist(self.names)
         self.refused = 0  # connections refused: unlisted keys and failed handshakes
         self.bound: dict[str, str] = {}  # node id -> the key it joined with
@@ -165,6 +169,15 @@ class ConsoleSecurity:
 
     def joined(self, node_id: str, key: str) -> None:
         self.bound[node_id] = key
+
+    def operator_refusal(self, key: str) -> str | None:
+        """Why the connection with ``key`` may not act as an operator, or None if it may."""
+        if key in self.operators:
+            return None
+        return (
+            f"key {short(key)} is not one of [security] operators "
+            "(add its public key there to let it act; any admitted key may read the status)"
+        )
 
     def name_of(self, key: str) -> str:
         return self.names.get(key.encode("ascii", "replace"), short(key))

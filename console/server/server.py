@@ -36,6 +36,7 @@ from console.server.checkpoint import (
 )
 from console.server.history import RoundHistory
 from console.server.operator import OperatorRequests
+from console.server.remote import RemoteRequests
 from console.server.requests import Endpoints, NodeRequests, rate_limited
 from console.server.security import ConsoleSecurity
 from console.server.settings import ConfigFile
@@ -101,7 +102,7 @@ def return_big_buffers() -> None:
         pass
 
 
-class ConsoleServer(NodeRequests, OperatorRequests):
+class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
     """Server + coordinator. Call :meth:`start`, then await :meth:`serve` (until Finished)."""
 
     def __init__(
@@ -284,15 +285,22 @@ class ConsoleServer(NodeRequests, OperatorRequests):
 
     # ----------------------------------------------------------------- what the console shows
 
-    def view(self) -> ConsoleView:
+    def view(self, *, rounds_from: int = 0) -> ConsoleView:
+        """What the console shows; ``rounds_from``: only the rows of rounds numbered from it
+        (an attached screen that holds the older ones)."""
         now = self.clock()
         snap = self.coordinator.snapshot(now)
+        rounds = (
+            self.coordinator.rounds
+            if rounds_from <= 1
+            else self.coordinator.rounds_after(rounds_from - 1)
+        )
         return ConsoleView(
             run=snap,
             address=self.endpoints.control,
             seq=self.seq,
             clients=self.records.client_rows(snap),
-            rounds=tuple(self.records.round_row(v) for v in self.coordinator.rounds),
+            rounds=tuple(self.records.round_row(v) for v in rounds),
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
             dropped_messages=self.flood.dropped,

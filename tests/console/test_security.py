@@ -59,6 +59,37 @@ def test_keygen_writes_the_console_and_node_keys_and_prints_the_data_toml_sectio
     assert config.security.curve and config.security.server_key == keys / "console.key_secret"
 
 
+def test_keygen_operator_writes_a_key_pair_and_the_operators_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert fl_console(["keygen", "ops", "--operator", "alice"]) == 0
+    out = capsys.readouterr().out
+    public, _ = read_keypair(tmp_path / "ops" / "alice.key_secret")
+    assert f'operators = ["{public.decode()}"]' in out
+    assert not (tmp_path / "ops" / "console.key_secret").exists()  # no console key made
+    (tmp_path / "data.toml").write_text(f'[security]\noperators = ["{public.decode()}"]\n')
+    assert load_config(tmp_path / "data.toml").security.operators == (public.decode(),)
+    assert fl_console(["keygen", "ops", "--operator", "alice"]) == 2  # never overwritten
+
+
+def test_operator_keys_are_admitted_and_only_they_may_act(tmp_path: Path) -> None:
+    operator, _ = zmq.curve_keypair()
+    security = console_security(tmp_path, operators=(operator.decode(),))
+    node0, _ = read_keypair(tmp_path / "keys" / "node-0.key_secret")
+    assert operator in security.allowlist and node0 in security.allowlist
+    assert security.operator_refusal(operator.decode()) is None
+    refusal = security.operator_refusal(node0.decode())
+    assert refusal is not None and "[security] operators" in refusal
+
+
+def test_a_bad_operator_key_is_reported_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "data.toml").write_text('[security]\noperators = ["not-a-key"]\n')
+    [(key, line, message)] = issues(tmp_path / "data.toml")
+    assert (key, line) == ("security.operators", 2)
+    assert "40-character Z85" in message
+
+
 def test_keygen_again_keeps_the_console_key_and_adds_nodes(tmp_path: Path) -> None:
     first = generate_keys(tmp_path, nodes=1)
     before = first.console_secret.read_bytes()
@@ -151,13 +182,16 @@ def test_key_paths_need_not_exist_while_curve_is_off(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the console
 
 
-def console_security(tmp_path: Path, allowed: tuple[str, ...] = ()) -> ConsoleSecurity:
+def console_security(
+    tmp_path: Path, allowed: tuple[str, ...] = (), operators: tuple[str, ...] = ()
+) -> ConsoleSecurity:
     keys = generate_keys(tmp_path / "keys", nodes=1)
     config = SecurityConfig(
         curve=True,
         server_key=keys.console_secret,
         authorized_keys=keys.authorized,
         allowed=allowed,
+        operators=operators,
     )
     return ConsoleSecurity(config, EventLog(None))
 

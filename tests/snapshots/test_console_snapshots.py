@@ -13,6 +13,8 @@ from console.config import load_config
 from console.config.edit import Setting, settings
 from console.record.replay import RecordedView, Recording, ReplayBackend
 from console.record.view import ConsoleView
+from console.remote.attach import AttachBackend
+from console.remote.client import Target
 from console.server import SettingsResult
 from tests.factories import REPO
 from tests.snapshots.fixtures import finished_view, mid_round_view, waiting_view
@@ -63,6 +65,31 @@ def test_replay_shows_its_position_and_no_operator_keys(snap_compare) -> None:
     backend = ReplayBackend(Recording(views, log, skipped=1), clock=lambda: 0.0)
     backend.seek(1)
     app = ConsoleApp(backend, clock=lambda: 0.0)
+    assert snap_compare(app, terminal_size=WIDE)
+
+
+class _FixedAttach(AttachBackend):
+    """An attached screen's backend on a fixed view: what the sockets would have brought."""
+
+    def __init__(self, view: ConsoleView, *, operable: bool) -> None:
+        super().__init__(Target(control=view.address, run_id=view.run.run_id))
+        self._fixed, self._operable = view, operable
+
+    async def start_async(self) -> None:
+        self.operable = self._operable
+        self._view = self._note(self._fixed)
+
+    async def stop_async(self) -> None:
+        pass
+
+
+def test_attached_read_only_screen_shows_no_operator_keys(snap_compare) -> None:
+    app = ConsoleApp(_FixedAttach(mid_round_view(), operable=False), clock=lambda: 0.0)
+    assert snap_compare(app, terminal_size=WIDE)
+
+
+def test_attached_operator_screen_shows_the_operator_keys(snap_compare) -> None:
+    app = ConsoleApp(_FixedAttach(mid_round_view(), operable=True), clock=lambda: 0.0)
     assert snap_compare(app, terminal_size=WIDE)
 
 

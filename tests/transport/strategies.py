@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from transport import fields as f
+from transport import messages as m
 from transport.messages import MESSAGE_TYPES, Message, Tensors
 from transport.spec import RunSpec
 from transport.state import ClientStatus, ClientView, ResultRef, RoundView, RunSnapshot, RunState
@@ -124,6 +125,18 @@ TYPE_STRATEGIES: list[tuple[Any, st.SearchStrategy[Any]]] = [
     (Tensors, tensor_tuples()),
     (RunSpec, st.builds(RunSpec, run_id=texts, seed=st.integers(-(2**63), 2**63 - 1))),
     (RunSnapshot, snapshots),
+    (bool, st.booleans()),
+    (m.OperatorVerb, st.sampled_from(m.OPERATOR_VERBS)),
+    (f.NodeId | None, st.none() | node_ids),
+    (RunSnapshot | None, st.none() | snapshots),
+    (
+        m.SettingChanges,
+        st.dictionaries(
+            st.from_regex(r"[a-z_]{1,12}\.[a-z_]{1,12}", fullmatch=True), texts, max_size=3
+        ),
+    ),
+    (m.Changed, st.lists(st.tuples(texts, texts, texts), max_size=3).map(tuple)),
+    (m.ViewData, json_objects),
 ]
 
 

@@ -21,7 +21,8 @@ def test_every_wire_name_is_registered_once() -> None:
         "join", "join_ack", "heartbeat", "leave", "warmed_up", "vote", "commit", "witness",
         "aggregate", "metrics", "checkpoint_upload", "model_request", "model_reply",
         "data_request", "data_reply", "ack", "error", "state", "model_push", "model_ack",
-        "model_fetch", "spec_request", "spec_reply",
+        "model_fetch", "spec_request", "spec_reply", "operator", "operator_reply",
+        "view_request", "view_reply",
     }  # fmt: skip
     assert set(m.MESSAGE_TYPES) == expected
     assert all(cls.TYPE == name for name, cls in m.MESSAGE_TYPES.items())
