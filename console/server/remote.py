@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from console.record.view import ConsoleView
     from console.server.requests import Endpoints
     from console.server.security import ConsoleSecurity
+    from console.server.settings import SettingsResult
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class RemoteRequests:
     resume: Callable[..., Outcome]
     end_phase: Callable[..., Outcome]
     kick: Callable[..., Outcome]
+    unban: Callable[..., Outcome]
+    set_settings: Callable[..., SettingsResult]
     view: Callable[..., ConsoleView]
 
     # ----------------------------------------------------------------- who asks
@@ -138,25 +141,17 @@ class RemoteRequests:
         if node is None:
             reason = f"{msg.verb} needs the node's id"
             return self._refuse(self.clock(), who, msg.verb, ErrorCode.MALFORMED, reason), ""
-        bans = hasattr(self, "unban")  # the server keeps bans (kick --ban, unban)
-        if msg.verb == "unban" or msg.ban:
-            if not bans:
-                reason = "this console cannot ban or unban nodes yet"
-                return self._refuse(self.clock(), who, msg.verb, ErrorCode.UNAVAILABLE, reason), ""
-            if msg.verb == "unban":
-                return self.unban(node, who=who), f"unban {node}"  # type: ignore[attr-defined]
+        if msg.verb == "unban":
+            return self.unban(node, who=who), f"unban {node}"
+        if msg.ban:
             return self.kick(node, ban=True, who=who), f"kick and ban {node}"
         return self.kick(node, who=who), f"kick {node}"
 
     def _set(self, msg: m.OperatorRequest, now: float, who: str) -> m.Message:
-        change = getattr(self, "set_settings", None)
-        if change is None:
-            reason = "this console cannot change settings while it runs yet"
-            return self._refuse(now, who, "set", ErrorCode.UNAVAILABLE, reason)
         if not msg.changes:
             reason = "set needs at least one SECTION.KEY=VALUE"
             return self._refuse(now, who, "set", ErrorCode.MALFORMED, reason)
-        result = change(dict(msg.changes), who=who)
+        result = self.set_settings(dict(msg.changes), who=who)
         if not result.ok:  # set_settings logs what it refused
             return m.Error(ref=msg.TYPE, code=ErrorCode.BAD_SETTING, reason=result.message)
         reply = self._reply(msg, now, who, None, result.message)

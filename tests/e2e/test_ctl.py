@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import tomlkit
 
-from console.server import ConsoleServer
 from tests.e2e.operators import (
     WAITING,
     control_endpoint,
@@ -116,17 +115,6 @@ def test_bad_arguments_and_a_wrong_run_id_are_refused_with_the_reason(
     assert (code, wrong["code"]) == (ExitCode.REJECTED, "wrong_run_id")
     code, right = ctl_json(None, "--connect", control, "--run-id", run_id_of(config), "status")
     assert code == ExitCode.OK and right["snapshot"]["run_id"] == run_id_of(config)
-
-
-@pytest.mark.skipif(
-    hasattr(ConsoleServer, "set_settings"), reason="this console changes settings and bans"
-)
-def test_a_console_without_live_settings_or_bans_says_so(waiting_console: Any) -> None:
-    config, _ = waiting_console
-    for args in (("set", "coordinator.min_clients=1"), ("kick", "x", "--ban"), ("unban", "x")):
-        code, refused = ctl_json(config, *args)
-        assert (code, refused["code"]) == (ExitCode.REJECTED, "unavailable"), args
-        assert "cannot" in refused["reason"]
 
 
 def test_no_console_is_a_clear_timeout(tmp_path: Path) -> None:
