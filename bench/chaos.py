@@ -31,6 +31,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -167,6 +168,7 @@ class ChaosDriver:
         # no faults and no restarts from here: a node started now might miss the end
         self.calm_from = rounds - max(2, rounds // 30)
         self.console_down_until: float | None = None
+        self.flood_threads: list[threading.Thread] = []
         self.flooded: set[int] = set()  # consoles flooded once they served a round
         self.lingering: list[dict[str, Any]] = []  # nodes still running after the end
 
@@ -230,10 +232,20 @@ class ChaosDriver:
     def _inject(self, kind: str, up: list[str]) -> None:
         now = time.monotonic()
         if kind == "flood":
+            # In a thread: a burst waits 2 s for its replies, and rounds are faster than that;
+            # the driver keeps sampling and injecting meanwhile.
             count = self.rng.choice(self.bursts)
-            result = flood(self.run.control, self.run.run_id, self.rng, count)
-            self.floods.append(result)
-            self._note("flood", **result)
+            rng = random.Random(self.rng.random())
+            self._note("flood", sent=count)
+            burst = threading.Thread(
+                target=lambda: self.floods.append(
+                    flood(self.run.control, self.run.run_id, rng, count)
+                ),
+                name="chaos-flood",
+                daemon=True,
+            )
+            burst.start()
+            self.flood_threads.append(burst)
             return
         name = self.rng.choice(up)
         node = self.run.nodes[name]
@@ -331,13 +343,15 @@ class ChaosDriver:
                     self._inject("flood", [])
             self._sample(with_disk=now >= next_disk)
             if now >= next_disk:
-                next_disk = now + 2.0
+                next_disk = now + 1.0
             time.sleep(0.25)
 
     def wind_down(self) -> dict[str, int | None]:
         """After the console's end: every stopped node continued, exits collected; a node
         still running 10 s later is noted with its age and its log's last lines."""
         ended = time.monotonic()
+        for burst in self.flood_threads:
+            burst.join(timeout=10.0)
         for name, node in self.run.nodes.items():
             if node.stopped:
                 node.cont()
