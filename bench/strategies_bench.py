@@ -58,7 +58,9 @@ CONFIGS: list[Strategy] = [
     Strategy("FedAdam eta=0.1", {"server_optimizer": "adam", "server_learning_rate": 0.1}),
     Strategy("FedYogi eta=0.1", {"server_optimizer": "yogi", "server_learning_rate": 0.1}),
     Strategy("FedAdagrad eta=0.1", {"server_optimizer": "adagrad", "server_learning_rate": 0.1}),
-    # DP-SGD rows ([privacy] dp = true, noise 1.0 and 0.5) are appended here by that work.
+    # sample-level DP-SGD at every trainer (clip 1.0; epsilon at delta 1e-5 in its column)
+    Strategy("DP-SGD noise 1.0", sections={"privacy": {"dp": True, "noise_multiplier": 1.0}}),
+    Strategy("DP-SGD noise 0.5", sections={"privacy": {"dp": True, "noise_multiplier": 0.5}}),
 ]
 
 
@@ -115,6 +117,7 @@ def run_one(strategy: Strategy, rounds: int, timeout: float, work: Path) -> dict
         out[f"round{k}"] = accuracy[k - 1] if len(accuracy) >= k else None
     out["final"] = accuracy[-1] if len(accuracy) == rounds else None
     out["per_round_s"] = out["seconds"] / max(1, len(accepted))
+    out["epsilon"] = (summary.get("privacy") or {}).get("epsilon")  # the worst node's, DP only
     return out
 
 
@@ -134,6 +137,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
+def _epsilon(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _row(r: dict[str, Any], rounds: int) -> str:
     cells = [_pct(r.get(f"round{k}")) for k in CHECKPOINTS]
     note = r.get("error", "")[:60] if "error" in r else ""
@@ -141,7 +148,8 @@ def _row(r: dict[str, Any], rounds: int) -> str:
         note = f"{r['rounds_accepted']}/{rounds} rounds; {note}"
     return (
         f"| {r['name']} | {' | '.join(cells)} | {_pct(r.get('final'))} | "
-        f"{r['seconds']:.0f} s | {'yes' if r['agree'] else 'NO'} | {note} |"
+        f"{_epsilon(r.get('epsilon'))} | {r['seconds']:.0f} s | {'yes' if r['agree'] else 'NO'} "
+        f"| {note} |"
     )
 
 
@@ -152,8 +160,9 @@ def table(result: dict[str, Any]) -> str:
         f"Digits, {result['nodes']} nodes, Dirichlet({result['alpha']}), {rounds} rounds; "
         "held-out accuracy of the global model",
         "",
-        f"| configuration | {' | '.join(heads)} | final | run time | hashes agree | note |",
-        "|---|" + "---|" * (len(heads) + 4),
+        f"| configuration | {' | '.join(heads)} | final | ε at δ 1e-5 | run time "
+        "| hashes agree | note |",
+        "|---|" + "---|" * (len(heads) + 5),
     ]
     lines.extend(_row(r, rounds) for r in result["configs"])
     return "\n".join(lines)

@@ -145,10 +145,10 @@ class Messages(CoordinatorState):
                 ErrorCode.WRONG_RUN_ID,
                 f"run_id {run_id!r} does not match this run ({self._run_id!r})",
             )
+        if client_id in self._bans:  # first: a banned node is told so, finished run or not
+            return reject(ErrorCode.BANNED, f"{client_id} is banned: {self._bans[client_id]}")
         if self._state is S.FINISHED:
             return reject(ErrorCode.WRONG_STATE, "the run is finished")
-        if client_id in self._bans:
-            return reject(ErrorCode.BANNED, f"{client_id} is banned: {self._bans[client_id]}")
         c = self._clients.get(client_id)
         if c is not None and c.status is ClientStatus.KICKED:
             return reject(ErrorCode.KICKED, f"{client_id} was kicked by the operator")
