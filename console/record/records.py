@@ -8,9 +8,12 @@ server and turned into the console's rows and the run summary.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from console.record.view import ClientRow, RoundRow, WitnessRow
 from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot, RunState
@@ -105,6 +108,12 @@ class RunRecords:
         # round -> (the coordinator's view, the record's version, the row built from them):
         # decided rounds keep their view and record, so a refresh rebuilds only open rounds.
         self._rows: dict[int, tuple[RoundView, int, RoundRow]] = {}
+        # Rounds settled long ago (:meth:`settle`): their final row, and their record encoded
+        # and compressed; ``rounds`` and ``_rows`` no longer hold them, so what a long run
+        # keeps per round is a row and a few hundred bytes.
+        self._settled: dict[int, tuple[RoundRow, bytes]] = {}
+        self._settled_rows: tuple[RoundRow, ...] | None = ()
+        self.settled_through = 0  # every round numbered up to this one is settled
 
     def _client(self, client_id: str) -> ClientRecord:
         record = self.clients.get(client_id)
@@ -149,6 +158,8 @@ class RunRecords:
         record.rounds_trained += 1
         record.last_loss = metrics.get("train_loss", record.last_loss)
         record.spent(metrics.get("epsilon"))
+        if round <= self.settled_through:
+            return  # a report of a round settled long ago: its figures are final
         entry = self.rounds[round]
         entry.commits[client_id] = dict(metrics)
         entry.version += 1
@@ -160,15 +171,18 @@ class RunRecords:
         record.last_accuracy = metrics.get("accuracy", record.last_accuracy)
         if "test_loss" in metrics:
             record.last_loss = metrics["test_loss"]
+        if round <= self.settled_through:
+            return
         entry = self.rounds[round]
         entry.aggregates[client_id] = (model_hash, dict(metrics))
         entry.version += 1
 
     def metrics(self, client_id: str, round: int, metrics: dict[str, float]) -> None:
         record = self._client(client_id)
-        entry = self.rounds[round]
-        entry.node_metrics[client_id] = dict(metrics)
-        entry.version += 1
+        if round > self.settled_through:
+            entry = self.rounds[round]
+            entry.node_metrics[client_id] = dict(metrics)
+            entry.version += 1
         if "update_norm" in metrics:
             record.update_norm = metrics["update_norm"]
         record.spent(metrics.get("epsilon"))
@@ -198,10 +212,40 @@ class RunRecords:
 
     def agreed_aggregate(self, round: int) -> str | None:
         """The aggregate hash most nodes reported for ``round`` (None when none did)."""
-        hashes = Counter(h for h, _ in self.rounds[round].aggregates.values())
+        hashes = Counter(h for h, _ in self.record(round).aggregates.values())
         if not hashes:
             return None
         return hashes.most_common(1)[0][0]
+
+    # settled rounds ----------------------------------------------------------------
+
+    def settle(self, view: RoundView) -> None:
+        """Keep decided round ``view`` (the next after :attr:`settled_through`) in compact form:
+        its row as it is now, and its record encoded. The server settles a round once it is
+        older than the rounds that may still change (late aggregates, a checkpoint's)."""
+        if view.round <= self.settled_through:
+            return
+        row = self.round_row(view)
+        record = self.rounds.pop(view.round, None)
+        self._rows.pop(view.round, None)
+        blob = b"" if record is None else _pack(record)
+        self._settled[view.round] = (row, blob)
+        self._settled_rows = None
+        self.settled_through = view.round
+
+    def settled_rows(self) -> tuple[RoundRow, ...]:
+        """The rows of the settled rounds, oldest first."""
+        if self._settled_rows is None:
+            self._settled_rows = tuple(row for row, _ in self._settled.values())
+        return self._settled_rows
+
+    def record(self, round: int) -> RoundRecord:
+        """What the nodes reported for ``round`` (a settled one decoded; an empty record for a
+        round nobody reported on). Read-only: the records are fed by the methods above."""
+        settled = self._settled.get(round)
+        if settled is not None:
+            return _unpack(settled[1])
+        return self.rounds.get(round) or RoundRecord()
 
     # read by the console and the summary --------------------------------------------
 
@@ -251,6 +295,9 @@ class RunRecords:
 
     def round_row(self, view: RoundView) -> RoundRow:
         """The console's row for ``view``; the same object while neither view nor record change."""
+        settled = self._settled.get(view.round)
+        if settled is not None:
+            return settled[0]
         record = self.rounds.get(view.round)
         version = -1 if record is None else record.version
         cached = self._rows.get(view.round)
@@ -337,7 +384,7 @@ class RunRecords:
         out = []
         for view in views:
             row = self.round_row(view)
-            record = self.rounds.get(view.round, RoundRecord())
+            record = self.record(view.round)
             # What each node reported it aggregated to, including reports that reached the
             # console after the run had moved on (the final round's, after Finished).
             reported = {node: h for node, (h, _) in record.aggregates.items()}
@@ -364,6 +411,29 @@ class RunRecords:
                 }
             )
         return out
+
+
+class _Packed(msgspec.Struct, array_like=True):
+    commits: dict[str, dict[str, Any]]  # Any: a figure comes back as the type it went in
+    aggregates: dict[str, tuple[str, dict[str, Any]]]
+    node_metrics: dict[str, dict[str, Any]]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Packed)
+
+
+def _pack(record: RoundRecord) -> bytes:
+    """A round's record, compressed (the same metric names recur for every node)."""
+    packed = _Packed(record.commits, record.aggregates, record.node_metrics)
+    return zlib.compress(_encoder.encode(packed), 1)
+
+
+def _unpack(blob: bytes) -> RoundRecord:
+    if not blob:
+        return RoundRecord()
+    packed = _decoder.decode(zlib.decompress(blob))
+    return RoundRecord(packed.commits, packed.aggregates, packed.node_metrics)
 
 
 def _expected_hash(view: RoundView, trainer: str, attested: str) -> str:
