@@ -8,13 +8,11 @@ server and turned into the console's rows and the run summary.
 from __future__ import annotations
 
 import math
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
+from console.record.settled import Reports, SettledRounds
 from console.record.view import ClientRow, RoundRow, WitnessRow
 from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot, RunState
 
@@ -108,12 +106,8 @@ class RunRecords:
         # round -> (the coordinator's view, the record's version, the row built from them):
         # decided rounds keep their view and record, so a refresh rebuilds only open rounds.
         self._rows: dict[int, tuple[RoundView, int, RoundRow]] = {}
-        # Rounds settled long ago (:meth:`settle`): their final row, and their record encoded
-        # and compressed; ``rounds`` and ``_rows`` no longer hold them, so what a long run
-        # keeps per round is a row and a few hundred bytes.
-        self._settled: dict[int, tuple[RoundRow, bytes]] = {}
-        self._settled_rows: tuple[RoundRow, ...] | None = ()
-        self.settled_through = 0  # every round numbered up to this one is settled
+        # Rounds settled long ago (:meth:`settle`): ``rounds`` and ``_rows`` no longer hold them.
+        self.settled = SettledRounds()
 
     def _client(self, client_id: str) -> ClientRecord:
         record = self.clients.get(client_id)
@@ -219,32 +213,33 @@ class RunRecords:
 
     # settled rounds ----------------------------------------------------------------
 
+    @property
+    def settled_through(self) -> int:
+        """Every round numbered up to this one is settled."""
+        return self.settled.through
+
     def settle(self, view: RoundView) -> None:
-        """Keep decided round ``view`` (the next after :attr:`settled_through`) in compact form:
-        its row as it is now, and its record encoded. The server settles a round once it is
+        """Keep decided round ``view`` (newer than :attr:`settled_through`) in compact form: its
+        row as it is now, and its record compressed. The server settles a round once it is
         older than the rounds that may still change (late aggregates, a checkpoint's)."""
-        if view.round <= self.settled_through:
+        if view.round <= self.settled.through:
             return
         row = self.round_row(view)
         record = self.rounds.pop(view.round, None)
         self._rows.pop(view.round, None)
-        blob = b"" if record is None else _pack(record)
-        self._settled[view.round] = (row, blob)
-        self._settled_rows = None
-        self.settled_through = view.round
-
-    def settled_rows(self) -> tuple[RoundRow, ...]:
-        """The rows of the settled rounds, oldest first."""
-        if self._settled_rows is None:
-            self._settled_rows = tuple(row for row, _ in self._settled.values())
-        return self._settled_rows
+        reports = (
+            None
+            if record is None
+            else Reports(record.commits, record.aggregates, record.node_metrics)
+        )
+        self.settled.add(row, reports)
 
     def record(self, round: int) -> RoundRecord:
         """What the nodes reported for ``round`` (a settled one decoded; an empty record for a
         round nobody reported on). Read-only: the records are fed by the methods above."""
-        settled = self._settled.get(round)
-        if settled is not None:
-            return _unpack(settled[1])
+        reports = self.settled.reports(round)
+        if reports is not None:
+            return RoundRecord(reports.commits, reports.aggregates, reports.node_metrics)
         return self.rounds.get(round) or RoundRecord()
 
     # read by the console and the summary --------------------------------------------
@@ -295,9 +290,9 @@ class RunRecords:
 
     def round_row(self, view: RoundView) -> RoundRow:
         """The console's row for ``view``; the same object while neither view nor record change."""
-        settled = self._settled.get(view.round)
+        settled = self.settled.row(view.round)
         if settled is not None:
-            return settled[0]
+            return settled
         record = self.rounds.get(view.round)
         version = -1 if record is None else record.version
         cached = self._rows.get(view.round)
@@ -411,29 +406,6 @@ class RunRecords:
                 }
             )
         return out
-
-
-class _Packed(msgspec.Struct, array_like=True):
-    commits: dict[str, dict[str, Any]]  # Any: a figure comes back as the type it went in
-    aggregates: dict[str, tuple[str, dict[str, Any]]]
-    node_metrics: dict[str, dict[str, Any]]
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Packed)
-
-
-def _pack(record: RoundRecord) -> bytes:
-    """A round's record, compressed (the same metric names recur for every node)."""
-    packed = _Packed(record.commits, record.aggregates, record.node_metrics)
-    return zlib.compress(_encoder.encode(packed), 1)
-
-
-def _unpack(blob: bytes) -> RoundRecord:
-    if not blob:
-        return RoundRecord()
-    packed = _decoder.decode(zlib.decompress(blob))
-    return RoundRecord(packed.commits, packed.aggregates, packed.node_metrics)
 
 
 def _expected_hash(view: RoundView, trainer: str, attested: str) -> str:

@@ -29,6 +29,7 @@ from console.coordinator.events import ClientJoined, Stall, StateChanged
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
+from console.record.settled import row_round
 from console.record.view import ConsoleView, RoundRow
 from console.server.checkpoint import (
     CheckpointError,
@@ -314,13 +315,10 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
     def _round_rows(self, rounds_from: int) -> tuple[RoundRow, ...]:
         """The rows of the rounds numbered from ``rounds_from``: settled ones as the records
         keep them, the recent ones built from the coordinator's views."""
-        settled = self.records.settled_through
-        recent = self.coordinator.rounds_after(max(settled, rounds_from - 1))
+        settled = self.records.settled
+        recent = self.coordinator.rounds_after(max(settled.through, rounds_from - 1))
         rows = tuple(self.records.round_row(v) for v in recent)
-        if rounds_from > settled:
-            return rows
-        old = self.records.settled_rows()
-        return old[bisect_left(old, rounds_from, key=_round_of) :] + rows
+        return rows if rounds_from > settled.through else settled.rows(rounds_from) + rows
 
     def _settle_rounds(self) -> None:
         """Settle the decided rounds older than the last ``ROUNDS_OPEN_TO_REPORTS`` (their
@@ -469,7 +467,7 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
             # Rows of settled rounds never change again: once recorded they are forgotten here.
             current = self.view()
             full = self._rows_recorded_through < 0
-            start = bisect_left(current.rounds, self._rows_recorded_through + 1, key=_round_of)
+            start = bisect_left(current.rounds, self._rows_recorded_through + 1, key=row_round)
             changed = [
                 r for r in current.rounds[start:] if self._rows_recorded.get(r.round) is not r
             ]
@@ -487,10 +485,6 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
             fh.flush()
         except (OSError, TypeError, ValueError) as exc:  # a replay record never stops the run
             log.warning("view record not written: %s", exc)
-
-
-def _round_of(row: RoundRow) -> int:
-    return row.round
 
 
 def _fields(event: object) -> dict[str, object]:
