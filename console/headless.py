@@ -59,6 +59,15 @@ def build_summary(
     }
 
 
+def final_accuracy(server: ConsoleServer) -> float | None:
+    """The mean accuracy of the newest round any node reported an aggregate for."""
+    for view in reversed(server.coordinator.rounds_after(0)):
+        metrics = server.records.record(view.round)
+        if metrics.aggregates:
+            return metrics.global_metrics().get("accuracy")
+    return None
+
+
 def privacy_summary(server: ConsoleServer) -> dict[str, Any] | None:
     """[privacy] dp: the worst epsilon any node spent, at the run's delta (None: DP off)."""
     privacy = server.config.privacy
@@ -162,9 +171,7 @@ async def run_headless(
             rows = metrics_rows(server.records, server.coordinator.rounds)
             count = write_metrics_csv(metrics_csv, rows)
             console.print(f"metrics of {count} client rounds written to {metrics_csv}")
-        acc = server.records.rounds
-        last = max((r for r in acc if acc[r].aggregates), default=None)
-        accuracy = acc[last].global_metrics().get("accuracy") if last is not None else None
+        accuracy = final_accuracy(server)
         console.print(
             f"run {config.run_id}: {final.value}, {server.coordinator.snapshot(server.clock()).accepted_rounds}"
             f" accepted rounds in {wall:.1f}s"

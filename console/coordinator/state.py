@@ -113,6 +113,7 @@ class CoordinatorState:
         self._declined: dict[str, str] = {}
         self._finish_reason: str | None = None  # no client left to train: Finished after Cooldown
         self._rounds: list[Round] = []
+        self._compacted = 0  # the rounds numbered up to this hold no cached views (compact)
         self._last_accepted: Round | None = None
         self._checkpoint: CheckpointRef | None = None
         self._checkpoint_round: int | None = None  # the accepted round still to be saved
@@ -293,6 +294,15 @@ class CoordinatorState:
         while start > 0 and self._rounds[start - 1].round > round:
             start -= 1
         return self._rounds[start:]
+
+    def compact(self, through: int) -> None:
+        """Drop the cached views of the rounds numbered up to ``through`` (rebuilt when asked
+        for): a caller that keeps those rounds elsewhere need not have them twice in memory."""
+        for r in self._rounds_after(self._compacted):
+            if r.round > through:
+                break
+            r.changed()
+        self._compacted = max(self._compacted, through)
 
     def to_state(self, since: int = 0) -> dict[str, Any]:
         """JSON-able progress: enough to resume the run in a new console process.

@@ -63,7 +63,7 @@ def metrics_rows(records: RunRecords, rounds: Iterable[RoundView]) -> list[dict[
     """The rows, by round then client id; keys are :data:`COLUMNS`."""
     rows: list[dict[str, Any]] = []
     for view in rounds:
-        record = records.rounds.get(view.round, RoundRecord())
+        record = records.record(view.round)
         for client in _clients(view, record):
             rows.append(_row(view, record, client))
     return rows

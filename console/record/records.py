@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from console.record.settled import Reports, SettledRounds
 from console.record.view import ClientRow, RoundRow, WitnessRow
 from transport.state import ClientStatus, RoundOutcome, RoundView, RunSnapshot, RunState
 
@@ -105,6 +106,8 @@ class RunRecords:
         # round -> (the coordinator's view, the record's version, the row built from them):
         # decided rounds keep their view and record, so a refresh rebuilds only open rounds.
         self._rows: dict[int, tuple[RoundView, int, RoundRow]] = {}
+        # Rounds settled long ago (:meth:`settle`): ``rounds`` and ``_rows`` no longer hold them.
+        self.settled = SettledRounds()
 
     def _client(self, client_id: str) -> ClientRecord:
         record = self.clients.get(client_id)
@@ -149,6 +152,8 @@ class RunRecords:
         record.rounds_trained += 1
         record.last_loss = metrics.get("train_loss", record.last_loss)
         record.spent(metrics.get("epsilon"))
+        if round <= self.settled_through:
+            return  # a report of a round settled long ago: its figures are final
         entry = self.rounds[round]
         entry.commits[client_id] = dict(metrics)
         entry.version += 1
@@ -160,15 +165,18 @@ class RunRecords:
         record.last_accuracy = metrics.get("accuracy", record.last_accuracy)
         if "test_loss" in metrics:
             record.last_loss = metrics["test_loss"]
+        if round <= self.settled_through:
+            return
         entry = self.rounds[round]
         entry.aggregates[client_id] = (model_hash, dict(metrics))
         entry.version += 1
 
     def metrics(self, client_id: str, round: int, metrics: dict[str, float]) -> None:
         record = self._client(client_id)
-        entry = self.rounds[round]
-        entry.node_metrics[client_id] = dict(metrics)
-        entry.version += 1
+        if round > self.settled_through:
+            entry = self.rounds[round]
+            entry.node_metrics[client_id] = dict(metrics)
+            entry.version += 1
         if "update_norm" in metrics:
             record.update_norm = metrics["update_norm"]
         record.spent(metrics.get("epsilon"))
@@ -198,10 +206,41 @@ class RunRecords:
 
     def agreed_aggregate(self, round: int) -> str | None:
         """The aggregate hash most nodes reported for ``round`` (None when none did)."""
-        hashes = Counter(h for h, _ in self.rounds[round].aggregates.values())
+        hashes = Counter(h for h, _ in self.record(round).aggregates.values())
         if not hashes:
             return None
         return hashes.most_common(1)[0][0]
+
+    # settled rounds ----------------------------------------------------------------
+
+    @property
+    def settled_through(self) -> int:
+        """Every round numbered up to this one is settled."""
+        return self.settled.through
+
+    def settle(self, view: RoundView) -> None:
+        """Keep decided round ``view`` (newer than :attr:`settled_through`) in compact form: its
+        row as it is now, and its record compressed. The server settles a round once it is
+        older than the rounds that may still change (late aggregates, a checkpoint's)."""
+        if view.round <= self.settled.through:
+            return
+        row = self.round_row(view)
+        record = self.rounds.pop(view.round, None)
+        self._rows.pop(view.round, None)
+        reports = (
+            None
+            if record is None
+            else Reports(record.commits, record.aggregates, record.node_metrics)
+        )
+        self.settled.add(row, reports)
+
+    def record(self, round: int) -> RoundRecord:
+        """What the nodes reported for ``round`` (a settled one decoded; an empty record for a
+        round nobody reported on). Read-only: the records are fed by the methods above."""
+        reports = self.settled.reports(round)
+        if reports is not None:
+            return RoundRecord(reports.commits, reports.aggregates, reports.node_metrics)
+        return self.rounds.get(round) or RoundRecord()
 
     # read by the console and the summary --------------------------------------------
 
@@ -251,6 +290,9 @@ class RunRecords:
 
     def round_row(self, view: RoundView) -> RoundRow:
         """The console's row for ``view``; the same object while neither view nor record change."""
+        settled = self.settled.row(view.round)
+        if settled is not None:
+            return settled
         record = self.rounds.get(view.round)
         version = -1 if record is None else record.version
         cached = self._rows.get(view.round)
@@ -337,7 +379,7 @@ class RunRecords:
         out = []
         for view in views:
             row = self.round_row(view)
-            record = self.rounds.get(view.round, RoundRecord())
+            record = self.record(view.round)
             # What each node reported it aggregated to, including reports that reached the
             # console after the run had moved on (the final round's, after Finished).
             reported = {node: h for node, (h, _) in record.aggregates.items()}

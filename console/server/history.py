@@ -51,6 +51,7 @@ class RoundHistory:
                 write_round_history(self.directory, [round_to_dict(v) for v in chunk])
             )
             self.through = chunk[-1].round
+        coordinator.compact(self.through)  # the files hold them now: no cached copies
         state = coordinator.to_state(since=self.through)
         if self.names:
             state["history"] = list(self.names)

@@ -323,7 +323,7 @@ class NodeRequests:
             and last.round == msg.round
             and last.outcome is RoundOutcome.ACCEPTED
             and msg.node_id in self.records.clients
-            and msg.node_id not in self.records.rounds[msg.round].aggregates
+            and msg.node_id not in self.records.record(msg.round).aggregates
         )
 
     def _on_metrics(self, msg: m.Metrics, now: float) -> m.Message:

@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from console.coordinator.events import ClientJoined, Stall, StateChanged
 from console.record.eventlog import EventLog
 from console.record.records import RunRecords
 from console.record.replay import view_to_dict
+from console.record.settled import row_round
 from console.record.view import ConsoleView, RoundRow
 from console.server.checkpoint import (
     CheckpointError,
     StoredCheckpoint,
     load_latest,
 )
-from console.server.history import RoundHistory
+from console.server.history import HISTORY_LAG, RoundHistory
 from console.server.operator import OperatorRequests
 from console.server.remote import RemoteRequests
 from console.server.requests import Endpoints, NodeRequests, rate_limited
@@ -80,6 +82,9 @@ URGENT_EVENTS = frozenset(
 )
 COALESCE_SECONDS = 0.005
 FINAL_REPORT_GRACE = 5.0  # seconds a Finished run waits for the last round's aggregate reports
+# Rounds this recent may still gain reports (late aggregates, metrics); older decided ones are
+# settled: their records kept in compact form (RunRecords.settle), so memory stays flat.
+ROUNDS_OPEN_TO_REPORTS = HISTORY_LAG + 2
 VIEW_RECORD_INTERVAL = 0.25  # seconds between two view records in events.jsonl (--replay)
 
 
@@ -134,6 +139,7 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
         self._factory: SocketFactory | None = None
         self._view_recorded: tuple[float, object] = (float("-inf"), None)  # time, (state, round)
         self._rows_recorded: dict[int, RoundRow] = {}  # round -> its row as last recorded
+        self._rows_recorded_through = -1  # rows up to this round: recorded and settled (-1: none)
         self.history = RoundHistory(self.checkpoint_dir)  # settled rounds, beside checkpoints
         self.listeners: list[Callable[[], None]] = []
         self._stored: StoredCheckpoint | None = None
@@ -290,17 +296,12 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
         (an attached screen that holds the older ones)."""
         now = self.clock()
         snap = self.coordinator.snapshot(now)
-        rounds = (
-            self.coordinator.rounds
-            if rounds_from <= 1
-            else self.coordinator.rounds_after(rounds_from - 1)
-        )
         return ConsoleView(
             run=snap,
             address=self.endpoints.control,
             seq=self.seq,
             clients=self.records.client_rows(snap),
-            rounds=tuple(self.records.round_row(v) for v in rounds),
+            rounds=self._round_rows(rounds_from),
             log=tuple(self.events.tail),
             rejected_messages=self.rejected_messages,
             dropped_messages=self.flood.dropped,
@@ -310,6 +311,26 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
             delta=self.config.privacy.delta if self.config.privacy.dp else None,
             notes={} if self._stall is None else {"stalled": self._stall.short()},
         )
+
+    def _round_rows(self, rounds_from: int) -> tuple[RoundRow, ...]:
+        """The rows of the rounds numbered from ``rounds_from``: settled ones as the records
+        keep them, the recent ones built from the coordinator's views."""
+        settled = self.records.settled
+        recent = self.coordinator.rounds_after(max(settled.through, rounds_from - 1))
+        rows = tuple(self.records.round_row(v) for v in recent)
+        return rows if rounds_from > settled.through else settled.rows(rounds_from) + rows
+
+    def _settle_rounds(self) -> None:
+        """Settle the decided rounds older than the last ``ROUNDS_OPEN_TO_REPORTS`` (their
+        records go into compact form), so what the console holds per round stays small."""
+        views = self.coordinator.rounds_after(self.records.settled_through)
+        for view in views:
+            if (
+                view.round > views[-1].round - ROUNDS_OPEN_TO_REPORTS
+                or view.outcome is RoundOutcome.OPEN
+            ):
+                break
+            self.records.settle(view)
 
     # ----------------------------------------------------------------- control socket
 
@@ -395,6 +416,8 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
             self.records.on_event(event, now)
             if isinstance(event, Stall):
                 self._stall = event
+        if any(e.kind == "round_ended" for e in outcome.events):
+            self._settle_rounds()
         if self._stall is not None and self.coordinator.state is not RunState.WAITING_FOR_MEMBERS:
             self._stall = None  # the wait is over
         if force_broadcast or any(e.kind in URGENT_EVENTS for e in outcome.events):
@@ -441,10 +464,19 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
             # Round rows are written when they change, not with every view (a long run's
             # views would grow with its rounds): the first view of this server has them all,
             # the later ones only the rows that changed since the last recorded view.
+            # Rows of settled rounds never change again: once recorded they are forgotten here.
             current = self.view()
-            full = not self._rows_recorded
-            changed = [r for r in current.rounds if self._rows_recorded.get(r.round) is not r]
+            full = self._rows_recorded_through < 0
+            start = bisect_left(current.rounds, self._rows_recorded_through + 1, key=row_round)
+            changed = [
+                r for r in current.rounds[start:] if self._rows_recorded.get(r.round) is not r
+            ]
             self._rows_recorded.update((r.round, r) for r in changed)
+            settled = self.records.settled_through
+            if settled > self._rows_recorded_through:
+                for number in [n for n in self._rows_recorded if n <= settled]:
+                    del self._rows_recorded[number]
+                self._rows_recorded_through = settled
             view = view_to_dict(dataclasses.replace(current, rounds=tuple(changed)), with_log=False)
             if not full:
                 view["rounds_delta"] = True
