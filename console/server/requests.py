@@ -409,5 +409,14 @@ class NodeRequests:
             # The state a --resume restores is the one after the checkpoint counted: the
             # next epoch's number, the checkpoint itself recorded.
             state = self.history.state(self.coordinator)
-            self._stored = record_state(self.checkpoint_dir, stored, state)
+            try:
+                self._stored = record_state(self.checkpoint_dir, stored, state)
+            except OSError as exc:  # the directory gone or replaced meanwhile: say so, go on
+                self.events.write(
+                    now,
+                    "checkpoint",
+                    f"checkpoint of round {msg.round} written but not recorded as the latest "
+                    f"({exc}): a --resume now starts from the one before",
+                    level="error",
+                )
         return self._answer(msg, outcome, now)

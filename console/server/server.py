@@ -44,6 +44,7 @@ from console.server.security import ConsoleSecurity
 from console.server.settings import ConfigFile
 from transport import messages as m
 from transport.codec import encode
+from transport.fields import ErrorCode
 from transport.flood import YIELD_EVERY, Admit, FloodGuard
 from transport.net import is_loopback
 from transport.sockets import (
@@ -365,7 +366,14 @@ class ConsoleServer(NodeRequests, OperatorRequests, RemoteRequests):
                 replies: list[m.Message] = [rate_limited("?", self.flood.backoff)]
             else:
                 key = peer_key(frames[-1]) if self.security is not None else ""
-                replies = self.handle(identity, frames[1:], size, key=key, address=address)
+                try:
+                    replies = self.handle(identity, frames[1:], size, key=key, address=address)
+                except Exception as exc:  # a bug in one request must not silence the console
+                    log.exception("request from %r failed", identity)
+                    self.events.write(
+                        self.clock(), "server", f"a request failed: {exc!r}", level="error"
+                    )
+                    replies = [m.Error(ref="?", code=ErrorCode.UNAVAILABLE, reason="failed")]
             frames = None
             sent = 0
             for reply in replies:
