@@ -7,13 +7,16 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomlkit
 
 from tests.e2e.runs import HeadlessConsole
-from tests.factories import REPO
+from tests.factories import REPO, write_config
 
 # A run that waits for members as long as a test needs (no spawned nodes, no health drops).
 WAITING = {"init_min_clients": 2, "min_clients": 2, "health_timeout": 120.0}
@@ -61,3 +64,27 @@ def non_loopback_ipv4() -> str | None:
     finally:
         probe.close()
     return None if address.startswith("127.") else address
+
+
+@contextmanager
+def reached_from_afar(tmp_path: Path) -> Iterator[tuple[Path, tuple[str, ...], str]]:
+    """A waiting console bound on every interface, without CURVE, and the ctl arguments that
+    reach it from this machine's non-loopback address: (config, ``--connect ... --run-id ...``,
+    that address). Skips where the machine has no such address."""
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    config = write_config(
+        tmp_path, coordinator=WAITING, local={"spawn": 0}, server={"host": "0.0.0.0"}
+    )
+    console = HeadlessConsole(config, tmp_path / "run")
+    try:
+        serving(console)
+        port = tomlkit.parse(config.read_text())["server"]["control_port"]
+        yield (
+            config,
+            ("--connect", f"tcp://{address}:{port}", "--run-id", run_id_of(config)),
+            address,
+        )
+    finally:
+        console.reap()

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomlkit
 
 from tests.e2e.operators import (
     WAITING,
     control_endpoint,
     ctl,
     ctl_json,
-    non_loopback_ipv4,
+    reached_from_afar,
     run_id_of,
     serving,
 )
@@ -129,17 +128,7 @@ def test_no_console_is_a_clear_timeout(tmp_path: Path) -> None:
 
 
 def test_without_curve_only_loopback_may_act_and_anyone_may_read(tmp_path: Path) -> None:
-    address = non_loopback_ipv4()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
-    config = write_config(
-        tmp_path, coordinator=WAITING, local={"spawn": 0}, server={"host": "0.0.0.0"}
-    )
-    console = HeadlessConsole(config, tmp_path / "run")
-    try:
-        serving(console)
-        port = tomlkit.parse(config.read_text())["server"]["control_port"]
-        remote = ("--connect", f"tcp://{address}:{port}", "--run-id", run_id_of(config))
+    with reached_from_afar(tmp_path) as (config, remote, address):
         code, status = ctl_json(None, *remote, "status")
         assert code == ExitCode.OK
         assert status["operator"] is False and status["who"] == f"ctl@{address}"
@@ -150,8 +139,6 @@ def test_without_curve_only_loopback_may_act_and_anyone_may_read(tmp_path: Path)
         assert ctl_json(config, "status")[1]["snapshot"]["state"] == "WaitingForMembers"
         code, _ = ctl_json(config, "pause")  # the same console, from loopback
         assert code == ExitCode.OK
-    finally:
-        console.reap()
 
 
 def test_with_curve_only_operator_keys_may_act(tmp_path: Path) -> None:

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomlkit
 
 from tests.e2e.operators import (
     WAITING,
     control_endpoint,
     ctl,
     ctl_json,
-    non_loopback_ipv4,
+    reached_from_afar,
     run_id_of,
     serving,
 )
@@ -99,23 +98,11 @@ def test_set_refuses_coordinator_settings_outside_waiting_and_paused(
 
 
 def test_set_from_a_non_operator_is_denied(tmp_path: Path) -> None:
-    address = non_loopback_ipv4()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
-    config = write_config(
-        tmp_path, coordinator=WAITING, local={"spawn": 0}, server={"host": "0.0.0.0"}
-    )
-    console = HeadlessConsole(config, tmp_path / "run")
-    try:
-        serving(console)
-        port = tomlkit.parse(config.read_text())["server"]["control_port"]
-        remote = ("--connect", f"tcp://{address}:{port}", "--run-id", run_id_of(config))
+    with reached_from_afar(tmp_path) as (config, remote, _):
         before = config.read_text()
         code, denied = ctl_json(None, *remote, "set", "coordinator.init_min_clients=3")
         assert (code, denied["code"]) == (ExitCode.DENIED, "not_operator")
         assert config.read_text() == before
-    finally:
-        console.reap()
 
 
 def test_kick_ban_refuses_the_node_until_unban(

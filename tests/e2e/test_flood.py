@@ -123,7 +123,10 @@ def test_a_flooding_peer_is_rate_limited_and_the_run_finishes_every_round(
 
     # node-0's gossip ROUTER: the same (nodes' limit and back-off are constants)
     assert gossip_sent["rate_limited"] >= 1
-    assert gossip_sent["malformed"] == REFUSAL_LIMIT * gossip_sent["rate_limited"]
+    # at most the limit per back-off: node-0 counts per address, and the other nodes' own
+    # refused pushes (a round moved on) come from the same loopback address and share the tally
+    limit = REFUSAL_LIMIT * gossip_sent["rate_limited"]
+    assert limit - 10 <= gossip_sent["malformed"] <= limit, gossip_sent
     assert node0.count("rate-limited: ") == gossip_sent["rate_limited"], node0[-2000:]
     assert node0.count("rejected gossip") < 20, node0[-2000:]
     print(f"gossip flood: {gossip_sent}")
