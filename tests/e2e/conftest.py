@@ -17,6 +17,9 @@ import pytest
 from console.config import Config
 from tests.e2e.child import NODE_ENV, Child, node_args, node_command
 from tests.e2e.helpers import RawClients, ServerThread, make_config
+from tests.e2e.operators import WAITING, serving
+from tests.e2e.runs import HeadlessConsole
+from tests.factories import write_config
 
 
 class Consoles:
@@ -84,3 +87,15 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 def raw() -> Iterator[Callable[..., Any]]:
     with closing(RawClients()) as made:
         yield made
+
+
+@pytest.fixture
+def waiting_console(tmp_path: Path) -> Iterator[tuple[Path, HeadlessConsole]]:
+    """A headless console process waiting for members (ctl tests): (its config, the console)."""
+    config = write_config(tmp_path, coordinator=WAITING, local={"spawn": 0})
+    console = HeadlessConsole(config, tmp_path / "run")
+    try:
+        serving(console)
+        yield config, console
+    finally:
+        console.reap()

@@ -31,17 +31,6 @@ from transport.keys import read_keypair, write_keypair
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-@pytest.fixture
-def waiting_console(tmp_path: Path) -> Any:
-    config = write_config(tmp_path, coordinator=WAITING, local={"spawn": 0})
-    console = HeadlessConsole(config, tmp_path / "run")
-    try:
-        serving(console)
-        yield config, console
-    finally:
-        console.reap()
-
-
 def test_every_verb_acts_on_a_live_headless_console_or_says_why_not(
     waiting_console: Any, raw: Callable[..., Any]
 ) -> None:

@@ -32,17 +32,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def waiting_console(tmp_path: Path) -> Any:
-    config = write_config(tmp_path, coordinator=WAITING, local={"spawn": 0})
-    console = HeadlessConsole(config, tmp_path / "run")
-    try:
-        serving(console)
-        yield config, console
-    finally:
-        console.reap()
-
-
 def test_set_changes_a_coordinator_setting_live_and_in_the_file(waiting_console: Any) -> None:
     config, console = waiting_console
     before = config.read_text()
