@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -37,9 +38,12 @@ def test_short_chaos_run_finishes_with_every_round_accounted_for_and_nothing_lea
     assert failed == {}, table(result)
 
 
-def _big_burst(endpoint: str, pid: int, count: int, size: int) -> int:
-    """``count`` oversized headers (``size`` bytes each) from one DEALER, its replies read
-    for 3 s; returns the console's peak RSS (kB) meanwhile."""
+def _big_burst(endpoint: str, console: Any, count: int, size: int) -> int:
+    """``count`` big headers (``size`` bytes each) from one DEALER, its replies read for 3 s;
+    returns the console's peak RSS (kB) meanwhile. The console is stopped (SIGSTOP) while the
+    burst is sent and continued once it is queued, so the whole burst lands at once: its
+    memory is then held for as long as the console takes to parse it, however fast it is."""
+    pid = console.pid
     header = json.dumps({"v": 1, "type": "heartbeat", "node_id": "x", "stage": "x" * size})
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -48,8 +52,14 @@ def _big_burst(endpoint: str, pid: int, count: int, size: int) -> int:
     peak = 0
     try:
         sock.connect(endpoint)
-        for _ in range(count):
-            sock.send(header.encode())
+        time.sleep(0.2)  # connected before the console stops
+        console.stop()
+        try:
+            for _ in range(count):
+                sock.send(header.encode())
+            time.sleep(0.2)
+        finally:
+            console.cont()
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             if sock.poll(50):
@@ -77,7 +87,7 @@ def test_a_burst_of_big_garbage_messages_costs_the_console_no_lasting_memory(
         peaks, settled = [], []
         for _ in range(3):
             # headers just under the 1 MiB limit: each is parsed, not refused by its size alone
-            peaks.append(_big_burst(run.control, console.pid, count=200, size=(1 << 20) - 4096))
+            peaks.append(_big_burst(run.control, console, count=200, size=(1 << 20) - 4096))
             time.sleep(1.0)
             settled.append(chaos.proc_rss_kb(console.pid) or 0)
         assert console.alive
