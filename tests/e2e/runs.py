@@ -5,12 +5,13 @@ free ports comes from :func:`tests.factories.write_config`; fl-node children are
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.child import Child, console_command
+from tests.e2e.child import Child, console_command, node_pids_alive
 from tests.e2e.helpers import read_events
 from tests.factories import write_config
 
@@ -84,3 +85,21 @@ def slow_round_config(directory: Path, **coordinator: Any) -> Path:
         model={"hidden": [128]},
         data={"source": "synthetic", "samples": 8000, "features": 256, "partition": "iid"},
     )
+
+
+def stopped_after_checkpoint(config: Path, run_dir: Path, round: int, timeout: float) -> dict:
+    """A headless run stopped (SIGTERM) once the checkpoint of ``round`` is saved: it exits 1
+    (not Finished) and leaves no node behind; returns its summary (for a ``--resume``)."""
+    console = HeadlessConsole(config, run_dir)
+    try:
+        console.wait_for_event(
+            lambda e: e.get("kind") == "checkpoint_saved" and e.get("round") == round,
+            timeout=timeout,
+        )
+        console.signal(signal.SIGTERM)
+        assert console.wait(30) == 1  # stopped before Finished
+        summary = console.read_summary()
+        assert node_pids_alive(summary["spawned_pids"]) == []
+    finally:
+        console.reap()
+    return summary

@@ -5,13 +5,12 @@ These start a headless console that spawns its own nodes, exactly as a user does
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.child import node_pids_alive
-from tests.e2e.runs import HeadlessConsole
+from tests.e2e.runs import HeadlessConsole, stopped_after_checkpoint
 from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -54,17 +53,7 @@ def test_run_stopped_after_its_first_epoch_resumes_to_the_same_rounds(tmp_path: 
     straight = _run(write_config(tmp_path / "a", **settings), tmp_path / "a" / "run")
 
     config = write_config(tmp_path / "b", **settings)
-    first = HeadlessConsole(config, tmp_path / "b" / "run1")
-    try:
-        first.wait_for_event(
-            lambda e: e.get("kind") == "checkpoint_saved" and e.get("round") == 5, timeout=120
-        )
-        first.signal(signal.SIGTERM)
-        assert first.wait(30) == 1  # stopped before Finished
-        stopped = first.read_summary()
-        assert node_pids_alive(stopped["spawned_pids"]) == []
-    finally:
-        first.reap()
+    stopped = stopped_after_checkpoint(config, tmp_path / "b" / "run1", 5, timeout=120)
     assert 5 <= stopped["accepted_rounds"] < 10
 
     resumed = _run(config, tmp_path / "b" / "run2", "--resume")

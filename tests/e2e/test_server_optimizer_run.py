@@ -8,7 +8,6 @@ same weights as one that ran straight through.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from tests.e2e.child import node_pids_alive
-from tests.e2e.runs import HeadlessConsole
+from tests.e2e.runs import HeadlessConsole, stopped_after_checkpoint
 from tests.factories import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -66,17 +65,7 @@ def test_server_adam_run_has_one_aggregate_hash_per_round_and_resumes_to_the_sam
     assert any(n.startswith("server_optimizer.v.") for n in names)
 
     config = write_config(tmp_path / "b", coordinator=ROUNDS, learning=ADAM)
-    first = HeadlessConsole(config, tmp_path / "b" / "run1")
-    try:
-        first.wait_for_event(
-            lambda e: e.get("kind") == "checkpoint_saved" and e.get("round") == 3, timeout=150
-        )
-        first.signal(signal.SIGTERM)
-        assert first.wait(30) == 1  # stopped before Finished
-        stopped = first.read_summary()
-        assert node_pids_alive(stopped["spawned_pids"]) == []
-    finally:
-        first.reap()
+    stopped = stopped_after_checkpoint(config, tmp_path / "b" / "run1", 3, timeout=150)
     assert 3 <= stopped["accepted_rounds"] < 6
 
     resumed = _run(config, tmp_path / "b" / "run2", "--resume")
